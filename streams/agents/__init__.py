@@ -1,0 +1,1 @@
+"""Thin Faust agents: read a batch, hand it to the service, nothing else."""

@@ -1,0 +1,348 @@
+"""The `leadflow` command: worker, topics, rules, sample data, demo and contract tools."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from schemas.handoff import MqlHandoff
+from streams.core.durations import format_duration
+from streams.core.rules import RulesError, load_rules
+from streams.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    help="leadflow: real-time lead scoring, MQL handoff and sales SLA watching on Kafka + Redis.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+topics_app = typer.Typer(help="Manage leadflow's Kafka topics.", no_args_is_help=True)
+rules_app = typer.Typer(help="Check and inspect rules files.", no_args_is_help=True)
+schemas_app = typer.Typer(help="The wire contract: JSON Schema files.", no_args_is_help=True)
+sample_app = typer.Typer(help="Synthetic engagement data.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+app.add_typer(rules_app, name="rules")
+app.add_typer(schemas_app, name="schemas")
+app.add_typer(sample_app, name="sample")
+
+console = Console(stderr=True)
+out = Console()
+
+BUNDLED_SAMPLE = files("streams").joinpath("data/engagement-sample.ndjson")
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Configuration mistakes end with one clear line and exit code 2, not a traceback."""
+    try:
+        yield
+    except (SettingsError, RulesError) as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    except TimeoutError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(3) from None
+
+
+def _settings(**overrides: object) -> Settings:
+    settings = load_settings(**overrides)
+    load_rules(settings.rules)  # fail fast, naming the bad field
+    return settings
+
+
+@app.command()
+def worker() -> None:
+    """Run a scoring worker (configured by LEADFLOW_* environment variables)."""
+    import faust
+
+    from streams.app import create_worker
+    from streams.observability import configure_logging, log
+
+    with user_errors():
+        settings = _settings()
+        rules = load_rules(settings.rules)
+    configure_logging(settings.log_level, settings.log_format)
+    log.info(
+        "starting worker",
+        kafka=settings.kafka_bootstrap,
+        namespace=settings.namespace,
+        engagement_topic=settings.engagement,
+        rules=str(settings.rules),
+        rules_version=rules.version,
+        web=f"http://{settings.web_host}:{settings.web_port}",
+    )
+    built = create_worker(settings, rules)
+    faust.Worker(
+        built.app, loglevel="WARNING", quiet=True, redirect_stdouts=False
+    ).execute_from_commandline()
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create all topics idempotently with the configured partition count (default 8)."""
+    from streams.kafka import create_topics, wait_for_kafka
+
+    with user_errors():
+        settings = load_settings()
+        asyncio.run(wait_for_kafka(settings, within=60))
+        outcomes = asyncio.run(create_topics(settings))
+    for o in outcomes:
+        state = "created" if o.created else "exists"
+        out.print(f"{o.topic}: {state}, {o.partitions} partitions {o.note}".rstrip())
+
+
+@rules_app.command("check")
+def rules_check(
+    path: Annotated[
+        Path | None, typer.Argument(help="Rules file (default: LEADFLOW_RULES)")
+    ] = None,
+) -> None:
+    """Validate a rules file and show what it does."""
+    with user_errors():
+        rules = load_rules(path or load_settings().rules)
+    table = Table(title=f"rules {rules.version}")
+    table.add_column("rule")
+    table.add_column("points", justify="right")
+    for name, rule in rules.engagement.items():
+        cap = f" (cap {rule.cap_per_day:g}/day)" if rule.cap_per_day else ""
+        table.add_row(f"engagement: {name}{cap}", f"{rule.points:+g}")
+    for fit in rules.fit:
+        table.add_row(f"fit: {fit.describe()}", f"{fit.points:+g}")
+    out.print(table)
+    out.print(
+        f"MQL at score >= {rules.mql.threshold:g}"
+        + (f", fit >= {rules.mql.min_fit:g}" if rules.mql.min_fit is not None else "")
+        + (f", engagement >= {rules.mql.min_engagement:g}" if rules.mql.min_engagement else "")
+        + (
+            f"; engagement half-life {format_duration(rules.decay.half_life)}"
+            if rules.decay
+            else "; no decay"
+        )
+        + f"; first contact due {format_duration(rules.sla.mql_first_contact)} after handoff"
+    )
+
+
+@schemas_app.command("generate")
+def schemas_generate(
+    check: Annotated[bool, typer.Option(help="Fail if a checked-in file is stale")] = False,
+) -> None:
+    """Write the JSON Schema files in schemas/json/ from the pydantic models."""
+    from schemas.generate import write_all
+
+    stale = write_all(check=check)
+    if check and stale:
+        console.print(f"[red]stale:[/] {', '.join(stale)}; run `leadflow schemas generate`")
+        raise typer.Exit(1)
+    out.print("schemas are current" if check else "schemas written")
+
+
+@sample_app.command("generate")
+def sample_generate(
+    output: Annotated[Path, typer.Option("--out", help="NDJSON file to write")],
+    leads: int = 200,
+    events: int = 2000,
+    seed: int = 7,
+    invalid_every: Annotated[int, typer.Option(help="A broken record after every N")] = 100,
+    duplicate_every: Annotated[int, typer.Option(help="Re-send every Nth event")] = 50,
+) -> None:
+    """Write a deterministic, realistic engagement history (with some bad records)."""
+    from streams.sample import generate
+
+    records = generate(
+        leads, events, seed, invalid_every=invalid_every, duplicate_every=duplicate_every
+    )
+    with output.open("wb") as fh:
+        for r in records:
+            fh.write(r.value + b"\n")
+    out.print(f"wrote {len(records)} records for {leads} leads to {output}")
+
+
+def _key_of(line: bytes) -> bytes | None:
+    try:
+        lead = orjson.loads(line).get("lead_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return lead.encode() if isinstance(lead, str) and lead.strip() else None
+
+
+async def _produce(settings: Settings, lines: list[bytes], rate: float) -> int:
+    from aiokafka import AIOKafkaProducer
+
+    from streams.kafka import client_options
+
+    producer = AIOKafkaProducer(**client_options(settings), acks="all", linger_ms=5)
+    await producer.start()
+    sent = 0
+    try:
+        with Progress(console=console, transient=False) as progress:
+            task = progress.add_task(f"producing to {settings.engagement}", total=len(lines))
+            started = time.monotonic()
+            pending = []
+            for line in lines:
+                pending.append(await producer.send(settings.engagement, line, key=_key_of(line)))
+                sent += 1
+                progress.advance(task)
+                if rate > 0:
+                    ahead = sent / rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+            await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return sent
+
+
+def _read_lines(path: Path) -> list[bytes]:
+    return [ln for ln in path.read_bytes().splitlines() if ln.strip()]
+
+
+@app.command()
+def produce(
+    path: Annotated[Path, typer.Argument(help="NDJSON file of engagement events")],
+    rate: Annotated[float, typer.Option(help="Events per second (0 = as fast as possible)")] = 0,
+) -> None:
+    """Play an NDJSON file into the engagement topic, keyed by lead_id (bad lines too)."""
+    with user_errors():
+        settings = load_settings()
+        sent = asyncio.run(_produce(settings, _read_lines(path), rate))
+    out.print(f"sent {sent} records to {settings.engagement}")
+
+
+def _print_handoff(h: MqlHandoff) -> None:
+    reasons = "; ".join(f"{r.rule} {r.points:+.0f}" for r in h.reasons[:3])
+    out.print(
+        f"[bold green]MQL[/] {h.lead_id:<16} score {h.score:6.1f} "
+        f"(fit {h.fit_score:g} + engagement {h.engagement_score:.1f})  "
+        f"contact by {h.first_contact_due_at:%Y-%m-%d %H:%M}  [dim]{reasons}[/]"
+    )
+
+
+async def _watch(
+    settings: Settings, topic: str, idle: float, limit: int, show: bool
+) -> list[bytes]:
+    from aiokafka import AIOKafkaConsumer
+
+    from streams.kafka import client_options
+
+    consumer = AIOKafkaConsumer(
+        topic, **client_options(settings), auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    seen: list[bytes] = []
+    last = time.monotonic()
+    try:
+        while time.monotonic() - last < idle and (limit <= 0 or len(seen) < limit):
+            batch = await consumer.getmany(timeout_ms=250)
+            for records in batch.values():
+                for r in records:
+                    seen.append(r.value)
+                    last = time.monotonic()
+                    if show:
+                        _print_handoff(MqlHandoff.model_validate_json(r.value))
+    finally:
+        await consumer.stop()
+    return seen
+
+
+@app.command()
+def handoffs(
+    idle: Annotated[
+        float, typer.Option(help="Stop after this many seconds without a new one")
+    ] = 5.0,
+    limit: Annotated[int, typer.Option(help="Stop after this many (0 = no limit)")] = 0,
+) -> None:
+    """Show MQL handoffs on the handoff topic, from the beginning."""
+    with user_errors():
+        settings = load_settings()
+        seen = asyncio.run(_watch(settings, settings.handoff, idle, limit, show=True))
+    out.print(f"{len(seen)} handoffs on {settings.handoff}")
+
+
+def _wait_http(url: str, within: float) -> dict[str, object]:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                body = orjson.loads(resp.read())
+                if body.get("assigned_partitions"):
+                    return dict(body)
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"worker at {url} was not ready within {within:.0f}s")
+
+
+@app.command()
+def demo(
+    sample: Annotated[Path | None, typer.Option(help="NDJSON events (default: bundled)")] = None,
+    rate: Annotated[float, typer.Option(help="Events per second to play")] = 250.0,
+) -> None:
+    """Create topics, start a worker, play sample events and show handoffs as they happen."""
+    from streams.kafka import create_topics, wait_for_kafka
+
+    namespace = os.environ.get("LEADFLOW_NAMESPACE") or f"demo-{datetime.now(UTC):%Y%m%d%H%M%S}"
+    with user_errors():
+        settings = _settings(namespace=namespace)
+        asyncio.run(wait_for_kafka(settings, within=60))
+        asyncio.run(create_topics(settings))
+    lines = _read_lines(sample) if sample else BUNDLED_SAMPLE.read_bytes().splitlines()
+    console.print(
+        f"[bold]leadflow demo[/]: namespace [cyan]{namespace}[/], {len(lines)} sample events, "
+        f"rules {settings.rules}"
+    )
+    env = {**os.environ, "LEADFLOW_NAMESPACE": namespace, "LEADFLOW_LOG_FORMAT": "console"}
+    log_path = Path(os.environ.get("LEADFLOW_DEMO_LOG", f"/tmp/leadflow-{namespace}.log"))
+    with log_path.open("wb") as worker_log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"],
+            env=env,
+            stdout=worker_log,
+            stderr=worker_log,
+        )
+        try:
+            with user_errors():
+                health = _wait_http(f"http://{settings.web_host}:{settings.web_port}/health", 90)
+            console.print(
+                f"worker ready (log: {log_path}), partitions {health['assigned_partitions']}"
+            )
+
+            async def run() -> tuple[int, list[bytes]]:
+                watcher = asyncio.create_task(_watch(settings, settings.handoff, 6.0, 0, show=True))
+                sent = await _produce(settings, lines, rate)
+                return sent, await watcher
+
+            sent, seen = asyncio.run(run())
+            dead = asyncio.run(_watch(settings, settings.deadletter, 2.0, 0, show=False))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    out.print(
+        f"\n[bold]{sent}[/] events played, [bold green]{len(seen)}[/] leads handed off to sales, "
+        f"[bold yellow]{len(dead)}[/] bad records on {settings.deadletter} (reason in headers)"
+    )
+    out.print(
+        f"metrics were at http://{settings.web_host}:{settings.web_port}/metrics while it ran"
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""The rules file: MQL threshold, engagement points, fit rules, decay and SLA windows.
+
+Parsed once at start-up; a bad file fails with a message naming the field that is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from schemas.engagement import KNOWN_EVENT_TYPES, AttributeValue
+from streams.core.durations import format_duration, parse_duration
+
+
+def _duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return parse_duration(f"{value}s")
+    if isinstance(value, str):
+        return parse_duration(value)
+    raise ValueError("expected a duration such as '24h', '90s' or '30d'")
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_duration),
+    PlainSerializer(format_duration, return_type=str),
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MqlRule(_Frozen):
+    threshold: float = Field(gt=0, description="Score at which a lead becomes an MQL.")
+    min_fit: float | None = Field(default=None, description="Fit score also required.")
+    min_engagement: float | None = Field(default=None, description="Engagement also required.")
+
+
+class EngagementRule(_Frozen):
+    points: float
+    cap_per_day: float | None = Field(
+        default=None, gt=0, description="Most points this type can add per UTC day."
+    )
+
+    @model_validator(mode="after")
+    def _cap_needs_positive_points(self) -> EngagementRule:
+        if self.cap_per_day is not None and self.points <= 0:
+            raise ValueError("cap_per_day only applies to positive points")
+        return self
+
+
+def _engagement_rule(value: Any) -> Any:
+    # `email_open: 5` is shorthand for `email_open: {points: 5}`.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return {"points": value}
+    return value
+
+
+class FitRule(_Frozen):
+    """Points for a profile attribute, e.g. {field: industry, in: [software], points: 15}."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    field: str = Field(min_length=1)
+    points: float
+    name: str | None = Field(default=None, description="Label shown in reasons and explain.")
+    in_: tuple[AttributeValue, ...] | None = Field(default=None, alias="in")
+    equals: AttributeValue = None
+    between: tuple[float | None, float | None] | None = None
+    contains: tuple[str, ...] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_condition(self) -> FitRule:
+        given = [
+            name
+            for name, value in (
+                ("in", self.in_),
+                ("equals", self.equals),
+                ("between", self.between),
+                ("contains", self.contains),
+            )
+            if value is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "a fit rule needs exactly one of 'in', 'equals', 'between', 'contains'"
+                f" (got {', '.join(given) or 'none'})"
+            )
+        if self.between is not None:
+            lo, hi = self.between
+            if lo is None and hi is None:
+                raise ValueError("between needs at least one bound")
+            if lo is not None and hi is not None and lo > hi:
+                raise ValueError(f"between: lower bound {lo} is above upper bound {hi}")
+        return self
+
+    def describe(self) -> str:
+        if self.name:
+            return self.name
+        if self.in_ is not None:
+            return f"{self.field} in [{', '.join(str(v) for v in self.in_)}]"
+        if self.contains is not None:
+            return f"{self.field} contains [{', '.join(self.contains)}]"
+        if self.between is not None:
+            lo, hi = self.between
+            if hi is None:
+                return f"{self.field} >= {lo:g}"
+            if lo is None:
+                return f"{self.field} <= {hi:g}"
+            return f"{self.field} between {lo:g} and {hi:g}"
+        return f"{self.field} = {self.equals}"
+
+    def matches(self, value: AttributeValue) -> bool:
+        if value is None:
+            return False
+        if self.in_ is not None:
+            return _norm(value) in {_norm(v) for v in self.in_}
+        if self.equals is not None:
+            return _norm(value) == _norm(self.equals)
+        if self.contains is not None:
+            text = str(value).casefold()
+            return any(part.casefold() in text for part in self.contains)
+        number = _as_number(value)
+        if number is None or self.between is None:
+            return False
+        lo, hi = self.between
+        return (lo is None or number >= lo) and (hi is None or number <= hi)
+
+
+def _norm(value: AttributeValue) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip().casefold()
+
+
+def _as_number(value: AttributeValue) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return float(str(value).replace(",", "").strip())
+    except ValueError:
+        return None
+
+
+class DecayRule(_Frozen):
+    half_life: Duration = Field(description="Engagement points halve every half_life (event time).")
+
+
+class SlaRule(_Frozen):
+    mql_first_contact: Duration = Field(default=timedelta(hours=24))
+    sql_follow_up: Duration = Field(default=timedelta(hours=48))
+
+
+class Rules(_Frozen):
+    """The effective rules. `version` is a content hash, stamped on every output."""
+
+    mql: MqlRule
+    engagement: dict[
+        Annotated[str, Field(min_length=1)],
+        Annotated[EngagementRule, BeforeValidator(_engagement_rule)],
+    ] = Field(default_factory=dict)
+    fit: tuple[FitRule, ...] = ()
+    decay: DecayRule | None = None
+    sla: SlaRule = Field(default_factory=SlaRule)
+    reasons_limit: int = Field(default=6, ge=1, le=50, description="Reasons kept on a handoff.")
+
+    @field_validator("engagement")
+    @classmethod
+    def _strip_type_names(cls, value: dict[str, EngagementRule]) -> dict[str, EngagementRule]:
+        return {name.strip(): rule for name, rule in value.items()}
+
+    @property
+    def version(self) -> str:
+        canonical = orjson.dumps(
+            self.model_dump(mode="json", by_alias=True), option=orjson.OPT_SORT_KEYS
+        )
+        return hashlib.sha256(canonical).hexdigest()[:12]
+
+    @property
+    def event_types(self) -> frozenset[str]:
+        """Types accepted on the engagement topic: the contract's plus those the rules score."""
+        return KNOWN_EVENT_TYPES | frozenset(self.engagement)
+
+    def points_for(self, event_type: str) -> EngagementRule | None:
+        return self.engagement.get(event_type)
+
+
+class RulesError(ValueError):
+    """The rules file is unusable; the message names the file and every bad field."""
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def parse_rules(data: Any, origin: str = "rules") -> Rules:
+    try:
+        return Rules.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{_location(tuple(err['loc']))}: {err['msg']}" for err in exc.errors()
+        )
+        raise RulesError(f"{origin}: {problems}") from None
+
+
+def load_rules(path: Path | str) -> Rules:
+    """Read and validate a YAML rules file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RulesError(f"cannot read rules file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RulesError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise RulesError(f"{path}: expected a mapping with at least 'mql.threshold'")
+    return parse_rules(data, origin=str(path))

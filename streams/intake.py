@@ -1,0 +1,88 @@
+"""Parse at the edge: raw Kafka bytes become an EngagementEvent or a dead letter with a reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+from pydantic import ValidationError
+
+from schemas.deadletter import DeadLetterHeaders, DeadLetterKind
+from schemas.engagement import EngagementEvent
+
+
+@dataclass(frozen=True, slots=True)
+class RecordLocation:
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A rejected record: the original bytes, untouched, and why."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: DeadLetterHeaders
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "(record)"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_engagement(
+    key: bytes | None,
+    value: bytes | None,
+    where: RecordLocation,
+    known_types: frozenset[str],
+    max_bytes: int,
+) -> EngagementEvent | DeadLetter:
+    """Validate one engagement record. Never raises: anything wrong becomes a DeadLetter."""
+
+    def reject(kind: DeadLetterKind, message: str) -> DeadLetter:
+        headers = DeadLetterHeaders(
+            error_kind=kind,
+            error_message=message,
+            source_topic=where.topic,
+            source_partition=where.partition,
+            source_offset=where.offset,
+        )
+        return DeadLetter(key=key, value=value, headers=headers)
+
+    if value is None:
+        return reject(DeadLetterKind.INVALID_EVENT, "empty record (no value)")
+    if len(value) > max_bytes:
+        return reject(
+            DeadLetterKind.OVERSIZED,
+            f"record is {len(value)} bytes; the limit is {max_bytes} (max_event_bytes)",
+        )
+    try:
+        raw = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return reject(DeadLetterKind.NOT_JSON, f"not valid UTF-8 JSON: {exc}")
+    if not isinstance(raw, dict):
+        return reject(
+            DeadLetterKind.INVALID_EVENT, f"expected a JSON object, got {type(raw).__name__}"
+        )
+    try:
+        event = EngagementEvent.model_validate(raw)
+    except ValidationError as exc:
+        return reject(DeadLetterKind.INVALID_EVENT, _describe(exc))
+    if event.type not in known_types:
+        return reject(
+            DeadLetterKind.UNKNOWN_TYPE,
+            f"type: unknown event type {event.type!r}; add it to the rules' engagement section "
+            "or use one of the contract's types",
+        )
+    if key is not None and key.decode("utf-8", "replace") != event.lead_id:
+        return reject(
+            DeadLetterKind.KEY_MISMATCH,
+            f"Kafka key {key.decode('utf-8', 'replace')!r} differs from lead_id "
+            f"{event.lead_id!r}; produce with key = lead_id so a lead's events stay in order",
+        )
+    return event

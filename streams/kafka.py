@@ -1,0 +1,100 @@
+"""Small Kafka helpers for the CLI and tools: client options, topic creation, readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from streams.app import broker_credentials
+from streams.settings import Settings
+
+TOPIC_ALREADY_EXISTS = 36
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """aiokafka keyword arguments for the configured cluster and security settings."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    creds = broker_credentials(settings)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password
+        options.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=password.get_secret_value() if password else None,
+            ssl_context=getattr(creds, "ssl_context", None),
+        )
+    elif creds is not None:
+        options["ssl_context"] = creds
+    return options
+
+
+@dataclass(frozen=True)
+class TopicOutcome:
+    topic: str
+    partitions: int
+    created: bool
+    note: str = ""
+
+
+async def wait_for_kafka(settings: Settings, within: float = 60.0) -> None:
+    """Return once the cluster answers a metadata request; raise TimeoutError naming it."""
+    deadline = time.monotonic() + within
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=5000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except (KafkaError, OSError) as exc:
+            last = exc
+        finally:
+            await admin.close()
+        await asyncio.sleep(0.5)
+    raise TimeoutError(
+        f"Kafka at {settings.kafka_bootstrap} did not answer within {within:.0f}s ({last!r}); "
+        "start it with `ops/stack up` or point LEADFLOW_KAFKA_BOOTSTRAP at your cluster"
+    )
+
+
+async def create_topics(
+    settings: Settings, topics: tuple[str, ...] | None = None
+) -> list[TopicOutcome]:
+    """Create leadflow's topics with explicit partition counts; existing ones stay as they are."""
+    names = topics or settings.all_topics
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(name, settings.topic_partitions, settings.topic_replication)
+            for name in names
+            if name not in existing
+        ]
+        errors: dict[str, int] = {}
+        if wanted:
+            response = await admin.create_topics(wanted, timeout_ms=30000)
+            errors = {t[0]: t[1] for t in response.topic_errors}
+        described = await admin.describe_topics(list(names))
+        partitions = {d["topic"]: len(d["partitions"]) for d in described}
+    finally:
+        await admin.close()
+    out = []
+    for name in names:
+        code = errors.get(name, TOPIC_ALREADY_EXISTS if name in existing else 0)
+        if code not in (0, TOPIC_ALREADY_EXISTS):
+            raise RuntimeError(f"could not create topic {name}: Kafka error code {code}")
+        count = partitions.get(name, 0)
+        note = ""
+        if code == TOPIC_ALREADY_EXISTS and count != settings.topic_partitions:
+            note = f"exists with {count} partitions, configured {settings.topic_partitions}; kept"
+        out.append(TopicOutcome(name, count, code == 0, note))
+    return out

@@ -1,0 +1,94 @@
+"""Structured logs (structlog, JSON by default) and the worker's Prometheus metrics."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+log = structlog.get_logger("leadflow")
+
+
+class Metrics:
+    """Every metric the scoring worker exports, on its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "leadflow_events",
+            "Engagement events processed, by outcome (scored, duplicate).",
+            ["outcome"],
+            registry=r,
+        )
+        self.deadletters = Counter(
+            "leadflow_deadletters",
+            "Records sent to the dead-letter topic, by error kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.handoffs = Counter(
+            "leadflow_handoffs", "MQL handoffs written (and later delivered).", registry=r
+        )
+        self.handoffs_delivered = Counter(
+            "leadflow_handoffs_delivered",
+            "Handoffs acknowledged by Kafka, including re-deliveries from the outbox.",
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "leadflow_batch_seconds",
+            "Time to process one batch end to end (parse, Redis, Kafka).",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "leadflow_batch_records",
+            "Records per batch.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 5000),
+            registry=r,
+        )
+        self.event_lag = Gauge(
+            "leadflow_event_lag_seconds",
+            "Processing lag: wall clock minus occurred_at of the newest event in the last batch.",
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "leadflow_consumer_lag_messages",
+            "Records behind the end of the partition after the last batch.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "leadflow_retries",
+            "Retried operations, by what failed (redis, kafka, conflict).",
+            ["operation"],
+            registry=r,
+        )
+        self.outbox_pending = Gauge(
+            "leadflow_outbox_pending",
+            "Handoffs written to Redis but not yet acknowledged by Kafka.",
+            registry=r,
+        )

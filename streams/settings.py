@@ -1,0 +1,109 @@
+"""One typed, frozen settings object, read from LEADFLOW_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules" / "example.yaml"
+
+
+class SettingsError(ValueError):
+    """Start-up configuration is unusable; the message names the LEADFLOW_* variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEADFLOW_", frozen=True, extra="ignore")
+
+    # Where things are
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    rules: Path = DEFAULT_RULES
+    namespace: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="Prefix for every topic, consumer group and Redis key.",
+    )
+
+    # Topics (names before the namespace prefix) and their layout
+    engagement_topic: str = "leads.engagement"
+    handoff_topic: str = "leads.handoff"
+    deadletter_topic: str = "leads.deadletter"
+    topic_partitions: int = Field(default=8, ge=1)
+    topic_replication: int = Field(default=1, ge=1)
+
+    # Kafka security
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+
+    # Processing
+    batch_max: int = Field(default=500, ge=1, le=100_000)
+    batch_within: float = Field(default=0.25, gt=0, description="Seconds to wait to fill a batch.")
+    max_event_bytes: int = Field(default=65_536, ge=256)
+    dedupe_ttl_days: int = Field(
+        default=90, ge=1, description="How long an event_id is remembered per lead."
+    )
+    redis_retry_max_seconds: float = Field(default=30.0, gt=0)
+
+    # Operations
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    # Fault injection for the chaos tests only: exit hard right after the Nth batch's Redis
+    # write and before its handoffs reach Kafka (0 = never).
+    fault_crash_after_batches: int = Field(default=0, ge=0)
+
+    @field_validator("rules")
+    @classmethod
+    def _rules_exists(cls, value: Path) -> Path:
+        if not value.is_file():
+            raise ValueError(f"rules file {value} does not exist")
+        return value
+
+    def topic(self, name: str) -> str:
+        return f"{self.namespace}.{name}" if self.namespace else name
+
+    @property
+    def engagement(self) -> str:
+        return self.topic(self.engagement_topic)
+
+    @property
+    def handoff(self) -> str:
+        return self.topic(self.handoff_topic)
+
+    @property
+    def deadletter(self) -> str:
+        return self.topic(self.deadletter_topic)
+
+    @property
+    def all_topics(self) -> tuple[str, ...]:
+        return (self.engagement, self.handoff, self.deadletter)
+
+    @property
+    def app_id(self) -> str:
+        """Faust app id, also the consumer group."""
+        return self.topic("leadflow-scoring")
+
+    @property
+    def redis_prefix(self) -> str:
+        return f"{self.namespace}:lf:" if self.namespace else "lf:"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment (plus overrides); errors name the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"LEADFLOW_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid configuration: {problems}") from None

@@ -1,0 +1,48 @@
+-- commit_batch.lua: write one batch's lead states, dedupe markers and pending handoffs.
+--
+-- Guarantees:
+--   * all or nothing (a Lua script runs atomically in Redis);
+--   * compare-and-set per lead: a lead is written only if its version is still the one the
+--     batch read; if any lead changed, nothing is written and the 1-based indexes of the
+--     conflicting leads are returned (this also fences off a worker that lost its partitions
+--     in a rebalance but is still finishing a batch);
+--   * handoffs are written to the outbox in the same step as the state that caused them, so a
+--     crash before Kafka acknowledged them cannot lose them.
+-- No scoring or lifecycle rule lives here: the worker computed the new states in Python.
+--
+-- KEYS[1..n]        lead state hashes  {v = version, s = state JSON}
+-- KEYS[n+1..2n]     per-lead sets of seen event ids (expire after ttl seconds)
+-- KEYS[2n+1..2n+m]  outbox hashes, one key per outbox entry (handoff_id -> record JSON)
+-- ARGV[1]           JSON {"ttl": seconds, "leads": [{"v": read version, "s": state, "seen": [ids]}],
+--                         "outbox": [{"id": handoff_id, "r": record JSON}]}
+local batch = cjson.decode(ARGV[1])
+local n = #batch.leads
+
+local conflicts = {}
+for i = 1, n do
+  local current = tonumber(redis.call('HGET', KEYS[i], 'v') or '0')
+  if current ~= batch.leads[i].v then
+    conflicts[#conflicts + 1] = i
+  end
+end
+if #conflicts > 0 then
+  return conflicts
+end
+
+for i = 1, n do
+  local lead = batch.leads[i]
+  redis.call('HSET', KEYS[i], 'v', lead.v + 1, 's', lead.s)
+  local seen = lead.seen
+  -- SADD in chunks: unpack() is limited by the Lua stack size.
+  for first = 1, #seen, 1000 do
+    redis.call('SADD', KEYS[n + i], unpack(seen, first, math.min(first + 999, #seen)))
+  end
+  if #seen > 0 then
+    redis.call('EXPIRE', KEYS[n + i], batch.ttl)
+  end
+end
+
+for j = 1, #batch.outbox do
+  redis.call('HSET', KEYS[2 * n + j], batch.outbox[j].id, batch.outbox[j].r)
+end
+return {}

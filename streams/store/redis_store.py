@@ -1,0 +1,165 @@
+"""The Redis adapter. Keys are built here and only here.
+
+A batch is one read round trip (states + which of the batch's event ids were already seen)
+and one write round trip (a Lua compare-and-set over every lead in the batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+
+import orjson
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from streams.core.lead import LeadState
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLead:
+    """A lead as read from Redis: its state and the version the write must still find."""
+
+    version: int
+    state: LeadState
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """An output written with the state that caused it, deleted once Kafka acknowledged it."""
+
+    partition: int
+    output_id: str
+    record: bytes
+
+
+class Conflict(Exception):
+    """Another writer changed these leads since the batch read them."""
+
+    def __init__(self, lead_ids: Sequence[str]) -> None:
+        super().__init__(f"{len(lead_ids)} lead(s) changed under the batch: {list(lead_ids)[:5]}")
+        self.lead_ids = list(lead_ids)
+
+
+class Keys:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def lead(self, lead_id: str) -> str:
+        return f"{self.prefix}lead:{lead_id}"
+
+    def seen(self, lead_id: str) -> str:
+        return f"{self.prefix}seen:{lead_id}"
+
+    def outbox(self, source_topic: str, partition: int) -> str:
+        return f"{self.prefix}outbox:{source_topic}:{partition}"
+
+    def lead_pattern(self) -> str:
+        return f"{self.prefix}lead:*"
+
+
+class LeadStore:
+    def __init__(
+        self, client: aioredis.Redis, prefix: str, source_topic: str, dedupe_ttl_seconds: int
+    ) -> None:
+        self.redis = client
+        self.keys = Keys(prefix)
+        self.source_topic = source_topic
+        self.dedupe_ttl_seconds = dedupe_ttl_seconds
+        script = files("streams.store").joinpath("lua/commit_batch.lua").read_text()
+        self._commit: AsyncScript = client.register_script(script)
+
+    @classmethod
+    def from_url(
+        cls, url: str, prefix: str, source_topic: str, dedupe_ttl_seconds: int
+    ) -> LeadStore:
+        client = aioredis.Redis.from_url(url, socket_timeout=10, health_check_interval=30)
+        return cls(client, prefix, source_topic, dedupe_ttl_seconds)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    async def load(self, event_ids_by_lead: Mapping[str, Sequence[str]]) -> dict[str, StoredLead]:
+        """Read the batch's leads and which of its event ids each lead has already seen."""
+        leads = list(event_ids_by_lead)
+        pipe = self.redis.pipeline(transaction=False)
+        for lead_id in leads:
+            pipe.hmget(self.keys.lead(lead_id), "v", "s")
+            pipe.smismember(self.keys.seen(lead_id), list(event_ids_by_lead[lead_id]))
+        replies = await pipe.execute()
+        out: dict[str, StoredLead] = {}
+        for i, lead_id in enumerate(leads):
+            (version, state), seen_flags = replies[2 * i], replies[2 * i + 1]
+            ids = event_ids_by_lead[lead_id]
+            seen = [eid for eid, flag in zip(ids, seen_flags, strict=True) if flag]
+            if state is None:
+                out[lead_id] = StoredLead(
+                    0, LeadState(lead_id=lead_id, seen_event_ids=frozenset(seen))
+                )
+            else:
+                out[lead_id] = StoredLead(
+                    int(version), LeadState.from_json(orjson.loads(state), seen)
+                )
+        return out
+
+    async def commit(
+        self,
+        changes: Sequence[tuple[StoredLead, LeadState]],
+        outbox: Iterable[OutboxEntry] = (),
+    ) -> None:
+        """Write new states (guarded by the versions read) and outbox entries in one step."""
+        entries = list(outbox)
+        keys = [self.keys.lead(new.lead_id) for _, new in changes]
+        keys += [self.keys.seen(new.lead_id) for _, new in changes]
+        keys += [self.keys.outbox(self.source_topic, e.partition) for e in entries]
+        payload = {
+            "ttl": self.dedupe_ttl_seconds,
+            "leads": [
+                {
+                    "v": old.version,
+                    "s": orjson.dumps(new.to_json()).decode(),
+                    "seen": sorted(new.seen_event_ids - old.state.seen_event_ids),
+                }
+                for old, new in changes
+            ],
+            "outbox": [{"id": e.output_id, "r": e.record.decode()} for e in entries],
+        }
+        conflicts = await self._commit(keys=keys, args=[orjson.dumps(payload)])
+        if conflicts:
+            raise Conflict([changes[int(i) - 1][1].lead_id for i in conflicts])
+
+    async def pending_outbox(self, partitions: Iterable[int]) -> list[OutboxEntry]:
+        parts = list(partitions)
+        pipe = self.redis.pipeline(transaction=False)
+        for p in parts:
+            pipe.hgetall(self.keys.outbox(self.source_topic, p))
+        replies = await pipe.execute()
+        return [
+            OutboxEntry(p, output_id.decode(), record)
+            for p, entries in zip(parts, replies, strict=True)
+            for output_id, record in entries.items()
+        ]
+
+    async def clear_outbox(self, entries: Iterable[OutboxEntry]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for e in entries:
+            pipe.hdel(self.keys.outbox(self.source_topic, e.partition), e.output_id)
+        await pipe.execute()
+
+    async def read_lead(self, lead_id: str) -> LeadState | None:
+        raw = await self.redis.hget(self.keys.lead(lead_id), "s")
+        return None if raw is None else LeadState.from_json(orjson.loads(raw))
+
+    async def read_all_leads(self, count: int = 1000) -> dict[str, LeadState]:
+        """Every lead in this namespace (SCAN; for tests, reports and tools, not the hot path)."""
+        out: dict[str, LeadState] = {}
+        async for key in self.redis.scan_iter(match=self.keys.lead_pattern(), count=count):
+            raw = await self.redis.hget(key, "s")
+            if raw is not None:
+                state = LeadState.from_json(orjson.loads(raw))
+                out[state.lead_id] = state
+        return out
