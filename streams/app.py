@@ -11,14 +11,14 @@ from typing import Any
 import faust
 from prometheus_client import generate_latest
 
-PROMETHEUS_TEXT = "text/plain; version=0.0.4"
-
 from streams.agents.scoring import register_scoring_agent
 from streams.core.rules import Rules, load_rules
 from streams.observability import Metrics
 from streams.service import OutRecord, ScoringService
 from streams.settings import Settings
 from streams.store import LeadStore
+
+PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 
 
 class FaustPublisher:
