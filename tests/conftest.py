@@ -1,0 +1,1 @@
+"""Shared test configuration: the three speeds are markers (unit, integration, chaos)."""

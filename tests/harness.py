@@ -1,0 +1,217 @@
+"""Test harness for the real stack: services, namespaces, worker processes, topic readers.
+
+Integration and chaos tests use this; unit tests never do. Nothing here sleeps for a fixed
+time: every wait polls a condition a user could observe (health endpoint, committed offsets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from streams.kafka import client_options, create_topics
+from streams.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_RULES = ROOT / "tests" / "data" / "rules.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], within: float, what: str, every: float = 0.2
+) -> None:
+    """Poll `check` until it is true; fail naming `what` after `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(every)
+    raise AssertionError(f"timed out after {within:.0f}s waiting for {what}")
+
+
+def fresh_settings(namespace: str | None = None, **overrides: Any) -> Settings:
+    ns = namespace or f"t{uuid.uuid4().hex[:10]}"
+    return load_settings(namespace=ns, rules=TEST_RULES, **overrides)
+
+
+@dataclass
+class WorkerProcess:
+    """A real `leadflow worker` process, as an operator would run it."""
+
+    settings: Settings
+    log_path: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def __post_init__(self) -> None:
+        self.web_port = free_port()
+
+    def start(self) -> WorkerProcess:
+        env = {
+            **os.environ,
+            "LEADFLOW_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
+            "LEADFLOW_REDIS_URL": self.settings.redis_url,
+            "LEADFLOW_NAMESPACE": self.settings.namespace,
+            "LEADFLOW_RULES": str(self.settings.rules),
+            "LEADFLOW_WEB_PORT": str(self.web_port),
+            "LEADFLOW_BATCH_WITHIN": "0.1",
+            "LEADFLOW_LOG_FORMAT": "json",
+            **self.extra_env,
+        }
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log, stderr=log
+        )
+        log.close()
+        return self
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
+                return dict(orjson.loads(resp.read()))
+        except OSError:
+            return None
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+
+    async def wait_ready(self, within: float = 90.0, assigned: bool = True) -> None:
+        async def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
+            body = await asyncio.to_thread(self.health)
+            return body is not None and (not assigned or bool(body["assigned_partitions"]))
+
+        await eventually(ready, within, f"worker health at {self.url}")
+
+    def kill(self) -> None:
+        """kill -9: no shutdown hooks, no final commit."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+async def ensure_topics(settings: Settings) -> None:
+    await create_topics(settings)
+
+
+async def produce(settings: Settings, records: list[tuple[bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(**client_options(settings), acks="all", linger_ms=10)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(settings.engagement, value, key=key) for key, value in records
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+@dataclass(frozen=True)
+class Consumed:
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    partition: int
+    offset: int
+
+
+async def read_topic(settings: Settings, topic: str) -> list[Consumed]:
+    """Everything currently on a topic (reads up to the end offsets taken at the start)."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        parts = await topic_partitions(admin, topic)
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        out: list[Consumed] = []
+        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+            batch = await consumer.getmany(timeout_ms=500)
+            for tp, records in batch.items():
+                out.extend(
+                    Consumed(r.key, r.value, tuple(r.headers), tp.partition, r.offset)
+                    for r in records
+                )
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def topic_partitions(admin: AIOKafkaAdminClient, topic: str) -> list[TopicPartition]:
+    described = await admin.describe_topics([topic])
+    parts = [TopicPartition(topic, p["partition"]) for p in described[0]["partitions"]]
+    assert parts, f"topic {topic} has no partitions (does it exist?)"
+    return parts
+
+
+async def consumer_caught_up(settings: Settings) -> bool:
+    """True when the worker's group has committed every record on the engagement topic."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(settings.app_id)
+        parts = await topic_partitions(admin, settings.engagement)
+        ends = await consumer.end_offsets(parts)
+        return all(
+            (committed.get(tp).offset if committed.get(tp) else 0) >= ends[tp] for tp in parts
+        )
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def purge_redis(settings: Settings) -> None:
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000)]
+        for i in range(0, len(keys), 500):
+            await client.delete(*keys[i : i + 500])
+    finally:
+        await client.aclose()

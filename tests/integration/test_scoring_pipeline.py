@@ -1,0 +1,116 @@
+"""The scoring pipeline end to end: real broker, real Redis, real `leadflow worker` process."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from schemas.deadletter import DeadLetterHeaders
+from schemas.handoff import MqlHandoff
+from streams.core.rules import load_rules
+from streams.sample import generate
+from streams.settings import Settings
+from streams.store import LeadStore
+from tests.harness import (
+    WorkerProcess,
+    consumer_caught_up,
+    eventually,
+    produce,
+    read_topic,
+)
+from tests.oracle import comparable, expected_outcome
+
+pytestmark = pytest.mark.integration
+
+
+def metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_redis_scores_and_handoffs_equal_the_core_over_10k_events(
+    settings: Settings, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    records = generate(leads=1000, events=10_000, seed=11, invalid_every=250, duplicate_every=100)
+    rules = load_rules(settings.rules)
+    expected = expected_outcome(records, rules, settings)
+    assert len(expected.leads) == 1000 and len(expected.valid) >= 10_000
+    assert expected.invalid and expected.handoffs  # the input exercises both paths
+
+    await produce(settings, [(r.key, r.value) for r in records])
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    workers.append(worker)
+    await worker.wait_ready()
+    await eventually(
+        lambda: consumer_caught_up(settings), 240, "the worker to commit every engagement record"
+    )
+
+    # Scores in Redis are what the core computes over the same events.
+    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 3600)
+    try:
+        stored = await store.read_all_leads()
+    finally:
+        await store.close()
+    assert set(stored) == set(expected.leads)
+    mismatched = [
+        lead
+        for lead, state in expected.leads.items()
+        if comparable(stored[lead]) != comparable(state)
+    ]
+    assert mismatched == []
+
+    # Exactly the handoffs the core predicts, each once, keyed by lead.
+    on_topic = await read_topic(settings, settings.handoff)
+    handoffs = [MqlHandoff.model_validate_json(r.value) for r in on_topic]
+    assert Counter(h.handoff_id for h in handoffs) == Counter(expected.handoffs.keys())
+    assert {h.handoff_id: h for h in handoffs} == expected.handoffs
+    assert all(r.key == MqlHandoff.model_validate_json(r.value).lead_id.encode() for r in on_topic)
+
+    # Every invalid record is on the dead-letter topic, byte for byte, with its reason.
+    dead = await read_topic(settings, settings.deadletter)
+    assert sorted(d.value for d in dead) == sorted(r.value for r in expected.invalid)
+    headers = [DeadLetterHeaders.from_kafka(d.headers) for d in dead]
+    assert Counter(h.error_kind for h in headers) == expected.deadletter_kinds
+    assert all(h.source_topic == settings.engagement and h.error_message for h in headers)
+
+    # The operator sees the same figures on the metrics endpoint.
+    values = metric_values(worker.metrics())
+    assert values[("leadflow_events_total", (("outcome", "scored"),))] == len(
+        {e.event_id for e in expected.valid}
+    )
+    assert values[("leadflow_handoffs_total", ())] == len(expected.handoffs)
+    dead_total = sum(v for (name, _), v in values.items() if name == "leadflow_deadletters_total")
+    assert dead_total == len(expected.invalid)
+
+
+async def test_a_valid_event_after_a_bad_one_is_scored(
+    settings: Settings, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    lead = "lead-after-bad"
+    good = (
+        b'{"event_id": "e-1", "lead_id": "lead-after-bad", "type": "pricing_page_view", '
+        b'"occurred_at": "2026-11-20T10:00:00+09:00"}'
+    )
+    await produce(settings, [(lead.encode(), b"{not json"), (lead.encode(), good)])
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    workers.append(worker)
+    await worker.wait_ready()
+    await eventually(lambda: consumer_caught_up(settings), 60, "both records to be committed")
+
+    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 3600)
+    try:
+        state = await store.read_lead(lead)
+    finally:
+        await store.close()
+    assert state is not None and state.events_counted == 1
+    assert state.engagement["pricing_page_view"].points == 25
+    dead = await read_topic(settings, settings.deadletter)
+    assert [d.value for d in dead] == [b"{not json"]
+    assert DeadLetterHeaders.from_kafka(dead[0].headers).error_kind == "not_json"
+    assert worker.proc is not None and worker.proc.poll() is None  # still running
