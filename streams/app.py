@@ -97,7 +97,7 @@ def create_worker(settings: Settings, rules: Rules | None = None) -> Worker:
     def assigned_partitions() -> list[int]:
         return [tp.partition for tp in app.consumer.assignment() if tp.topic == settings.engagement]
 
-    @app.timer(interval=2.0)
+    @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def deliver_outbox() -> None:
         # Handoffs whose Kafka write did not complete before a crash or rebalance.
         await service.flush_outbox(assigned_partitions())

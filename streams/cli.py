@@ -18,6 +18,7 @@ from typing import Annotated
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -52,10 +53,10 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (SettingsError, RulesError) as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     except TimeoutError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(3) from None
 
 
@@ -120,9 +121,9 @@ def rules_check(
     table.add_column("points", justify="right")
     for name, rule in rules.engagement.items():
         cap = f" (cap {rule.cap_per_day:g}/day)" if rule.cap_per_day else ""
-        table.add_row(f"engagement: {name}{cap}", f"{rule.points:+g}")
+        table.add_row(escape(f"engagement: {name}{cap}"), f"{rule.points:+g}")
     for fit in rules.fit:
-        table.add_row(f"fit: {fit.describe()}", f"{fit.points:+g}")
+        table.add_row(escape(f"fit: {fit.describe()}"), f"{fit.points:+g}")
     out.print(table)
     out.print(
         f"MQL at score >= {rules.mql.threshold:g}"
@@ -224,7 +225,7 @@ def produce(
 
 
 def _print_handoff(h: MqlHandoff) -> None:
-    reasons = "; ".join(f"{r.rule} {r.points:+.0f}" for r in h.reasons[:3])
+    reasons = escape("; ".join(f"{r.rule} {r.points:+.0f}" for r in h.reasons[:3]))
     out.print(
         f"[bold green]MQL[/] {h.lead_id:<16} score {h.score:6.1f} "
         f"(fit {h.fit_score:g} + engagement {h.engagement_score:.1f})  "

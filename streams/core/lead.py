@@ -21,7 +21,7 @@ from streams.core.rules import Rules
 Stage = Literal["lead", "mql"]
 
 # Daily cap buckets older than this (relative to the newest event) are forgotten, so state
-# stays bounded; an event that old cannot be capped any more and counts in full.
+# stays bounded; a later event from such a day counts as the first of its type that day.
 CAP_MEMORY_DAYS = 35
 # Scores are compared and reported at this precision, so float noise never flips a threshold.
 SCORE_DIGITS = 6

@@ -1,0 +1,168 @@
+"""The `leadflow` command line: help everywhere, rules check, schema check, sample data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from schemas.engagement import EngagementEvent
+from streams.cli import app
+from streams.core.rules import Rules, load_rules
+from streams.intake import DeadLetter, RecordLocation, parse_engagement
+from streams.sample import generate
+
+pytestmark = pytest.mark.unit
+
+# Wide enough that Rich never wraps a path or a field name in the middle.
+ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
+
+
+def subcommands(command: Any) -> dict[str, Any]:
+    """The sub-commands of a group (Typer vendors click, so go by the attribute)."""
+    return dict(getattr(command, "commands", None) or {})
+
+
+def command_paths(command: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and sub-command of the app, found by walking the command tree."""
+    paths = [prefix]
+    for name, sub in sorted(subcommands(command).items()):
+        paths += command_paths(sub, (*prefix, name))
+    return paths
+
+
+COMMANDS = command_paths(typer.main.get_command(app))
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner(env=ENV)
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_the_app_has_the_documented_commands() -> None:
+    names = {" ".join(path) for path in COMMANDS}
+    assert {
+        "rules check",
+        "schemas generate",
+        "sample generate",
+        "worker",
+        "topics create",
+    } <= names
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(p) or "leadflow")
+def test_help(runner: CliRunner, path: tuple[str, ...]) -> None:
+    result = runner.invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_groups_without_arguments_show_help(runner: CliRunner) -> None:
+    groups = [p for p in COMMANDS if p and subcommands(_lookup(p))]
+    assert groups
+    for path in groups:
+        result = runner.invoke(app, list(path))
+        assert "Usage" in result.output, path
+
+
+def _lookup(path: tuple[str, ...]) -> Any:
+    command: Any = typer.main.get_command(app)
+    for name in path:
+        command = subcommands(command)[name]
+    return command
+
+
+def test_rules_check_example(
+    runner: CliRunner, example_rules_path: Path, example_rules: Rules
+) -> None:
+    result = runner.invoke(app, ["rules", "check", str(example_rules_path)])
+    assert result.exit_code == 0, result.output
+    text = flat(result.output)
+    assert example_rules.version in text
+    assert f"MQL at score >= {example_rules.mql.threshold:g}" in text
+    for name in example_rules.engagement:
+        assert f"engagement: {name}" in text
+    for rule in example_rules.fit:
+        assert rule.describe() in text
+
+
+def test_rules_check_bad_file_names_the_field(runner: CliRunner, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "mql:\n  threshold: 50\nfit:\n  - {field: industry, points: 10}\n", encoding="utf-8"
+    )
+    result = runner.invoke(app, ["rules", "check", str(bad)])
+    assert result.exit_code == 2
+    text = flat(result.output)
+    assert "error:" in text
+    assert "fit[0]" in text
+    assert str(bad) in text
+    assert "Traceback" not in result.output
+
+
+def test_rules_check_missing_file(runner: CliRunner, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    result = runner.invoke(app, ["rules", "check", str(missing)])
+    assert result.exit_code == 2
+    assert str(missing) in flat(result.output)
+
+
+def test_rules_check_shows_the_values_of_unnamed_fit_rules(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "mql: {threshold: 50}\nfit:\n  - {field: industry, in: [software, retail], points: 10}\n",
+        encoding="utf-8",
+    )
+    result = runner.invoke(app, ["rules", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert load_rules(path).fit[0].describe() in flat(result.output)
+
+
+def test_schemas_generate_check(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["schemas", "generate", "--check"])
+    assert result.exit_code == 0, result.output
+    assert "schemas are current" in result.output
+
+
+def test_sample_generate(runner: CliRunner, tmp_path: Path, example_rules: Rules) -> None:
+    out = tmp_path / "sample.ndjson"
+    leads, events, seed = 20, 300, 11
+    result = runner.invoke(
+        app,
+        ["sample", "generate", "--out", str(out), "--leads", str(leads),
+         "--events", str(events), "--seed", str(seed)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = out.read_bytes().splitlines()
+    expected = generate(leads, events, seed, invalid_every=100, duplicate_every=50)
+    assert len(lines) == len(expected)
+    assert f"wrote {len(lines)} records for {leads} leads" in flat(result.output)
+
+    where = RecordLocation("leads.engagement", 0, 0)
+    parsed = []
+    for n, (line, record) in enumerate(zip(lines, expected, strict=True)):
+        assert line == record.value
+        outcome = parse_engagement(record.key, line, where, example_rules.event_types, 65_536)
+        if record.valid:
+            assert isinstance(outcome, EngagementEvent), (n, line[:200])
+            parsed.append(outcome)
+        else:
+            assert isinstance(outcome, DeadLetter), (n, line[:200])
+    assert len({e.lead_id for e in parsed}) <= leads
+    # Every valid line is an engagement event as the JSON schema describes it.
+    assert all(orjson.loads(line).keys() >= {"event_id", "lead_id", "type", "occurred_at"}
+               for line, record in zip(lines, expected, strict=True) if record.valid)  # fmt: skip
+    # Some records are broken and some re-sent, as documented for the defaults.
+    assert any(not r.valid for r in expected)
+    assert len({e.event_id for e in parsed}) < len(parsed)

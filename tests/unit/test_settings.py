@@ -1,0 +1,120 @@
+"""Settings come from LEADFLOW_* variables; a bad value names the variable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from streams.settings import DEFAULT_RULES, SettingsError, load_settings
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start every test from the defaults, whatever the shell running the tests exported."""
+    for name in list(os.environ):
+        if name.upper().startswith("LEADFLOW_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults() -> None:
+    settings = load_settings()
+    assert settings.kafka_bootstrap == "127.0.0.1:9092"
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.topic_partitions == 8
+    assert settings.rules == DEFAULT_RULES
+    assert settings.rules.is_file()
+    assert settings.namespace == ""
+
+
+def test_empty_namespace_uses_plain_names() -> None:
+    settings = load_settings()
+    assert settings.all_topics == ("leads.engagement", "leads.handoff", "leads.deadletter")
+    assert settings.app_id == "leadflow-scoring"
+    assert settings.redis_prefix == "lf:"
+
+
+def test_namespace_prefixes_topics_group_and_redis_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEADFLOW_NAMESPACE", "ns")
+    settings = load_settings()
+    assert settings.engagement == "ns.leads.engagement"
+    assert settings.handoff == "ns.leads.handoff"
+    assert settings.deadletter == "ns.leads.deadletter"
+    assert settings.app_id == "ns.leadflow-scoring"
+    assert settings.redis_prefix == "ns:lf:"
+
+
+def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("mql: {threshold: 10}\n", encoding="utf-8")
+    monkeypatch.setenv("LEADFLOW_KAFKA_BOOTSTRAP", "kafka-1:9093,kafka-2:9093")
+    monkeypatch.setenv("LEADFLOW_TOPIC_PARTITIONS", "24")
+    monkeypatch.setenv("LEADFLOW_BATCH_MAX", "1000")
+    monkeypatch.setenv("LEADFLOW_RULES", str(rules))
+    monkeypatch.setenv("LEADFLOW_ENGAGEMENT_TOPIC", "crm.engagement")
+    settings = load_settings()
+    assert settings.kafka_bootstrap == "kafka-1:9093,kafka-2:9093"
+    assert settings.topic_partitions == 24
+    assert settings.batch_max == 1000
+    assert settings.rules == rules
+    assert settings.engagement == "crm.engagement"
+
+
+def test_overrides_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEADFLOW_NAMESPACE", "from-env")
+    assert load_settings(namespace="demo-1").app_id == "demo-1.leadflow-scoring"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("LEADFLOW_BATCH_MAX", "0"),
+        ("LEADFLOW_BATCH_MAX", "lots"),
+        ("LEADFLOW_NAMESPACE", "my ns"),
+        ("LEADFLOW_NAMESPACE", "ns/prod"),
+        ("LEADFLOW_TOPIC_PARTITIONS", "0"),
+        ("LEADFLOW_WEB_PORT", "70000"),
+        ("LEADFLOW_LOG_LEVEL", "LOUD"),
+        ("LEADFLOW_KAFKA_SECURITY_PROTOCOL", "TLS"),
+        ("LEADFLOW_MAX_EVENT_BYTES", "10"),
+    ],
+)
+def test_bad_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    message = str(info.value)
+    assert f"{variable}:" in message
+    # Only the bad variable is blamed.
+    assert message.count("LEADFLOW_") == 1
+
+
+def test_missing_rules_file_names_variable_and_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-rules.yaml"
+    monkeypatch.setenv("LEADFLOW_RULES", str(missing))
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "LEADFLOW_RULES:" in str(info.value)
+    assert str(missing) in str(info.value)
+
+
+def test_every_bad_variable_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEADFLOW_BATCH_MAX", "-1")
+    monkeypatch.setenv("LEADFLOW_NAMESPACE", "has space")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "LEADFLOW_BATCH_MAX:" in str(info.value)
+    assert "LEADFLOW_NAMESPACE:" in str(info.value)
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings()
+    with pytest.raises(ValueError, match="frozen"):
+        settings.namespace = "other"  # type: ignore[misc]
