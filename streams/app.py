@@ -78,6 +78,7 @@ def create_worker(settings: Settings, rules: Rules | None = None) -> Worker:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         store="memory://",
+        datadir=str(settings.data_dir / settings.app_id),
         web_enabled=True,
         web_bind=settings.web_host,
         web_port=settings.web_port,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -52,6 +53,10 @@ class Settings(BaseSettings):
     redis_retry_max_seconds: float = Field(default=30.0, gt=0)
 
     # Operations
+    data_dir: Path = Field(
+        default=Path(tempfile.gettempdir()) / "leadflow",
+        description="Faust's working data (no tables are kept; nothing here needs a backup).",
+    )
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
