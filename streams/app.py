@@ -65,6 +65,8 @@ class Worker:
 
 def create_worker(settings: Settings, rules: Rules | None = None) -> Worker:
     rules = rules or load_rules(settings.rules)
+    datadir = settings.data_dir / settings.app_id
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -78,7 +80,7 @@ def create_worker(settings: Settings, rules: Rules | None = None) -> Worker:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         store="memory://",
-        datadir=str(settings.data_dir / settings.app_id),
+        datadir=str(datadir),
         web_enabled=True,
         web_bind=settings.web_host,
         web_port=settings.web_port,

@@ -117,6 +117,21 @@ def fit_reasons(attributes: Mapping[str, Attribute], rules: Rules) -> list[Score
     ]
 
 
+def fit_points(attributes: Mapping[str, Attribute], rules: Rules) -> float:
+    return round(
+        sum(
+            rule.points
+            for rule in rules.fit
+            if rule.field in attributes and rule.matches(attributes[rule.field].value)
+        ),
+        SCORE_DIGITS,
+    )
+
+
+def engagement_points(state: LeadState) -> float:
+    return round(sum(t.points for t in state.engagement.values()), SCORE_DIGITS)
+
+
 def score(state: LeadState, rules: Rules) -> Score:
     """The lead's score now: fit from current attributes plus accumulated engagement."""
     fits = fit_reasons(state.attributes, rules)
@@ -130,18 +145,16 @@ def score(state: LeadState, rules: Rules) -> Score:
         for event_type, tally in state.engagement.items()
         if tally.points != 0
     ]
-    fit_total = round(sum(r.points for r in fits), SCORE_DIGITS)
-    engagement_total = round(sum(t.points for t in state.engagement.values()), SCORE_DIGITS)
     reasons = sorted(fits + engagement, key=lambda r: (-abs(r.points), r.kind, r.rule))
-    return Score(fit_total, engagement_total, tuple(reasons))
+    return Score(fit_points(state.attributes, rules), engagement_points(state), tuple(reasons))
 
 
-def qualifies(current: Score, rules: Rules) -> bool:
+def qualifies(fit: float, engagement: float, rules: Rules) -> bool:
     mql = rules.mql
     return (
-        current.total >= mql.threshold
-        and (mql.min_fit is None or current.fit >= mql.min_fit)
-        and (mql.min_engagement is None or current.engagement >= mql.min_engagement)
+        round(fit + engagement, SCORE_DIGITS) >= mql.threshold
+        and (mql.min_fit is None or fit >= mql.min_fit)
+        and (mql.min_engagement is None or engagement >= mql.min_engagement)
     )
 
 
@@ -239,9 +252,10 @@ def apply(
     )
     if new.stage != "lead":
         return new, []
-    current = score(new, rules)
-    if not qualifies(current, rules):
+    # Totals first (cheap); the reasons are only worked out for a lead that qualifies.
+    if not qualifies(fit_points(new.attributes, rules), engagement_points(new), rules):
         return new, []
+    current = score(new, rules)
     handoff = MqlHandoff(
         handoff_id=handoff_id_for(new.lead_id, event.event_id),
         lead_id=new.lead_id,

@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -86,6 +87,13 @@ class FitRule(_Frozen):
     equals: AttributeValue = None
     between: tuple[float | None, float | None] | None = None
     contains: tuple[str, ...] | None = None
+    # Normalised `in` values and `contains` parts, computed once: matching is on the hot path.
+    _in_norm: frozenset[str] = PrivateAttr(default=frozenset())
+    _contains_norm: tuple[str, ...] = PrivateAttr(default=())
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._in_norm = frozenset(_norm(v) for v in self.in_ or ())
+        self._contains_norm = tuple(part.casefold() for part in self.contains or ())
 
     @model_validator(mode="after")
     def _exactly_one_condition(self) -> FitRule:
@@ -132,12 +140,12 @@ class FitRule(_Frozen):
         if value is None:
             return False
         if self.in_ is not None:
-            return _norm(value) in {_norm(v) for v in self.in_}
+            return _norm(value) in self._in_norm
         if self.equals is not None:
             return _norm(value) == _norm(self.equals)
         if self.contains is not None:
             text = str(value).casefold()
-            return any(part.casefold() in text for part in self.contains)
+            return any(part in text for part in self._contains_norm)
         number = _as_number(value)
         if number is None or self.between is None:
             return False
