@@ -119,12 +119,15 @@ class ScoringService:
             else:
                 by_lead[parsed.lead_id].append((parsed, rec.partition))
 
-        outbox = await self._score(by_lead, result) if by_lead else []
-        self._batches += 1
-        if self.settings.fault_crash_after_batches == self._batches:
-            log.error("fault injection: exiting after the Redis write", batch=self._batches)
-            os._exit(137)
-        await self._deliver(outbox, result.deadletters)
+        # Held from the Redis write until the outbox is cleared, so the outbox sweeper never
+        # sends a handoff that this batch is about to send itself.
+        async with self._publish_lock:
+            outbox = await self._score(by_lead, result) if by_lead else []
+            self._batches += 1
+            if self.settings.fault_crash_after_batches == self._batches:
+                log.error("fault injection: exiting after the Redis write", batch=self._batches)
+                os._exit(137)
+            await self._deliver(outbox, result)
         self._observe(records, result, by_lead, time.perf_counter() - started)
         return result
 
@@ -171,23 +174,22 @@ class ScoringService:
         result.handoffs = fold.handoffs
         return fold.outbox
 
-    async def _deliver(self, outbox: list[OutboxEntry], deadletters: list[DeadLetter]) -> None:
+    async def _deliver(self, outbox: list[OutboxEntry], result: BatchResult) -> None:
+        """Send the batch's dead letters and handoffs; clear the outbox once Kafka has them."""
         records = [
             OutRecord(self.settings.deadletter, d.key, d.value, d.headers.to_kafka())
-            for d in deadletters
+            for d in result.deadletters
         ]
-        records += [self._handoff_record(e) for e in outbox]
+        records += [
+            OutRecord(self.settings.handoff, h.lead_id.encode(), entry.record)
+            for h, entry in zip(result.handoffs, outbox, strict=True)
+        ]
         if not records:
             return
-        async with self._publish_lock:
-            await self._retrying("kafka", partial(self.publisher.publish, records))
-            if outbox:
-                self.metrics.handoffs_delivered.inc(len(outbox))
-                await self._retrying("redis", partial(self.store.clear_outbox, outbox))
-
-    def _handoff_record(self, entry: OutboxEntry) -> OutRecord:
-        handoff = MqlHandoff.model_validate_json(entry.record)
-        return OutRecord(self.settings.handoff, handoff.lead_id.encode(), entry.record)
+        await self._retrying("kafka", partial(self.publisher.publish, records))
+        if outbox:
+            self.metrics.handoffs_delivered.inc(len(outbox))
+            await self._retrying("redis", partial(self.store.clear_outbox, outbox))
 
     # -- recovery -----------------------------------------------------------------------------
 
@@ -202,7 +204,14 @@ class ScoringService:
             if not pending:
                 return 0
             log.info("delivering handoffs left in the outbox", count=len(pending))
-            records = [self._handoff_record(e) for e in pending]
+            records = [
+                OutRecord(
+                    self.settings.handoff,
+                    MqlHandoff.model_validate_json(e.record).lead_id.encode(),
+                    e.record,
+                )
+                for e in pending
+            ]
             await self._retrying("kafka", partial(self.publisher.publish, records))
             await self._retrying("redis", partial(self.store.clear_outbox, pending))
             self.metrics.handoffs_delivered.inc(len(pending))

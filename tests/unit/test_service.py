@@ -1,0 +1,168 @@
+"""The batch pipeline's shell logic, with an in-memory store and publisher (unit: no I/O)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import orjson
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from schemas.engagement import EngagementEvent
+from schemas.handoff import MqlHandoff
+from streams.core.lead import LeadState, apply_all
+from streams.core.rules import parse_rules
+from streams.observability import Metrics
+from streams.service import InRecord, OutRecord, ScoringService
+from streams.settings import load_settings
+from streams.store import Conflict, OutboxEntry, StoredLead
+
+pytestmark = pytest.mark.unit
+
+RULES = parse_rules({"mql": {"threshold": 20}, "engagement": {"pricing_page_view": 25}})
+
+
+class MemoryStore:
+    """Same contract as LeadStore: versions, compare-and-set, dedupe markers, outbox."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, tuple[int, dict[str, object]]] = {}
+        self.seen: dict[str, set[str]] = {}
+        self.outbox: dict[tuple[int, str], bytes] = {}
+        self.fail_next = 0
+        self.outbox_read_delay = 0.0
+
+    def _maybe_fail(self) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise RedisConnectionError("connection refused")
+
+    async def load(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, StoredLead]:
+        self._maybe_fail()
+        out = {}
+        for lead, ids in wanted.items():
+            seen = [i for i in ids if i in self.seen.get(lead, set())]
+            if lead in self.states:
+                version, data = self.states[lead]
+                out[lead] = StoredLead(version, LeadState.from_json(data, seen))
+            else:
+                out[lead] = StoredLead(0, LeadState(lead_id=lead, seen_event_ids=frozenset(seen)))
+        return out
+
+    async def commit(
+        self, changes: Sequence[tuple[StoredLead, LeadState]], outbox: Iterable[OutboxEntry] = ()
+    ) -> None:
+        self._maybe_fail()
+        stale = [
+            new.lead_id
+            for old, new in changes
+            if self.states.get(new.lead_id, (0,))[0] != old.version
+        ]
+        if stale:
+            raise Conflict(stale)
+        for old, new in changes:
+            self.states[new.lead_id] = (old.version + 1, orjson.loads(orjson.dumps(new.to_json())))
+            self.seen.setdefault(new.lead_id, set()).update(new.seen_event_ids)
+        for e in outbox:
+            self.outbox[(e.partition, e.output_id)] = e.record
+
+    async def pending_outbox(self, partitions: Iterable[int]) -> list[OutboxEntry]:
+        await asyncio.sleep(self.outbox_read_delay)  # a Redis round trip in flight
+        parts = set(partitions)
+        return [OutboxEntry(p, i, r) for (p, i), r in self.outbox.items() if p in parts]
+
+    async def clear_outbox(self, entries: Iterable[OutboxEntry]) -> None:
+        for e in entries:
+            self.outbox.pop((e.partition, e.output_id), None)
+
+
+class SlowPublisher:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.sent: list[OutRecord] = []
+        self.delay = delay
+
+    async def publish(self, records: Sequence[OutRecord]) -> None:
+        await asyncio.sleep(self.delay)
+        self.sent.extend(records)
+
+
+def parse(record: InRecord) -> EngagementEvent:
+    assert record.value is not None
+    return EngagementEvent.model_validate_json(record.value)
+
+
+def event(lead: str, event_id: str, offset: int, kind: str = "pricing_page_view") -> InRecord:
+    body = {
+        "event_id": event_id,
+        "lead_id": lead,
+        "type": kind,
+        "occurred_at": "2026-11-20T10:00:00Z",
+    }
+    return InRecord(lead.encode(), orjson.dumps(body), "leads.engagement", 0, offset)
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> tuple[ScoringService, MemoryStore, SlowPublisher]:
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text("mql: {threshold: 20}\n", encoding="utf-8")
+    settings = load_settings(rules=rules_file, redis_retry_max_seconds=0.01)
+    store, publisher = MemoryStore(), SlowPublisher()
+    return ScoringService(settings, RULES, store, publisher, Metrics()), store, publisher  # type: ignore[arg-type]
+
+
+async def test_outbox_sweep_during_a_batch_does_not_send_its_handoff_twice(service) -> None:
+    svc, store, publisher = service
+    store.outbox_read_delay = 0.05
+    # The periodic sweep starts reading the outbox; meanwhile a batch writes a new handoff.
+    sweep = asyncio.create_task(svc.flush_outbox([0]))
+    await asyncio.sleep(0.01)
+    await svc.process([event("a", "e1", 0)])
+    await sweep
+    handoffs = [r for r in publisher.sent if r.topic == svc.settings.handoff]
+    assert len(handoffs) == 1
+    assert store.outbox == {}
+
+
+async def test_stranded_outbox_entries_are_delivered_by_the_sweep(service) -> None:
+    svc, store, publisher = service
+    # A crash after the Redis write: the handoff is in the outbox, nothing was sent.
+    _, (handoff,) = apply_all(LeadState(lead_id="a"), [parse(event("a", "e1", 0))], RULES)
+    store.outbox[(3, handoff.handoff_id)] = handoff.model_dump_json().encode()
+    assert await svc.flush_outbox([1, 2]) == 0  # not this worker's partitions
+    assert await svc.flush_outbox([3]) == 1
+    assert [(r.topic, r.key) for r in publisher.sent] == [(svc.settings.handoff, b"a")]
+    assert MqlHandoff.model_validate_json(publisher.sent[0].value) == handoff
+    assert store.outbox == {}
+
+
+async def test_a_redis_outage_is_waited_out_and_the_batch_still_counts(service) -> None:
+    svc, store, publisher = service
+    store.fail_next = 3
+    result = await svc.process([event("a", "e1", 0), event("a", "e2", 1, "email_open")])
+    assert result.scored == 2 and len(result.handoffs) == 1
+    assert svc.metrics.retries.labels("redis")._value.get() == 3
+    sent = [MqlHandoff.model_validate_json(r.value) for r in publisher.sent]
+    assert [h.lead_id for h in sent] == ["a"]
+
+
+async def test_a_redelivered_batch_changes_nothing_and_sends_nothing(service) -> None:
+    svc, store, publisher = service
+    batch = [event("a", "e1", 0), event("b", "e2", 1, "email_open")]
+    await svc.process(batch)
+    before = (dict(store.states), len(publisher.sent))
+    again = await svc.process(batch)
+    assert again.scored == 0 and again.duplicates == 2
+    assert (dict(store.states), len(publisher.sent)) == before
+
+
+async def test_bad_and_good_records_in_one_batch(service) -> None:
+    svc, _, publisher = service
+    result = await svc.process(
+        [InRecord(b"a", b"not json", "leads.engagement", 0, 0), event("a", "e1", 1)]
+    )
+    assert result.scored == 1
+    dead = [r for r in publisher.sent if r.topic == svc.settings.deadletter]
+    assert [r.value for r in dead] == [b"not json"]
+    assert ("leadflow.source.offset", b"0") in dead[0].headers
