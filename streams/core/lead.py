@@ -54,6 +54,14 @@ class LeadState:
     handoff_id: str | None = None
     qualified_at: datetime | None = None
     last_event_at: datetime | None = None
+    # Fit under a given Rules object, kept while the attributes do not change: fit matching
+    # would otherwise dominate scoring. Never stored, never compared.
+    fit_cache: tuple[Rules, float] | None = field(default=None, compare=False, repr=False)
+
+    def fit(self, rules: Rules) -> float:
+        if self.fit_cache is not None and self.fit_cache[0] is rules:
+            return self.fit_cache[1]
+        return fit_points(self.attributes, rules)
 
     def to_json(self) -> dict[str, Any]:
         """State as stored in Redis (seen_event_ids are kept apart, see the store)."""
@@ -240,9 +248,12 @@ def apply(
         if state.last_event_at is None
         else max(state.last_event_at, event.occurred_at)
     )
+    attributes = _merge_attributes(state.attributes, event)
+    fit = state.fit(rules) if attributes is state.attributes else fit_points(attributes, rules)
     new = replace(
         state,
-        attributes=_merge_attributes(state.attributes, event),
+        attributes=attributes,
+        fit_cache=(rules, fit),
         engagement=engagement,
         engagement_as_of=as_of,
         daily_points=daily,
@@ -253,7 +264,7 @@ def apply(
     if new.stage != "lead":
         return new, []
     # Totals first (cheap); the reasons are only worked out for a lead that qualifies.
-    if not qualifies(fit_points(new.attributes, rules), engagement_points(new), rules):
+    if not qualifies(fit, engagement_points(new), rules):
         return new, []
     current = score(new, rules)
     handoff = MqlHandoff(

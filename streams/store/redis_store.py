@@ -1,7 +1,7 @@
 """The Redis adapter. Keys are built here and only here.
 
-A batch is one read round trip (states + which of the batch's event ids were already seen)
-and one write round trip (a Lua compare-and-set over every lead in the batch).
+A batch is one read round trip (load_batch.lua: states + which of the batch's event ids were
+already seen) and one write round trip (commit_batch.lua: a compare-and-set over every lead).
 """
 
 from __future__ import annotations
@@ -67,8 +67,11 @@ class LeadStore:
         self.keys = Keys(prefix)
         self.source_topic = source_topic
         self.dedupe_ttl_seconds = dedupe_ttl_seconds
-        script = files("streams.store").joinpath("lua/commit_batch.lua").read_text()
-        self._commit: AsyncScript = client.register_script(script)
+        lua = files("streams.store").joinpath("lua")
+        self._load: AsyncScript = client.register_script(lua.joinpath("load_batch.lua").read_text())
+        self._commit: AsyncScript = client.register_script(
+            lua.joinpath("commit_batch.lua").read_text()
+        )
 
     @classmethod
     def from_url(
@@ -86,16 +89,13 @@ class LeadStore:
     async def load(self, event_ids_by_lead: Mapping[str, Sequence[str]]) -> dict[str, StoredLead]:
         """Read the batch's leads and which of its event ids each lead has already seen."""
         leads = list(event_ids_by_lead)
-        pipe = self.redis.pipeline(transaction=False)
-        for lead_id in leads:
-            pipe.hmget(self.keys.lead(lead_id), "v", "s")
-            pipe.smismember(self.keys.seen(lead_id), list(event_ids_by_lead[lead_id]))
-        replies = await pipe.execute()
+        keys = [self.keys.lead(lead_id) for lead_id in leads]
+        keys += [self.keys.seen(lead_id) for lead_id in leads]
+        ids = [list(event_ids_by_lead[lead_id]) for lead_id in leads]
+        replies = await self._load(keys=keys, args=[orjson.dumps(ids)])
         out: dict[str, StoredLead] = {}
-        for i, lead_id in enumerate(leads):
-            (version, state), seen_flags = replies[2 * i], replies[2 * i + 1]
-            ids = event_ids_by_lead[lead_id]
-            seen = [eid for eid, flag in zip(ids, seen_flags, strict=True) if flag]
+        for lead_id, lead_ids, (version, state, flags) in zip(leads, ids, replies, strict=True):
+            seen = [eid for eid, flag in zip(lead_ids, flags, strict=True) if flag]
             if state is None:
                 out[lead_id] = StoredLead(
                     0, LeadState(lead_id=lead_id, seen_event_ids=frozenset(seen))
