@@ -11,9 +11,11 @@ from typing import Any
 import faust
 from prometheus_client import generate_latest
 
+from streams.agents.sales import register_sales_agent
 from streams.agents.scoring import register_scoring_agent
 from streams.core.rules import Rules, load_rules
 from streams.observability import Metrics
+from streams.sales_service import SalesService
 from streams.service import OutRecord, ScoringService
 from streams.settings import Settings
 from streams.store import LeadStore
@@ -58,6 +60,7 @@ def broker_credentials(settings: Settings) -> Any:
 class Worker:
     app: faust.App
     service: ScoringService
+    sales: SalesService
     store: LeadStore
     metrics: Metrics
     rules: Rules
@@ -78,6 +81,8 @@ def create_worker(settings: Settings, rules: Rules | None = None) -> Worker:
         topic_allow_declare=False,
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.kafka_session_timeout,
+        broker_heartbeat_interval=settings.kafka_heartbeat_interval,
         producer_acks=-1,
         store="memory://",
         datadir=str(datadir),
@@ -93,17 +98,34 @@ def create_worker(settings: Settings, rules: Rules | None = None) -> Worker:
         source_topic=settings.engagement,
         dedupe_ttl_seconds=settings.dedupe_ttl_days * 86400,
     )
-    service = ScoringService(settings, rules, store, FaustPublisher(app), metrics)
+    publisher = FaustPublisher(app)
+    service = ScoringService(settings, rules, store, publisher, metrics)
+    sales = SalesService(settings, rules, store.for_source(settings.handoff), publisher, metrics)
     engagement = app.topic(settings.engagement, value_serializer="raw", key_serializer="raw")
     register_scoring_agent(app, engagement, service, settings)
+    sales_inputs = app.topic(
+        settings.handoff, settings.activity, value_serializer="raw", key_serializer="raw"
+    )
+    register_sales_agent(app, sales_inputs, sales, settings)
+
+    def assigned(topic: str) -> list[int]:
+        return [tp.partition for tp in app.consumer.assignment() if tp.topic == topic]
 
     def assigned_partitions() -> list[int]:
-        return [tp.partition for tp in app.consumer.assignment() if tp.topic == settings.engagement]
+        return assigned(settings.engagement)
 
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def deliver_outbox() -> None:
-        # Handoffs whose Kafka write did not complete before a crash or rebalance.
-        await service.flush_outbox(assigned_partitions())
+        # Outputs whose Kafka write did not complete before a crash or rebalance.
+        await service.flush_outbox(assigned(settings.engagement))
+        await sales.flush_outbox(assigned(settings.handoff))
+        metrics.open_deadlines.set(await sales.open_deadlines(assigned(settings.handoff)))
+
+    @app.timer(interval=settings.sla_sweep_interval)  # type: ignore[untyped-decorator]
+    async def sweep_deadlines() -> None:
+        # Every worker sweeps the partitions it owns (no leader: Faust skips leader timers
+        # during rebalances); the version check on the lead makes each alert happen once.
+        await sales.sweep(assigned(settings.handoff))
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
@@ -125,4 +147,4 @@ def create_worker(settings: Settings, rules: Rules | None = None) -> Worker:
         }
         return web.json(body, status=200 if redis_ok else 503)
 
-    return Worker(app, service, store, metrics, rules)
+    return Worker(app, service, sales, store, metrics, rules)

@@ -8,12 +8,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -22,9 +23,12 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
+from schemas.alert import SlaAlert
 from schemas.handoff import MqlHandoff
+from schemas.lifecycle import LifecycleTransition
 from streams.core.durations import format_duration
 from streams.core.rules import RulesError, load_rules
+from streams.sample import simulate_sales
 from streams.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -288,26 +292,148 @@ def _wait_http(url: str, within: float) -> dict[str, object]:
     raise TimeoutError(f"worker at {url} was not ready within {within:.0f}s")
 
 
+DEMO_RULES = Path(__file__).resolve().parent.parent / "rules" / "demo.yaml"
+
+
+class DemoRun:
+    """The demo's view of the pipeline: plays events, plays sales, prints what comes out."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.counts: Counter[str] = Counter()
+        self.missing: Counter[str] = Counter()
+        self.last_output = time.monotonic()
+        self.pending_sales: list[asyncio.Task[None]] = []
+
+    def show(self, topic: str, value: bytes, producer: Any) -> None:
+        s = self.settings
+        self.last_output = time.monotonic()
+        if topic == s.handoff:
+            h = MqlHandoff.model_validate_json(value)
+            self.counts["handoffs"] += 1
+            _print_handoff(h)
+            plan = simulate_sales(h.lead_id, h.handoff_id)
+            self.pending_sales.append(asyncio.create_task(self._play_sales(producer, plan)))
+        elif topic == s.lifecycle:
+            t = LifecycleTransition.model_validate_json(value)
+            self.counts[t.to_stage] += 1
+            self.missing.update(t.missing_bant)
+            if t.to_stage != "mql":
+                why = f"  [dim]{escape(t.reason or '')}[/]" if t.reason else ""
+                stage = t.to_stage.upper()
+                move = f"{t.from_stage} -> {t.to_stage}"
+                out.print(f"[bold cyan]{stage:>4}[/] {t.lead_id:<16} {move}{why}")
+        elif topic == s.alerts:
+            a = SlaAlert.model_validate_json(value)
+            self.counts[f"alert_{a.severity}"] += 1
+            out.print(
+                f"[bold red]SLA {a.severity.upper()}[/] {a.lead_id:<16} {a.kind} was due "
+                f"{a.due_at:%H:%M:%S}, owner {a.owner or 'unassigned'}"
+            )
+        elif topic == s.deadletter:
+            self.counts["deadletters"] += 1
+
+    async def _play_sales(self, producer: Any, plan: list[tuple[float, dict[str, object]]]) -> None:
+        started = time.monotonic()
+        for delay, activity in plan:
+            await asyncio.sleep(max(0.0, delay - (time.monotonic() - started)))
+            body = {**activity, "occurred_at": datetime.now(UTC).isoformat()}
+            key = str(activity["lead_id"]).encode()
+            await producer.send_and_wait(self.settings.activity, orjson.dumps(body), key=key)
+            self.counts["activities"] += 1
+
+    async def run(self, lines: list[bytes], rate: float, quiet_for: float) -> None:
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+        from streams.kafka import client_options
+
+        s = self.settings
+        options = client_options(s)
+        producer = AIOKafkaProducer(**options, acks="all", linger_ms=5)
+        consumer = AIOKafkaConsumer(
+            s.handoff,
+            s.lifecycle,
+            s.alerts,
+            s.deadletter,
+            **options,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await producer.start()
+        await consumer.start()
+        try:
+            playing = asyncio.create_task(_produce(s, _at_play_time(lines), rate))
+            while not playing.done() or time.monotonic() - self.last_output < quiet_for:
+                batch = await consumer.getmany(timeout_ms=250)
+                for tp, records in batch.items():
+                    for r in records:
+                        self.show(tp.topic, r.value, producer)
+            self.counts["events"] = await playing
+            await asyncio.gather(*self.pending_sales)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+
+
+def _at_play_time(lines: list[bytes]) -> list[bytes]:
+    """Stamp each sample event with the time it is played, so the SLA clocks run in real time."""
+    now = datetime.now(UTC).isoformat()
+    stamped = []
+    for line in lines:
+        try:
+            body = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            stamped.append(line)  # a deliberately broken sample record: play it as it is
+            continue
+        if (
+            isinstance(body, dict)
+            and "occurred_at" in body
+            and isinstance(body["occurred_at"], str)
+        ):
+            try:
+                datetime.fromisoformat(body["occurred_at"])
+                body["occurred_at"] = now
+            except ValueError:
+                pass
+        stamped.append(orjson.dumps(body))
+    return stamped
+
+
 @app.command()
 def demo(
     sample: Annotated[Path | None, typer.Option(help="NDJSON events (default: bundled)")] = None,
-    rate: Annotated[float, typer.Option(help="Events per second to play")] = 250.0,
+    rate: Annotated[float, typer.Option(help="Events per second to play")] = 400.0,
 ) -> None:
-    """Create topics, start a worker, play sample events and show handoffs as they happen."""
+    """Create topics, start a worker, play sample events and simulated sales, show what happens.
+
+    Events are stamped with the time they are played and the demo rules (rules/demo.yaml, unless
+    LEADFLOW_RULES is set) use SLA windows of seconds, so deadlines are met or breached while
+    you watch.
+    """
     from streams.kafka import create_topics, wait_for_kafka
 
     namespace = os.environ.get("LEADFLOW_NAMESPACE") or f"demo-{datetime.now(UTC):%Y%m%d%H%M%S}"
+    rules_path = Path(os.environ.get("LEADFLOW_RULES") or DEMO_RULES)
     with user_errors():
-        settings = _settings(namespace=namespace)
+        settings = _settings(namespace=namespace, rules=rules_path)
+        rules = load_rules(settings.rules)
         asyncio.run(wait_for_kafka(settings, within=60))
         asyncio.run(create_topics(settings))
     lines = _read_lines(sample) if sample else BUNDLED_SAMPLE.read_bytes().splitlines()
     console.print(
         f"[bold]leadflow demo[/]: namespace [cyan]{namespace}[/], {len(lines)} sample events, "
-        f"rules {settings.rules}"
+        f"rules {settings.rules} (first contact due "
+        f"{format_duration(rules.sla.mql_first_contact)} after handoff)"
     )
-    env = {**os.environ, "LEADFLOW_NAMESPACE": namespace, "LEADFLOW_LOG_FORMAT": "console"}
+    env = {
+        **os.environ,
+        "LEADFLOW_NAMESPACE": namespace,
+        "LEADFLOW_RULES": str(rules_path),
+        "LEADFLOW_LOG_FORMAT": "console",
+    }
     log_path = Path(os.environ.get("LEADFLOW_DEMO_LOG", f"/tmp/leadflow-{namespace}.log"))
+    run = DemoRun(settings)
+    quiet_for = rules.sla.mql_first_contact.total_seconds() + 8
     with log_path.open("wb") as worker_log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker"],
@@ -321,23 +447,19 @@ def demo(
             console.print(
                 f"worker ready (log: {log_path}), partitions {health['assigned_partitions']}"
             )
-
-            async def run() -> tuple[int, list[bytes]]:
-                watcher = asyncio.create_task(_watch(settings, settings.handoff, 6.0, 0, show=True))
-                sent = await _produce(settings, lines, rate)
-                return sent, await watcher
-
-            sent, seen = asyncio.run(run())
-            dead = asyncio.run(_watch(settings, settings.deadletter, 2.0, 0, show=False))
+            asyncio.run(run.run(lines, rate, quiet_for))
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+    c = run.counts
+    missing = ", ".join(f"{k} {v}" for k, v in run.missing.most_common()) or "none"
     out.print(
-        f"\n[bold]{sent}[/] events played, [bold green]{len(seen)}[/] leads handed off to sales, "
-        f"[bold yellow]{len(dead)}[/] bad records on {settings.deadletter} (reason in headers)"
-    )
-    out.print(
-        f"metrics were at http://{settings.web_host}:{settings.web_port}/metrics while it ran"
+        f"\n[bold]{c['events']}[/] events played, [bold green]{c['handoffs']}[/] leads handed "
+        f"off to sales, {c['activities']} sales activities simulated.\n"
+        f"[bold]{c['sql']}[/] SQL, [bold]{c['nurture']}[/] back to nurture "
+        f"(missing BANT: {missing}), {c['disqualified']} disqualified; "
+        f"[bold red]{c['alert_breach']}[/] SLA breaches; [bold yellow]{c['deadletters']}[/] bad "
+        f"records on {settings.deadletter} (reason in headers)."
     )
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from schemas.deadletter import DeadLetterHeaders, DeadLetterKind
 from schemas.engagement import EngagementEvent
@@ -35,24 +36,20 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_engagement(
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_record(
+    model: type[M],
     key: bytes | None,
     value: bytes | None,
     where: RecordLocation,
-    known_types: frozenset[str],
     max_bytes: int,
-) -> EngagementEvent | DeadLetter:
-    """Validate one engagement record. Never raises: anything wrong becomes a DeadLetter."""
+) -> M | DeadLetter:
+    """Validate one JSON record against a wire model. Never raises: a problem is a DeadLetter."""
 
     def reject(kind: DeadLetterKind, message: str) -> DeadLetter:
-        headers = DeadLetterHeaders(
-            error_kind=kind,
-            error_message=message,
-            source_topic=where.topic,
-            source_partition=where.partition,
-            source_offset=where.offset,
-        )
-        return DeadLetter(key=key, value=value, headers=headers)
+        return dead_letter(key, value, where, kind, message)
 
     if value is None:
         return reject(DeadLetterKind.INVALID_EVENT, "empty record (no value)")
@@ -70,19 +67,52 @@ def parse_engagement(
             DeadLetterKind.INVALID_EVENT, f"expected a JSON object, got {type(raw).__name__}"
         )
     try:
-        event = EngagementEvent.model_validate(raw)
+        parsed = model.model_validate(raw)
     except ValidationError as exc:
         return reject(DeadLetterKind.INVALID_EVENT, _describe(exc))
-    if event.type not in known_types:
-        return reject(
-            DeadLetterKind.UNKNOWN_TYPE,
-            f"type: unknown event type {event.type!r}; add it to the rules' engagement section "
-            "or use one of the contract's types",
-        )
-    if key is not None and key.decode("utf-8", "replace") != event.lead_id:
+    lead_id = getattr(parsed, "lead_id", None)
+    if key is not None and lead_id is not None and key.decode("utf-8", "replace") != lead_id:
         return reject(
             DeadLetterKind.KEY_MISMATCH,
             f"Kafka key {key.decode('utf-8', 'replace')!r} differs from lead_id "
-            f"{event.lead_id!r}; produce with key = lead_id so a lead's events stay in order",
+            f"{lead_id!r}; produce with key = lead_id so a lead's records stay in order",
+        )
+    return parsed
+
+
+def dead_letter(
+    key: bytes | None,
+    value: bytes | None,
+    where: RecordLocation,
+    kind: DeadLetterKind,
+    message: str,
+) -> DeadLetter:
+    headers = DeadLetterHeaders(
+        error_kind=kind,
+        error_message=message,
+        source_topic=where.topic,
+        source_partition=where.partition,
+        source_offset=where.offset,
+    )
+    return DeadLetter(key=key, value=value, headers=headers)
+
+
+def parse_engagement(
+    key: bytes | None,
+    value: bytes | None,
+    where: RecordLocation,
+    known_types: frozenset[str],
+    max_bytes: int,
+) -> EngagementEvent | DeadLetter:
+    """Validate one engagement record. Never raises: anything wrong becomes a DeadLetter."""
+    event = parse_record(EngagementEvent, key, value, where, max_bytes)
+    if isinstance(event, EngagementEvent) and event.type not in known_types:
+        return dead_letter(
+            key,
+            value,
+            where,
+            DeadLetterKind.UNKNOWN_TYPE,
+            f"type: unknown event type {event.type!r}; add it to the rules' engagement section "
+            "or use one of the contract's types",
         )
     return event

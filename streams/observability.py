@@ -53,9 +53,56 @@ class Metrics:
         self.handoffs = Counter(
             "leadflow_handoffs", "MQL handoffs written (and later delivered).", registry=r
         )
-        self.handoffs_delivered = Counter(
-            "leadflow_handoffs_delivered",
-            "Handoffs acknowledged by Kafka, including re-deliveries from the outbox.",
+        self.delivered = Counter(
+            "leadflow_outputs_delivered",
+            "Records acknowledged by Kafka, by topic (including redeliveries from the outbox).",
+            ["topic"],
+            registry=r,
+        )
+        self.transitions = Counter(
+            "leadflow_lifecycle_transitions",
+            "Stage changes, by from and to stage.",
+            ["from_stage", "to_stage"],
+            registry=r,
+        )
+        self.sales_inputs = Counter(
+            "leadflow_sales_inputs",
+            "Handoffs and sales activities applied by the sales agent (duplicates excluded).",
+            registry=r,
+        )
+        self.sla_alerts = Counter(
+            "leadflow_sla_alerts",
+            "SLA alerts sent, by clock and severity.",
+            ["kind", "severity"],
+            registry=r,
+        )
+        self.sla_clocks = Counter(
+            "leadflow_sla_clocks_ended",
+            "SLA clocks that reached a verdict: met, breached, expired (backfill), closed.",
+            ["kind", "status"],
+            registry=r,
+        )
+        self.late_actions = Counter(
+            "leadflow_sla_late_actions",
+            "Contacts or sales actions that came after their deadline.",
+            ["kind"],
+            registry=r,
+        )
+        self.alert_delay = Histogram(
+            "leadflow_sla_alert_delay_seconds",
+            "Time from a deadline to its alert.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 30, 300),
+            registry=r,
+        )
+        self.sweep_seconds = Histogram(
+            "leadflow_sla_sweep_seconds",
+            "Time to turn one sweep's due deadlines into alerts.",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 1, 5),
+            registry=r,
+        )
+        self.open_deadlines = Gauge(
+            "leadflow_sla_open_deadlines",
+            "Reminders waiting in Redis on this worker's partitions.",
             registry=r,
         )
         self.batch_seconds = Histogram(

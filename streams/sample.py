@@ -8,6 +8,7 @@ dead-letter path and dedupe are exercised too. Deterministic for a given seed.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -164,3 +165,37 @@ def generate(
 def iter_ndjson(records: list[SampleRecord]) -> Iterator[bytes]:
     for r in records:
         yield r.value + b"\n"
+
+
+def simulate_sales(lead_id: str, handoff_id: str) -> list[tuple[float, dict[str, object]]]:
+    """What a (simulated) inside-sales team does with a handoff: (delay in seconds, activity).
+
+    Deterministic per handoff: half become SQLs, three in ten go back to nurture with the
+    missing BANT criteria, one in ten is disqualified and one in ten is never contacted, so its
+    first-contact deadline is breached. `occurred_at` is filled in when the activity is sent.
+    """
+    bucket = int(hashlib.sha256(handoff_id.encode()).hexdigest(), 16) % 10
+    rep = ["sato", "suzuki", "tanaka"][bucket % 3]
+
+    def activity(step: str, kind: str, **extra: object) -> dict[str, object]:
+        return {
+            "activity_id": f"{handoff_id}-{step}",
+            "lead_id": lead_id,
+            "type": kind,
+            "owner": rep,
+            **extra,
+        }
+
+    if bucket == 9:
+        return []
+    plan: list[tuple[float, dict[str, object]]] = [(1.0, activity("contact", "contacted"))]
+    if bucket <= 4:
+        bant = {"budget": True, "authority": True, "need": True, "timeframe": bucket % 2 == 0}
+        plan.append((2.0, activity("bant", "bant_assessed", bant=bant)))
+        plan.append((4.0, activity("action", "sales_action", reason="demo booked")))
+    elif bucket <= 7:
+        bant = {"budget": False, "authority": bucket == 5, "need": True, "timeframe": False}
+        plan.append((2.0, activity("bant", "bant_assessed", bant=bant)))
+    else:
+        plan.append((2.0, activity("dq", "disqualified", reason="student, no buying role")))
+    return plan

@@ -1,8 +1,8 @@
-"""The scoring pipeline of one batch: parse, read state, fold the core, write, publish.
+"""The shell around the core: one batch is parse, read state, fold the core, write, publish.
 
-Shell code: it moves bytes between Kafka and Redis and calls the pure core for every decision.
-It never raises for a bad record and never gives up on a batch it has taken: Faust acks a
-batch as soon as the agent moves on, so giving up would lose records.
+It moves bytes between Kafka and Redis and calls the pure core for every decision. It never
+raises for a bad record and never gives up on a batch it has taken: Faust acks a batch as soon
+as the agent moves on, so giving up would lose records.
 """
 
 from __future__ import annotations
@@ -11,23 +11,26 @@ import asyncio
 import os
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 from functools import partial
 from typing import Protocol, TypeVar
 
 from aiokafka.errors import KafkaError
+from pydantic import BaseModel
 from redis.exceptions import RedisError
 
 from schemas.engagement import EngagementEvent
 from schemas.handoff import MqlHandoff
+from schemas.lifecycle import LifecycleTransition
 from streams.core.lead import LeadState, apply_all
 from streams.core.rules import Rules
+from streams.core.sales import mql_transition, reminders
 from streams.intake import DeadLetter, RecordLocation, parse_engagement
 from streams.observability import Metrics, log
 from streams.settings import Settings
-from streams.store import Conflict, LeadStore, OutboxEntry, StoredLead
+from streams.store import Conflict, LeadStore, OutboxEntry, StoredLead, Wakeup
 
 T = TypeVar("T")
 
@@ -57,22 +60,52 @@ class Publisher(Protocol):
 
 
 @dataclass(slots=True)
-class BatchResult:
-    scored: int = 0
-    duplicates: int = 0
-    deadletters: list[DeadLetter] = field(default_factory=list)
-    handoffs: list[MqlHandoff] = field(default_factory=list)
+class Fold:
+    """What folding the core over one batch decided: states to write and outputs to send."""
+
+    counted: int = 0
+    changes: list[tuple[StoredLead, LeadState]] = field(default_factory=list)
+    outbox: list[OutboxEntry] = field(default_factory=list)
+    schedule: list[Wakeup] = field(default_factory=list)
+    unschedule: list[Wakeup] = field(default_factory=list)
+    outputs: list[BaseModel] = field(default_factory=list)
+
+    def emit(self, partition: int, topic: str, output_id: str, model: BaseModel, key: str) -> None:
+        value = model.model_dump_json().encode()
+        self.outbox.append(OutboxEntry(partition, output_id, topic, key.encode(), value))
+        self.outputs.append(model)
+
+    def reschedule(self, partition: int, before: LeadState, after: LeadState) -> None:
+        """Keep the sweeper's reminders in step with the lead's open clocks."""
+        old = {(r.clock_id, r.severity): r.at for r in reminders(before)}
+        new = {(r.clock_id, r.severity): r.at for r in reminders(after)}
+        lead = after.lead_id
+        for (clock_id, severity), at in new.items():
+            if old.get((clock_id, severity)) != at:
+                ms = int(at.timestamp() * 1000)
+                self.schedule.append(Wakeup(partition, lead, clock_id, severity, ms))
+        for clock_id, severity in old.keys() - new.keys():
+            self.unschedule.append(Wakeup(partition, lead, clock_id, severity))
 
 
 @dataclass(slots=True)
-class _Fold:
-    scored: int = 0
-    changes: list[tuple[StoredLead, LeadState]] = field(default_factory=list)
-    outbox: list[OutboxEntry] = field(default_factory=list)
-    handoffs: list[MqlHandoff] = field(default_factory=list)
+class BatchResult:
+    counted: int = 0
+    duplicates: int = 0
+    deadletters: list[DeadLetter] = field(default_factory=list)
+    outputs: list[BaseModel] = field(default_factory=list)
+
+    def of_type(self, kind: type[T]) -> list[T]:
+        return [o for o in self.outputs if isinstance(o, kind)]
 
 
-class ScoringService:
+def wall_clock_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class BatchWriter:
+    """Shared machinery: the read-fold-write loop, delivery, the outbox, retries."""
+
     def __init__(
         self,
         settings: Settings,
@@ -80,145 +113,81 @@ class ScoringService:
         store: LeadStore,
         publisher: Publisher,
         metrics: Metrics,
-        wall_clock: Callable[[], float] = time.time,
+        now: Callable[[], datetime] = wall_clock_now,
     ) -> None:
         self.settings = settings
         self.rules = rules
         self.store = store
         self.publisher = publisher
         self.metrics = metrics
-        self.wall_clock = wall_clock
-        self.known_types = rules.event_types
-        self._publish_lock = asyncio.Lock()
+        self.now = now
+        # Held from a batch's Redis write until its outbox entries are cleared, so the outbox
+        # sweep never sends what a batch is about to send itself.
+        self._delivery = asyncio.Lock()
         self._batches = 0
 
-    # -- the hot path -------------------------------------------------------------------------
-
-    async def process(self, records: Sequence[InRecord]) -> BatchResult:
-        started = time.perf_counter()
-        result = BatchResult()
-        by_lead: dict[str, list[tuple[EngagementEvent, int]]] = defaultdict(list)
-        for rec in records:
-            parsed = parse_engagement(
-                rec.key,
-                rec.value,
-                RecordLocation(rec.topic, rec.partition, rec.offset),
-                self.known_types,
-                self.settings.max_event_bytes,
-            )
-            if isinstance(parsed, DeadLetter):
-                result.deadletters.append(parsed)
-                log.warning(
-                    "record dead-lettered",
-                    kind=parsed.headers.error_kind.value,
-                    reason=parsed.headers.error_message,
-                    topic=rec.topic,
-                    partition=rec.partition,
-                    offset=rec.offset,
-                )
-            else:
-                by_lead[parsed.lead_id].append((parsed, rec.partition))
-
-        # Held from the Redis write until the outbox is cleared, so the outbox sweeper never
-        # sends a handoff that this batch is about to send itself.
-        async with self._publish_lock:
-            outbox = await self._score(by_lead, result) if by_lead else []
-            self._batches += 1
-            if self.settings.fault_crash_after_batches == self._batches:
-                log.error("fault injection: exiting after the Redis write", batch=self._batches)
-                os._exit(137)
-            await self._deliver(outbox, result)
-        self._observe(records, result, by_lead, time.perf_counter() - started)
-        return result
-
-    def _fold(
-        self,
-        stored: dict[str, StoredLead],
-        by_lead: dict[str, list[tuple[EngagementEvent, int]]],
-    ) -> _Fold:
-        fold = _Fold()
-        for lead_id, items in by_lead.items():
-            before = stored[lead_id]
-            after, handoffs = apply_all(before.state, (e for e, _ in items), self.rules)
-            if after is before.state:
-                continue  # every event was a duplicate: nothing to write
-            fold.scored += after.events_counted - before.state.events_counted
-            fold.changes.append((before, after))
-            # A lead's events all come from one partition (the key is lead_id).
-            partition = items[0][1]
-            for handoff in handoffs:
-                record = handoff.model_dump_json().encode()
-                fold.outbox.append(OutboxEntry(partition, handoff.handoff_id, record))
-            fold.handoffs.extend(handoffs)
-        return fold
-
-    async def _score(
-        self, by_lead: dict[str, list[tuple[EngagementEvent, int]]], result: BatchResult
-    ) -> list[OutboxEntry]:
-        wanted = {lead: [e.event_id for e, _ in items] for lead, items in by_lead.items()}
+    async def _write(
+        self, wanted: Mapping[str, Sequence[str]], fold: Callable[[dict[str, StoredLead]], Fold]
+    ) -> Fold:
+        """Read the leads, fold, write guarded by versions; on a conflict read again."""
         while True:
             stored = await self._retrying("redis", partial(self.store.load, wanted))
-            fold = self._fold(stored, by_lead)
-            if not fold.changes:
-                break
+            decided = fold(stored)
+            if not decided.changes and not decided.unschedule:
+                return decided
             try:
-                await self._retrying("redis", partial(self.store.commit, fold.changes, fold.outbox))
-                break
+                await self._retrying(
+                    "redis",
+                    partial(
+                        self.store.commit,
+                        decided.changes,
+                        decided.outbox,
+                        decided.schedule,
+                        decided.unschedule,
+                    ),
+                )
+                return decided
             except Conflict as exc:
-                # Someone else wrote these leads (a rebalance overlap): read again and refold;
-                # the dedupe markers make the second fold count each event once.
+                # Someone else wrote these leads (a rebalance overlap or the other agent):
+                # read again and refold; the dedupe markers make each input count once.
                 self.metrics.retries.labels("conflict").inc()
-                log.warning("lead state changed under the batch; retrying", leads=exc.lead_ids[:5])
-        result.scored = fold.scored
-        result.duplicates = sum(len(items) for items in by_lead.values()) - fold.scored
-        result.handoffs = fold.handoffs
-        return fold.outbox
+                log.info("lead state changed under the batch; retrying", leads=exc.lead_ids[:5])
 
-    async def _deliver(self, outbox: list[OutboxEntry], result: BatchResult) -> None:
-        """Send the batch's dead letters and handoffs; clear the outbox once Kafka has them."""
+    async def _deliver(self, outbox: list[OutboxEntry], deadletters: list[DeadLetter]) -> None:
+        """Send dead letters and outputs; clear the outbox once Kafka has them."""
         records = [
             OutRecord(self.settings.deadletter, d.key, d.value, d.headers.to_kafka())
-            for d in result.deadletters
+            for d in deadletters
         ]
-        records += [
-            OutRecord(self.settings.handoff, h.lead_id.encode(), entry.record)
-            for h, entry in zip(result.handoffs, outbox, strict=True)
-        ]
+        records += [OutRecord(e.topic, e.key, e.value) for e in outbox]
         if not records:
             return
         await self._retrying("kafka", partial(self.publisher.publish, records))
+        for r in records:
+            self.metrics.delivered.labels(r.topic).inc()
         if outbox:
-            self.metrics.handoffs_delivered.inc(len(outbox))
             await self._retrying("redis", partial(self.store.clear_outbox, outbox))
 
-    # -- recovery -----------------------------------------------------------------------------
+    def _maybe_crash(self) -> None:
+        self._batches += 1
+        if self.settings.fault_crash_after_batches == self._batches:
+            log.error("fault injection: exiting after the Redis write", batch=self._batches)
+            os._exit(137)
 
     async def flush_outbox(self, partitions: Iterable[int]) -> int:
-        """Deliver handoffs that were written to Redis but not acknowledged by Kafka (crash)."""
+        """Deliver outputs that were written to Redis but not acknowledged by Kafka (crash)."""
         parts = sorted(set(partitions))
         if not parts:
             return 0
-        async with self._publish_lock:
+        async with self._delivery:
             pending = await self._retrying("redis", partial(self.store.pending_outbox, parts))
             self.metrics.outbox_pending.set(len(pending))
             if not pending:
                 return 0
-            log.info("delivering handoffs left in the outbox", count=len(pending))
-            records = [
-                OutRecord(
-                    self.settings.handoff,
-                    MqlHandoff.model_validate_json(e.record).lead_id.encode(),
-                    e.record,
-                )
-                for e in pending
-            ]
-            await self._retrying("kafka", partial(self.publisher.publish, records))
-            await self._retrying("redis", partial(self.store.clear_outbox, pending))
-            self.metrics.handoffs_delivered.inc(len(pending))
+            log.info("delivering outputs left in the outbox", count=len(pending))
+            await self._deliver(pending, [])
             self.metrics.outbox_pending.set(0)
             return len(pending)
-
-    # -- plumbing -----------------------------------------------------------------------------
 
     async def _retrying(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         """Retry an I/O step until it succeeds: waiting is better than losing a taken batch."""
@@ -228,15 +197,97 @@ class ScoringService:
                 return await call()
             except (TimeoutError, RedisError, KafkaError, OSError) as exc:
                 self.metrics.retries.labels(operation).inc()
+                variable = "REDIS_URL" if operation == "redis" else "KAFKA_BOOTSTRAP"
                 log.error(
                     f"{operation} unavailable; retrying",
                     error=repr(exc),
                     retry_in_seconds=delay,
-                    hint=f"check that {operation} is reachable (LEADFLOW_"
-                    f"{'REDIS_URL' if operation == 'redis' else 'KAFKA_BOOTSTRAP'})",
+                    hint=f"check that {operation} is reachable (LEADFLOW_{variable})",
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.redis_retry_max_seconds)
+
+    def _observe_transitions(self, result: BatchResult) -> None:
+        for t in result.of_type(LifecycleTransition):
+            self.metrics.transitions.labels(t.from_stage, t.to_stage).inc()
+            log.info(
+                "lead moved",
+                lead_id=t.lead_id,
+                from_stage=t.from_stage,
+                to_stage=t.to_stage,
+                reason=t.reason,
+                missing_bant=t.missing_bant or None,
+            )
+
+    def _observe_deadletters(self, deadletters: list[DeadLetter]) -> None:
+        for d in deadletters:
+            self.metrics.deadletters.labels(d.headers.error_kind.value).inc()
+            log.warning(
+                "record dead-lettered",
+                kind=d.headers.error_kind.value,
+                reason=d.headers.error_message,
+                topic=d.headers.source_topic,
+                partition=d.headers.source_partition,
+                offset=d.headers.source_offset,
+            )
+
+
+class ScoringService(BatchWriter):
+    """Engagement events in; lead scores, MQL handoffs and `mql` lifecycle events out."""
+
+    async def process(self, records: Sequence[InRecord]) -> BatchResult:
+        started = time.perf_counter()
+        result = BatchResult()
+        by_lead: dict[str, list[tuple[EngagementEvent, int]]] = defaultdict(list)
+        known_types = self.rules.event_types
+        for rec in records:
+            parsed = parse_engagement(
+                rec.key,
+                rec.value,
+                RecordLocation(rec.topic, rec.partition, rec.offset),
+                known_types,
+                self.settings.max_event_bytes,
+            )
+            if isinstance(parsed, DeadLetter):
+                result.deadletters.append(parsed)
+            else:
+                by_lead[parsed.lead_id].append((parsed, rec.partition))
+
+        wanted = {lead: [e.event_id for e, _ in items] for lead, items in by_lead.items()}
+        async with self._delivery:
+            fold = Fold()
+            if by_lead:
+                fold = await self._write(wanted, partial(self._fold, by_lead))
+            self._maybe_crash()
+            await self._deliver(fold.outbox, result.deadletters)
+        result.counted = fold.counted
+        result.duplicates = sum(len(items) for items in by_lead.values()) - fold.counted
+        result.outputs = fold.outputs
+        self._observe(records, result, by_lead, time.perf_counter() - started)
+        return result
+
+    def _fold(
+        self,
+        by_lead: dict[str, list[tuple[EngagementEvent, int]]],
+        stored: dict[str, StoredLead],
+    ) -> Fold:
+        fold = Fold()
+        s = self.settings
+        for lead_id, items in by_lead.items():
+            before = stored[lead_id]
+            after, handoffs = apply_all(before.state, (e for e, _ in items), self.rules)
+            if after is before.state:
+                continue  # every event was a duplicate: nothing to write
+            fold.counted += after.events_counted - before.state.events_counted
+            fold.changes.append((before, after))
+            # A lead's events all come from one partition (the key is lead_id).
+            partition = items[0][1]
+            for handoff in handoffs:
+                # At most one crossing per batch: only sales moves a lead back to nurture.
+                moved = mql_transition(before.state.stage, handoff)
+                fold.emit(partition, s.handoff, handoff.handoff_id, handoff, lead_id)
+                fold.emit(partition, s.lifecycle, moved.transition_id, moved, lead_id)
+        return fold
 
     def _observe(
         self,
@@ -248,16 +299,17 @@ class ScoringService:
         m = self.metrics
         m.batch_seconds.observe(seconds)
         m.batch_size.observe(len(records))
-        m.events.labels("scored").inc(result.scored)
+        m.events.labels("scored").inc(result.counted)
         m.events.labels("duplicate").inc(result.duplicates)
-        for d in result.deadletters:
-            m.deadletters.labels(d.headers.error_kind.value).inc()
-        m.handoffs.inc(len(result.handoffs))
+        self._observe_deadletters(result.deadletters)
+        handoffs = result.of_type(MqlHandoff)
+        m.handoffs.inc(len(handoffs))
+        self._observe_transitions(result)
         newest = max((e.occurred_at for items in by_lead.values() for e, _ in items), default=None)
         if newest is not None:
-            lag = self.wall_clock() - newest.astimezone(UTC).timestamp()
+            lag = self.now().timestamp() - newest.timestamp()
             m.event_lag.set(max(lag, 0.0))
-        for handoff in result.handoffs:
+        for handoff in handoffs:
             log.info(
                 "lead handed off",
                 lead_id=handoff.lead_id,

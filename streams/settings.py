@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     engagement_topic: str = "leads.engagement"
     handoff_topic: str = "leads.handoff"
     deadletter_topic: str = "leads.deadletter"
+    activity_topic: str = "sales.activity"
+    lifecycle_topic: str = "leads.lifecycle"
+    alerts_topic: str = "alerts.sla"
     topic_partitions: int = Field(default=8, ge=1)
     topic_replication: int = Field(default=1, ge=1)
 
@@ -42,6 +45,12 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: Path | None = None
+    kafka_session_timeout: float = Field(
+        default=30.0,
+        ge=6,
+        description="Seconds before the group gives a silent worker's partitions to others.",
+    )
+    kafka_heartbeat_interval: float = Field(default=3.0, gt=0)
 
     # Processing
     batch_max: int = Field(default=500, ge=1, le=100_000)
@@ -51,6 +60,10 @@ class Settings(BaseSettings):
         default=90, ge=1, description="How long an event_id is remembered per lead."
     )
     redis_retry_max_seconds: float = Field(default=30.0, gt=0)
+    sla_sweep_interval: float = Field(
+        default=0.25, gt=0, le=60, description="Seconds between looks at due SLA deadlines."
+    )
+    sla_sweep_batch: int = Field(default=1000, ge=1, description="Most deadlines per look.")
 
     # Operations
     data_dir: Path = Field(
@@ -89,8 +102,27 @@ class Settings(BaseSettings):
         return self.topic(self.deadletter_topic)
 
     @property
+    def activity(self) -> str:
+        return self.topic(self.activity_topic)
+
+    @property
+    def lifecycle(self) -> str:
+        return self.topic(self.lifecycle_topic)
+
+    @property
+    def alerts(self) -> str:
+        return self.topic(self.alerts_topic)
+
+    @property
     def all_topics(self) -> tuple[str, ...]:
-        return (self.engagement, self.handoff, self.deadletter)
+        return (
+            self.engagement,
+            self.handoff,
+            self.deadletter,
+            self.activity,
+            self.lifecycle,
+            self.alerts,
+        )
 
     @property
     def app_id(self) -> str:

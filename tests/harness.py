@@ -80,6 +80,8 @@ class WorkerProcess:
             "LEADFLOW_RULES": str(self.settings.rules),
             "LEADFLOW_WEB_PORT": str(self.web_port),
             "LEADFLOW_BATCH_WITHIN": "0.1",
+            "LEADFLOW_KAFKA_SESSION_TIMEOUT": "6",
+            "LEADFLOW_KAFKA_HEARTBEAT_INTERVAL": "1",
             "LEADFLOW_LOG_FORMAT": "json",
             **self.extra_env,
         }
@@ -134,12 +136,16 @@ async def ensure_topics(settings: Settings) -> None:
     await create_topics(settings)
 
 
-async def produce(settings: Settings, records: list[tuple[bytes | None, bytes]]) -> None:
+async def produce(
+    settings: Settings, records: list[tuple[bytes | None, bytes]], topic: str | None = None
+) -> None:
+    """Produce (key, value) records to a topic (default: the engagement topic), acks=all."""
     producer = AIOKafkaProducer(**client_options(settings), acks="all", linger_ms=10)
     await producer.start()
     try:
         futures = [
-            await producer.send(settings.engagement, value, key=key) for key, value in records
+            await producer.send(topic or settings.engagement, value, key=key)
+            for key, value in records
         ]
         await asyncio.gather(*futures)
     finally:
@@ -153,6 +159,7 @@ class Consumed:
     headers: tuple[tuple[str, bytes], ...]
     partition: int
     offset: int
+    timestamp_ms: int = 0
 
 
 async def read_topic(settings: Settings, topic: str) -> list[Consumed]:
@@ -174,7 +181,7 @@ async def read_topic(settings: Settings, topic: str) -> list[Consumed]:
             batch = await consumer.getmany(timeout_ms=500)
             for tp, records in batch.items():
                 out.extend(
-                    Consumed(r.key, r.value, tuple(r.headers), tp.partition, r.offset)
+                    Consumed(r.key, r.value, tuple(r.headers), tp.partition, r.offset, r.timestamp)
                     for r in records
                 )
         return out

@@ -22,20 +22,24 @@ def register_scoring_agent(
     @app.agent(topic, concurrency=1, name="score_engagement")
     async def score_engagement(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within):
-            batch = [
-                InRecord(
-                    key=e.message.key,
-                    value=e.message.value,
-                    topic=e.message.topic,
-                    partition=e.message.partition,
-                    offset=e.message.offset,
-                )
-                for e in events
-            ]
+            batch = to_records(events)
             await finish_even_if_cancelled(service.process(batch))
             report_consumer_lag(app, service, batch)
 
     return score_engagement
+
+
+def to_records(events: Any) -> list[InRecord]:
+    return [
+        InRecord(
+            key=e.message.key,
+            value=e.message.value,
+            topic=e.message.topic,
+            partition=e.message.partition,
+            offset=e.message.offset,
+        )
+        for e in events
+    ]
 
 
 async def finish_even_if_cancelled(work: Any) -> None:

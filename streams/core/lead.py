@@ -16,9 +16,16 @@ from typing import Any, Literal
 
 from schemas.engagement import AttributeValue, EngagementEvent
 from schemas.handoff import MqlHandoff, ScoreReason
+from schemas.lifecycle import Stage
 from streams.core.rules import Rules
 
-Stage = Literal["lead", "mql"]
+ClockKind = Literal["mql_first_contact", "sql_follow_up"]
+# open -> met (action in time) | breached (alert sent, or action late) | expired (already long
+# past when first seen: a backfill, no alert) | closed (the lead left the stage: no verdict)
+ClockStatus = Literal["open", "met", "breached", "expired", "closed"]
+
+# Stages a scoring crossing can qualify from (disqualified too, if the rules say so).
+QUALIFIABLE: frozenset[Stage] = frozenset({"lead", "nurture"})
 
 # Daily cap buckets older than this (relative to the newest event) are forgotten, so state
 # stays bounded; a later event from such a day counts as the first of its type that day.
@@ -42,6 +49,55 @@ class Attribute:
 
 
 @dataclass(frozen=True, slots=True)
+class Clock:
+    """One SLA deadline of one handoff: first contact after MQL, or sales action after SQL."""
+
+    kind: ClockKind
+    handoff_id: str
+    started_at: datetime
+    due_at: datetime
+    warn_at: datetime | None = None
+    status: ClockStatus = "open"
+    warned: bool = False
+    ended_at: datetime | None = None  # event time that met it, or detection time of a breach
+    late_action_at: datetime | None = None  # the action that came after a breach
+    owner: str | None = None
+
+    @property
+    def clock_id(self) -> str:
+        return f"{self.handoff_id}:{self.kind}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "handoff_id": self.handoff_id,
+            "started_at": self.started_at.isoformat(),
+            "due_at": self.due_at.isoformat(),
+            "warn_at": _iso(self.warn_at),
+            "status": self.status,
+            "warned": self.warned,
+            "ended_at": _iso(self.ended_at),
+            "late_action_at": _iso(self.late_action_at),
+            "owner": self.owner,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Clock:
+        return cls(
+            kind=data["kind"],
+            handoff_id=data["handoff_id"],
+            started_at=datetime.fromisoformat(data["started_at"]),
+            due_at=datetime.fromisoformat(data["due_at"]),
+            warn_at=_dt(data["warn_at"]),
+            status=data["status"],
+            warned=data["warned"],
+            ended_at=_dt(data["ended_at"]),
+            late_action_at=_dt(data["late_action_at"]),
+            owner=data["owner"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class LeadState:
     lead_id: str
     stage: Stage = "lead"
@@ -54,6 +110,13 @@ class LeadState:
     handoff_id: str | None = None
     qualified_at: datetime | None = None
     last_event_at: datetime | None = None
+    # Sales side (written by the sales agent, see streams/core/sales.py)
+    qualifications: int = 0
+    clocks: tuple[Clock, ...] = ()
+    last_contact_at: datetime | None = None
+    last_sales_action_at: datetime | None = None
+    owner: str | None = None
+    missing_bant: tuple[str, ...] = ()
     # Fit under a given Rules object, kept while the attributes do not change: fit matching
     # would otherwise dominate scoring. Never stored, never compared.
     fit_cache: tuple[Rules, float] | None = field(default=None, compare=False, repr=False)
@@ -76,6 +139,12 @@ class LeadState:
             "handoff_id": self.handoff_id,
             "qualified_at": _iso(self.qualified_at),
             "last_event_at": _iso(self.last_event_at),
+            "qualifications": self.qualifications,
+            "clocks": [c.to_json() for c in self.clocks],
+            "last_contact_at": _iso(self.last_contact_at),
+            "last_sales_action_at": _iso(self.last_sales_action_at),
+            "owner": self.owner,
+            "missing_bant": list(self.missing_bant),
         }
 
     @classmethod
@@ -95,6 +164,12 @@ class LeadState:
             handoff_id=data["handoff_id"],
             qualified_at=_dt(data["qualified_at"]),
             last_event_at=_dt(data["last_event_at"]),
+            qualifications=data.get("qualifications", 0),
+            clocks=tuple(Clock.from_json(c) for c in data.get("clocks", ())),
+            last_contact_at=_dt(data.get("last_contact_at")),
+            last_sales_action_at=_dt(data.get("last_sales_action_at")),
+            owner=data.get("owner"),
+            missing_bant=tuple(data.get("missing_bant", ())),
         )
 
 
@@ -163,6 +238,13 @@ def qualifies(fit: float, engagement: float, rules: Rules) -> bool:
         round(fit + engagement, SCORE_DIGITS) >= mql.threshold
         and (mql.min_fit is None or fit >= mql.min_fit)
         and (mql.min_engagement is None or engagement >= mql.min_engagement)
+    )
+
+
+def can_qualify(stage: Stage, rules: Rules) -> bool:
+    """Whether a score crossing hands the lead (again) to sales from this stage."""
+    return stage in QUALIFIABLE or (
+        stage == "disqualified" and rules.recycle.disqualified_can_requalify
     )
 
 
@@ -261,7 +343,7 @@ def apply(
         events_counted=state.events_counted + 1,
         last_event_at=last,
     )
-    if new.stage != "lead":
+    if not can_qualify(new.stage, rules):
         return new, []
     # Totals first (cheap); the reasons are only worked out for a lead that qualifies.
     if not qualifies(fit, engagement_points(new), rules):
@@ -281,7 +363,12 @@ def apply(
         first_contact_due_at=event.occurred_at + rules.sla.mql_first_contact,
     )
     qualified = replace(
-        new, stage="mql", handoff_id=handoff.handoff_id, qualified_at=event.occurred_at
+        new,
+        stage="mql",
+        handoff_id=handoff.handoff_id,
+        qualified_at=event.occurred_at,
+        qualifications=new.qualifications + 1,
+        missing_bant=(),
     )
     return qualified, [handoff]
 

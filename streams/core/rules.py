@@ -25,6 +25,8 @@ from pydantic import (
 )
 
 from schemas.engagement import KNOWN_EVENT_TYPES, AttributeValue
+from schemas.lifecycle import BantCriterion
+from streams.core.calendar import BusinessCalendar
 from streams.core.durations import format_duration, parse_duration
 
 
@@ -179,6 +181,37 @@ class DecayRule(_Frozen):
 class SlaRule(_Frozen):
     mql_first_contact: Duration = Field(default=timedelta(hours=24))
     sql_follow_up: Duration = Field(default=timedelta(hours=48))
+    early_warning: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Also warn at this share of the window (e.g. 0.75); off by default.",
+    )
+    backfill_grace: Duration = Field(
+        default=timedelta(hours=1),
+        description="A deadline already past by more than this when first seen is recorded "
+        "as expired, without an alert (backfills must not page anyone).",
+    )
+    calendar: BusinessCalendar | None = Field(
+        default=None, description="Count only working time (time zone, days, hours, holidays)."
+    )
+
+
+class BantRule(_Frozen):
+    required: int = Field(default=3, ge=1, le=4, description="Criteria that must hold (of 4).")
+    mandatory: tuple[BantCriterion, ...] = Field(
+        default=(), description="Criteria that must hold whatever the count."
+    )
+
+
+class RecycleRule(_Frozen):
+    engagement_factor: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Engagement kept when sales sends a lead back to nurture (0 = reset).",
+    )
+    disqualified_can_requalify: bool = False
 
 
 class Rules(_Frozen):
@@ -192,6 +225,8 @@ class Rules(_Frozen):
     fit: tuple[FitRule, ...] = ()
     decay: DecayRule | None = None
     sla: SlaRule = Field(default_factory=SlaRule)
+    bant: BantRule = Field(default_factory=BantRule)
+    recycle: RecycleRule = Field(default_factory=RecycleRule)
     reasons_limit: int = Field(default=6, ge=1, le=50, description="Reasons kept on a handoff.")
 
     @field_validator("engagement")

@@ -6,6 +6,7 @@ already seen) and one write round trip (commit_batch.lua: a compare-and-set over
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
@@ -27,11 +28,44 @@ class StoredLead:
 
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
-    """An output written with the state that caused it, deleted once Kafka acknowledged it."""
+    """An output written with the state that caused it, deleted once Kafka acknowledged it.
+
+    `partition` is the input partition whose owner delivers it after a crash.
+    """
 
     partition: int
     output_id: str
-    record: bytes
+    topic: str
+    key: bytes
+    value: bytes
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"t": self.topic, "k": self.key.decode(), "v": self.value.decode()})
+
+    @classmethod
+    def decode(cls, partition: int, output_id: str, raw: bytes) -> OutboxEntry:
+        data = orjson.loads(raw)
+        return cls(partition, output_id, data["t"], data["k"].encode(), data["v"].encode())
+
+
+@dataclass(frozen=True, slots=True)
+class Wakeup:
+    """A reminder in the sweeper's sorted set: look at this lead's clock at this time."""
+
+    partition: int
+    lead_id: str
+    clock_id: str
+    severity: str
+    at_ms: int = 0
+
+    @property
+    def member(self) -> str:
+        return f"{self.lead_id}\x1f{self.clock_id}\x1f{self.severity}"
+
+    @classmethod
+    def parse(cls, partition: int, member: bytes, at_ms: int = 0) -> Wakeup:
+        lead_id, clock_id, severity = member.decode().split("\x1f")
+        return cls(partition, lead_id, clock_id, severity, at_ms)
 
 
 class Conflict(Exception):
@@ -55,6 +89,9 @@ class Keys:
     def outbox(self, source_topic: str, partition: int) -> str:
         return f"{self.prefix}outbox:{source_topic}:{partition}"
 
+    def wakeups(self, source_topic: str, partition: int) -> str:
+        return f"{self.prefix}wakeups:{source_topic}:{partition}"
+
     def lead_pattern(self) -> str:
         return f"{self.prefix}lead:*"
 
@@ -72,6 +109,12 @@ class LeadStore:
         self._commit: AsyncScript = client.register_script(
             lua.joinpath("commit_batch.lua").read_text()
         )
+
+    def for_source(self, source_topic: str) -> LeadStore:
+        """The same Redis and lead keys, with outbox and reminders owned by another input."""
+        other = copy.copy(self)
+        other.source_topic = source_topic
+        return other
 
     @classmethod
     def from_url(
@@ -110,12 +153,16 @@ class LeadStore:
         self,
         changes: Sequence[tuple[StoredLead, LeadState]],
         outbox: Iterable[OutboxEntry] = (),
+        schedule: Iterable[Wakeup] = (),
+        unschedule: Iterable[Wakeup] = (),
     ) -> None:
-        """Write new states (guarded by the versions read) and outbox entries in one step."""
-        entries = list(outbox)
+        """Write new states (guarded by the versions read), outputs and reminders in one step."""
+        entries, adds, removes = list(outbox), list(schedule), list(unschedule)
         keys = [self.keys.lead(new.lead_id) for _, new in changes]
         keys += [self.keys.seen(new.lead_id) for _, new in changes]
         keys += [self.keys.outbox(self.source_topic, e.partition) for e in entries]
+        keys += [self.keys.wakeups(self.source_topic, w.partition) for w in adds]
+        keys += [self.keys.wakeups(self.source_topic, w.partition) for w in removes]
         payload = {
             "ttl": self.dedupe_ttl_seconds,
             "leads": [
@@ -126,7 +173,9 @@ class LeadStore:
                 }
                 for old, new in changes
             ],
-            "outbox": [{"id": e.output_id, "r": e.record.decode()} for e in entries],
+            "outbox": [{"id": e.output_id, "r": e.encode().decode()} for e in entries],
+            "add": [{"m": w.member, "at": w.at_ms} for w in adds],
+            "remove": [w.member for w in removes],
         }
         conflicts = await self._commit(keys=keys, args=[orjson.dumps(payload)])
         if conflicts:
@@ -139,9 +188,9 @@ class LeadStore:
             pipe.hgetall(self.keys.outbox(self.source_topic, p))
         replies = await pipe.execute()
         return [
-            OutboxEntry(p, output_id.decode(), record)
+            OutboxEntry.decode(p, output_id.decode(), raw)
             for p, entries in zip(parts, replies, strict=True)
-            for output_id, record in entries.items()
+            for output_id, raw in entries.items()
         ]
 
     async def clear_outbox(self, entries: Iterable[OutboxEntry]) -> None:
@@ -149,6 +198,32 @@ class LeadStore:
         for e in entries:
             pipe.hdel(self.keys.outbox(self.source_topic, e.partition), e.output_id)
         await pipe.execute()
+
+    async def due_wakeups(self, partitions: Iterable[int], now_ms: int, limit: int) -> list[Wakeup]:
+        """Reminders due at or before now, oldest first (an index range, never a scan)."""
+        parts = list(partitions)
+        pipe = self.redis.pipeline(transaction=False)
+        for p in parts:
+            pipe.zrangebyscore(
+                self.keys.wakeups(self.source_topic, p),
+                "-inf",
+                now_ms,
+                start=0,
+                num=limit,
+                withscores=True,
+            )
+        replies = await pipe.execute()
+        return [
+            Wakeup.parse(p, member, int(score))
+            for p, due in zip(parts, replies, strict=True)
+            for member, score in due
+        ]
+
+    async def count_wakeups(self, partitions: Iterable[int]) -> int:
+        pipe = self.redis.pipeline(transaction=False)
+        for p in partitions:
+            pipe.zcard(self.keys.wakeups(self.source_topic, p))
+        return int(sum(await pipe.execute()))
 
     async def read_lead(self, lead_id: str) -> LeadState | None:
         raw = await self.redis.hget(self.keys.lead(lead_id), "s")

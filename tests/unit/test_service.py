@@ -12,12 +12,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from schemas.engagement import EngagementEvent
 from schemas.handoff import MqlHandoff
+from schemas.lifecycle import LifecycleTransition
 from streams.core.lead import LeadState, apply_all
 from streams.core.rules import parse_rules
 from streams.observability import Metrics
 from streams.service import InRecord, OutRecord, ScoringService
 from streams.settings import load_settings
-from streams.store import Conflict, OutboxEntry, StoredLead
+from streams.store import Conflict, OutboxEntry, StoredLead, Wakeup
 
 pytestmark = pytest.mark.unit
 
@@ -33,6 +34,7 @@ class MemoryStore:
         self.outbox: dict[tuple[int, str], bytes] = {}
         self.fail_next = 0
         self.outbox_read_delay = 0.0
+        self.wakeups: dict[str, int] = {}
 
     def _maybe_fail(self) -> None:
         if self.fail_next:
@@ -52,7 +54,11 @@ class MemoryStore:
         return out
 
     async def commit(
-        self, changes: Sequence[tuple[StoredLead, LeadState]], outbox: Iterable[OutboxEntry] = ()
+        self,
+        changes: Sequence[tuple[StoredLead, LeadState]],
+        outbox: Iterable[OutboxEntry] = (),
+        schedule: Iterable[Wakeup] = (),
+        unschedule: Iterable[Wakeup] = (),
     ) -> None:
         self._maybe_fail()
         stale = [
@@ -66,12 +72,16 @@ class MemoryStore:
             self.states[new.lead_id] = (old.version + 1, orjson.loads(orjson.dumps(new.to_json())))
             self.seen.setdefault(new.lead_id, set()).update(new.seen_event_ids)
         for e in outbox:
-            self.outbox[(e.partition, e.output_id)] = e.record
+            self.outbox[(e.partition, e.output_id)] = e.encode()
+        for w in schedule:
+            self.wakeups[w.member] = w.at_ms
+        for w in unschedule:
+            self.wakeups.pop(w.member, None)
 
     async def pending_outbox(self, partitions: Iterable[int]) -> list[OutboxEntry]:
         await asyncio.sleep(self.outbox_read_delay)  # a Redis round trip in flight
         parts = set(partitions)
-        return [OutboxEntry(p, i, r) for (p, i), r in self.outbox.items() if p in parts]
+        return [OutboxEntry.decode(p, i, r) for (p, i), r in self.outbox.items() if p in parts]
 
     async def clear_outbox(self, entries: Iterable[OutboxEntry]) -> None:
         for e in entries:
@@ -129,7 +139,9 @@ async def test_stranded_outbox_entries_are_delivered_by_the_sweep(service) -> No
     svc, store, publisher = service
     # A crash after the Redis write: the handoff is in the outbox, nothing was sent.
     _, (handoff,) = apply_all(LeadState(lead_id="a"), [parse(event("a", "e1", 0))], RULES)
-    store.outbox[(3, handoff.handoff_id)] = handoff.model_dump_json().encode()
+    value = handoff.model_dump_json().encode()
+    entry = OutboxEntry(3, handoff.handoff_id, svc.settings.handoff, b"a", value)
+    store.outbox[(3, handoff.handoff_id)] = entry.encode()
     assert await svc.flush_outbox([1, 2]) == 0  # not this worker's partitions
     assert await svc.flush_outbox([3]) == 1
     assert [(r.topic, r.key) for r in publisher.sent] == [(svc.settings.handoff, b"a")]
@@ -141,10 +153,16 @@ async def test_a_redis_outage_is_waited_out_and_the_batch_still_counts(service) 
     svc, store, publisher = service
     store.fail_next = 3
     result = await svc.process([event("a", "e1", 0), event("a", "e2", 1, "email_open")])
-    assert result.scored == 2 and len(result.handoffs) == 1
+    assert result.counted == 2 and len(result.of_type(MqlHandoff)) == 1
     assert svc.metrics.retries.labels("redis")._value.get() == 3
-    sent = [MqlHandoff.model_validate_json(r.value) for r in publisher.sent]
+    sent = [
+        MqlHandoff.model_validate_json(r.value)
+        for r in publisher.sent
+        if r.topic == svc.settings.handoff
+    ]
     assert [h.lead_id for h in sent] == ["a"]
+    moves = [r for r in publisher.sent if r.topic == svc.settings.lifecycle]
+    assert [LifecycleTransition.model_validate_json(r.value).to_stage for r in moves] == ["mql"]
 
 
 async def test_a_redelivered_batch_changes_nothing_and_sends_nothing(service) -> None:
@@ -153,7 +171,7 @@ async def test_a_redelivered_batch_changes_nothing_and_sends_nothing(service) ->
     await svc.process(batch)
     before = (dict(store.states), len(publisher.sent))
     again = await svc.process(batch)
-    assert again.scored == 0 and again.duplicates == 2
+    assert again.counted == 0 and again.duplicates == 2
     assert (dict(store.states), len(publisher.sent)) == before
 
 
@@ -162,7 +180,7 @@ async def test_bad_and_good_records_in_one_batch(service) -> None:
     result = await svc.process(
         [InRecord(b"a", b"not json", "leads.engagement", 0, 0), event("a", "e1", 1)]
     )
-    assert result.scored == 1
+    assert result.counted == 1
     dead = [r for r in publisher.sent if r.topic == svc.settings.deadletter]
     assert [r.value for r in dead] == [b"not json"]
     assert ("leadflow.source.offset", b"0") in dead[0].headers

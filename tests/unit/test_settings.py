@@ -32,7 +32,14 @@ def test_defaults() -> None:
 
 def test_empty_namespace_uses_plain_names() -> None:
     settings = load_settings()
-    assert settings.all_topics == ("leads.engagement", "leads.handoff", "leads.deadletter")
+    assert settings.all_topics == (
+        "leads.engagement",
+        "leads.handoff",
+        "leads.deadletter",
+        "sales.activity",
+        "leads.lifecycle",
+        "alerts.sla",
+    )
     assert settings.app_id == "leadflow-scoring"
     assert settings.redis_prefix == "lf:"
 

@@ -1,4 +1,4 @@
--- commit_batch.lua: write one batch's lead states, dedupe markers and pending handoffs.
+-- commit_batch.lua: write one batch's lead states, dedupe markers, outputs and reminders.
 --
 -- Guarantees:
 --   * all or nothing (a Lua script runs atomically in Redis);
@@ -6,15 +6,19 @@
 --     batch read; if any lead changed, nothing is written and the 1-based indexes of the
 --     conflicting leads are returned (this also fences off a worker that lost its partitions
 --     in a rebalance but is still finishing a batch);
---   * handoffs are written to the outbox in the same step as the state that caused them, so a
---     crash before Kafka acknowledged them cannot lose them.
--- No scoring or lifecycle rule lives here: the worker computed the new states in Python.
+--   * outputs (handoffs, lifecycle events, alerts) are written to the outbox in the same step
+--     as the state that caused them, so a crash before Kafka acknowledged them cannot lose them;
+--   * SLA reminders are added and removed in the same step as the clock they belong to, so the
+--     sweeper never sees a reminder for a clock state that was not written.
+-- No scoring or lifecycle rule lives here: the worker computed everything in Python.
 --
--- KEYS[1..n]        lead state hashes  {v = version, s = state JSON}
--- KEYS[n+1..2n]     per-lead sets of seen event ids (expire after ttl seconds)
--- KEYS[2n+1..2n+m]  outbox hashes, one key per outbox entry (handoff_id -> record JSON)
--- ARGV[1]           JSON {"ttl": seconds, "leads": [{"v": read version, "s": state, "seen": [ids]}],
---                         "outbox": [{"id": handoff_id, "r": record JSON}]}
+-- KEYS[1..n]          lead state hashes  {v = version, s = state JSON}
+-- KEYS[n+1..2n]       per-lead sets of seen ids (expire after ttl seconds)
+-- then one key per outbox entry (hash: output id -> record JSON),
+-- then one key per reminder to add, then one key per reminder to remove (sorted sets).
+-- ARGV[1]  JSON {"ttl": seconds, "leads": [{"v": read version, "s": state, "seen": [ids]}],
+--                "outbox": [{"id": output id, "r": record JSON}],
+--                "add": [{"m": member, "at": due epoch ms}], "remove": [member, ...]}
 local batch = cjson.decode(ARGV[1])
 local n = #batch.leads
 
@@ -42,7 +46,16 @@ for i = 1, n do
   end
 end
 
+local k = 2 * n
 for j = 1, #batch.outbox do
-  redis.call('HSET', KEYS[2 * n + j], batch.outbox[j].id, batch.outbox[j].r)
+  redis.call('HSET', KEYS[k + j], batch.outbox[j].id, batch.outbox[j].r)
+end
+k = k + #batch.outbox
+for j = 1, #batch.add do
+  redis.call('ZADD', KEYS[k + j], batch.add[j].at, batch.add[j].m)
+end
+k = k + #batch.add
+for j = 1, #batch.remove do
+  redis.call('ZREM', KEYS[k + j], batch.remove[j])
 end
 return {}

@@ -1,0 +1,321 @@
+"""After the handoff: SLA clocks, BANT qualification, recycling to nurture, closing.
+
+Pure functions over LeadState. `now` (processing time) is passed in by the caller: production
+passes the wall clock, tests and replay pass whatever they need. Event times decide whether
+an action met a deadline; `now` decides only when an alert fires and what counts as a backfill.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Literal
+
+from schemas.activity import SalesActivity
+from schemas.alert import SlaAlert
+from schemas.handoff import MqlHandoff
+from schemas.lifecycle import BantCriterion, LifecycleTransition, Stage
+from streams.core.calendar import add_time
+from streams.core.lead import Clock, ClockKind, LeadState, Tally
+from streams.core.rules import Rules
+
+Severity = Literal["warning", "breach"]
+BANT_CRITERIA: tuple[BantCriterion, ...] = ("budget", "authority", "need", "timeframe")
+CLOSED_STAGES: frozenset[Stage] = frozenset({"won", "lost"})
+CONTACT_TYPES = frozenset({"contacted", "bant_assessed", "sales_action"})
+
+
+def _stable_id(prefix: str, *parts: str) -> str:
+    return f"{prefix}-{hashlib.sha256(chr(31).join(parts).encode()).hexdigest()[:24]}"
+
+
+def transition_id_for(lead_id: str, cause_id: str, to_stage: str) -> str:
+    return _stable_id("tr", lead_id, cause_id, to_stage)
+
+
+def alert_id_for(handoff_id: str, kind: str, severity: str) -> str:
+    return _stable_id("al", handoff_id, kind, severity)
+
+
+@dataclass(frozen=True, slots=True)
+class BantVerdict:
+    qualified: bool
+    missing: tuple[BantCriterion, ...]
+
+
+def judge_bant(activity: SalesActivity, rules: Rules) -> BantVerdict:
+    """SQL when at least `bant.required` criteria hold and every mandatory one does."""
+    assert activity.bant is not None  # the schema requires it for bant_assessed
+    held = {c for c in BANT_CRITERIA if getattr(activity.bant, c)}
+    missing = tuple(c for c in BANT_CRITERIA if c not in held)
+    qualified = len(held) >= rules.bant.required and all(c in held for c in rules.bant.mandatory)
+    return BantVerdict(qualified, missing)
+
+
+def _transition(
+    state: LeadState,
+    to_stage: Stage,
+    cause_id: str,
+    at: datetime,
+    reason: str | None = None,
+    missing: tuple[BantCriterion, ...] = (),
+) -> LifecycleTransition:
+    return LifecycleTransition(
+        transition_id=transition_id_for(state.lead_id, cause_id, to_stage),
+        lead_id=state.lead_id,
+        from_stage=state.stage,
+        to_stage=to_stage,
+        occurred_at=at,
+        handoff_id=state.handoff_id,
+        reason=reason,
+        missing_bant=list(missing),
+    )
+
+
+def mql_transition(previous: Stage, handoff: MqlHandoff) -> LifecycleTransition:
+    """The lifecycle event for a score crossing (the scoring side knows the previous stage)."""
+    return LifecycleTransition(
+        transition_id=transition_id_for(handoff.lead_id, handoff.handoff_id, "mql"),
+        lead_id=handoff.lead_id,
+        from_stage=previous,
+        to_stage="mql",
+        occurred_at=handoff.qualified_at,
+        handoff_id=handoff.handoff_id,
+        reason=f"score {handoff.score:g} reached {handoff.threshold:g}",
+    )
+
+
+def _new_clock(
+    kind: ClockKind, handoff_id: str, start: datetime, rules: Rules, owner: str | None
+) -> Clock:
+    window = rules.sla.mql_first_contact if kind == "mql_first_contact" else rules.sla.sql_follow_up
+    calendar = rules.sla.calendar
+    warn_at = None
+    if rules.sla.early_warning is not None:
+        warn_at = add_time(calendar, start, window * rules.sla.early_warning)
+    return Clock(
+        kind=kind,
+        handoff_id=handoff_id,
+        started_at=start,
+        due_at=add_time(calendar, start, window),
+        warn_at=warn_at,
+        owner=owner,
+    )
+
+
+def _settle_on_open(clock: Clock, action_at: datetime | None, now: datetime, rules: Rules) -> Clock:
+    """A clock seen late may already be decided: by an action we saw first, or by age."""
+    if action_at is not None and action_at >= clock.started_at:
+        status: Literal["met", "breached"] = "met" if action_at <= clock.due_at else "breached"
+        return replace(clock, status=status, ended_at=action_at)
+    if now - clock.due_at > rules.sla.backfill_grace:
+        return replace(clock, status="expired", ended_at=now)
+    return clock
+
+
+def _replace_clock(state: LeadState, clock: Clock) -> tuple[Clock, ...]:
+    others = tuple(c for c in state.clocks if c.clock_id != clock.clock_id)
+    # Keep the history bounded: the newest clocks only (open ones are always recent).
+    return (*others, clock)[-MAX_CLOCKS:]
+
+
+MAX_CLOCKS = 20
+
+
+def handoff_mark(handoff: MqlHandoff) -> str:
+    """The dedupe marker of a handoff seen by the sales side."""
+    return f"handoff:{handoff.handoff_id}"
+
+
+def handoff_seen(state: LeadState, handoff: MqlHandoff, rules: Rules, now: datetime) -> LeadState:
+    """Start the first-contact clock of a handoff (once; a redelivered handoff is a no-op)."""
+    mark = handoff_mark(handoff)
+    if mark in state.seen_event_ids:
+        return state
+    state = replace(state, seen_event_ids=state.seen_event_ids | {mark})
+    if any(
+        c.handoff_id == handoff.handoff_id and c.kind == "mql_first_contact" for c in state.clocks
+    ):
+        return state
+    if state.handoff_id is None:
+        # The handoff came from elsewhere (or before any engagement): adopt it.
+        state = replace(
+            state,
+            stage="mql",
+            handoff_id=handoff.handoff_id,
+            qualified_at=handoff.qualified_at,
+            qualifications=max(state.qualifications, 1),
+        )
+    clock = _new_clock(
+        "mql_first_contact", handoff.handoff_id, handoff.qualified_at, rules, state.owner
+    )
+    if state.stage in CLOSED_STAGES or state.stage == "disqualified":
+        clock = replace(clock, status="closed", ended_at=now)
+    else:
+        clock = _settle_on_open(clock, state.last_contact_at, now, rules)
+    return replace(state, clocks=_replace_clock(state, clock))
+
+
+def _meet(state: LeadState, kind: ClockKind, at: datetime) -> tuple[Clock, ...]:
+    clocks = []
+    for c in state.clocks:
+        if c.kind == kind and c.started_at <= at:
+            if c.status == "open":
+                c = replace(c, status="met" if at <= c.due_at else "breached", ended_at=at)
+                if c.status == "breached":
+                    c = replace(c, late_action_at=at)
+            elif c.status == "breached" and c.late_action_at is None:
+                c = replace(c, late_action_at=at)  # late contact after the alert: recorded
+        clocks.append(c)
+    return tuple(clocks)
+
+
+def _close_open(clocks: tuple[Clock, ...], at: datetime) -> tuple[Clock, ...]:
+    return tuple(
+        replace(c, status="closed", ended_at=at) if c.status == "open" else c for c in clocks
+    )
+
+
+def _latest(current: datetime | None, at: datetime) -> datetime:
+    return at if current is None or at > current else current
+
+
+def activity_mark(activity: SalesActivity) -> str:
+    """The dedupe marker of an activity, kept with the lead's seen event ids."""
+    return f"activity:{activity.activity_id}"
+
+
+def apply_activity(
+    state: LeadState, activity: SalesActivity, rules: Rules, now: datetime
+) -> tuple[LeadState, list[LifecycleTransition]]:
+    """Fold one sales activity into the lead; return the stage changes it caused.
+
+    A repeated activity_id changes nothing.
+    """
+    mark = activity_mark(activity)
+    if mark in state.seen_event_ids:
+        return state, []
+    state = replace(state, seen_event_ids=state.seen_event_ids | {mark})
+    at = activity.occurred_at
+    if activity.owner:
+        state = replace(state, owner=activity.owner)
+    if activity.type in CONTACT_TYPES:
+        state = replace(
+            state,
+            last_contact_at=_latest(state.last_contact_at, at),
+            clocks=_meet(state, "mql_first_contact", at),
+        )
+    if activity.type == "sales_action":
+        state = replace(
+            state,
+            last_sales_action_at=_latest(state.last_sales_action_at, at),
+            clocks=_meet(state, "sql_follow_up", at),
+        )
+    if state.stage in CLOSED_STAGES:
+        return state, []  # won and lost are final; later activities are only recorded
+
+    if activity.type == "bant_assessed":
+        verdict = judge_bant(activity, rules)
+        if verdict.qualified:
+            if state.stage == "sql":
+                return state, []
+            moved = _transition(state, "sql", activity.activity_id, at, activity.reason)
+            clock = _new_clock(
+                "sql_follow_up", state.handoff_id or activity.activity_id, at, rules, state.owner
+            )
+            clock = _settle_on_open(clock, state.last_sales_action_at, now, rules)
+            return replace(
+                state, stage="sql", missing_bant=(), clocks=_replace_clock(state, clock)
+            ), [moved]
+        return _recycle(state, activity, verdict.missing, rules)
+    if activity.type in ("disqualified", "won", "lost"):
+        to_stage: Stage = activity.type
+        moved = _transition(state, to_stage, activity.activity_id, at, activity.reason)
+        return replace(state, stage=to_stage, clocks=_close_open(state.clocks, at)), [moved]
+    return state, []
+
+
+def _recycle(
+    state: LeadState,
+    activity: SalesActivity,
+    missing: tuple[BantCriterion, ...],
+    rules: Rules,
+) -> tuple[LeadState, list[LifecycleTransition]]:
+    """Back to nurture: MQL flag cleared, engagement reset by the rules, feedback kept."""
+    reason = activity.reason or f"BANT not met: missing {', '.join(missing)}"
+    moved = _transition(
+        state, "nurture", activity.activity_id, activity.occurred_at, reason, missing
+    )
+    factor = rules.recycle.engagement_factor
+    engagement = {k: Tally(t.points * factor, t.events) for k, t in state.engagement.items()}
+    recycled = replace(
+        state,
+        stage="nurture",
+        engagement=engagement,
+        missing_bant=missing,
+        clocks=_close_open(state.clocks, activity.occurred_at),
+    )
+    return recycled, [moved]
+
+
+@dataclass(frozen=True, slots=True)
+class Reminder:
+    """A moment at which a clock needs looking at: its warning or its due time."""
+
+    clock_id: str
+    severity: Severity
+    at: datetime
+
+
+def reminders(state: LeadState) -> list[Reminder]:
+    """What the sweeper must wake up for: every open clock's due time (and warning)."""
+    out = []
+    for c in state.clocks:
+        if c.status != "open":
+            continue
+        out.append(Reminder(c.clock_id, "breach", c.due_at))
+        if c.warn_at is not None and not c.warned:
+            out.append(Reminder(c.clock_id, "warning", c.warn_at))
+    return out
+
+
+def fire(
+    state: LeadState, clock_id: str, severity: Severity, now: datetime
+) -> tuple[LeadState, list[SlaAlert]]:
+    """A reminder came due: alert if the clock is still open (exactly once per severity)."""
+    clock = next((c for c in state.clocks if c.clock_id == clock_id), None)
+    if clock is None or clock.status != "open":
+        return state, []
+    if severity == "breach":
+        if now < clock.due_at:
+            return state, []
+        updated = replace(clock, status="breached", ended_at=now)
+    else:
+        if clock.warned or clock.warn_at is None or now < clock.warn_at:
+            return state, []
+        updated = replace(clock, warned=True)
+    alert = SlaAlert(
+        alert_id=alert_id_for(clock.handoff_id, clock.kind, severity),
+        lead_id=state.lead_id,
+        handoff_id=clock.handoff_id,
+        kind=clock.kind,
+        severity=severity,
+        due_at=clock.due_at,
+        detected_at=now,
+        owner=clock.owner or state.owner,
+    )
+    clocks = tuple(updated if c.clock_id == clock_id else c for c in state.clocks)
+    return replace(state, clocks=clocks), [alert]
+
+
+def ended_clocks(before: LeadState, after: LeadState) -> list[Clock]:
+    """Clocks that reached a verdict between two states (for metrics and KPIs)."""
+    was = {c.clock_id: c.status for c in before.clocks}
+    return [c for c in after.clocks if c.status != "open" and was.get(c.clock_id, "open") == "open"]
+
+
+def late_actions(before: LeadState, after: LeadState) -> list[Clock]:
+    """Breached clocks whose (late) action arrived between two states."""
+    was = {c.clock_id: c.late_action_at for c in before.clocks}
+    return [c for c in after.clocks if c.late_action_at is not None and was.get(c.clock_id) is None]

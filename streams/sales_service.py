@@ -1,0 +1,184 @@
+"""The sales side's shell: handoffs and sales activities in, lifecycle events out, and the
+sweeper that turns due SLA reminders into alerts. Decisions are the core's (streams/core/sales)."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from functools import partial
+
+from pydantic import BaseModel
+
+from schemas.activity import SalesActivity
+from schemas.alert import SlaAlert
+from schemas.handoff import MqlHandoff
+from schemas.lifecycle import LifecycleTransition
+from streams.core.lead import LeadState
+from streams.core.sales import (
+    Severity,
+    activity_mark,
+    apply_activity,
+    ended_clocks,
+    fire,
+    handoff_mark,
+    handoff_seen,
+    late_actions,
+    reminders,
+)
+from streams.intake import DeadLetter, RecordLocation, parse_record
+from streams.observability import log
+from streams.service import BatchResult, BatchWriter, Fold, InRecord
+from streams.store import StoredLead, Wakeup
+
+SalesInput = MqlHandoff | SalesActivity
+
+
+class SalesService(BatchWriter):
+    """Keeps every open deadline, judges BANT, recycles, closes; alerts when a deadline passes."""
+
+    async def process(self, records: Sequence[InRecord]) -> BatchResult:
+        started = time.perf_counter()
+        result = BatchResult()
+        by_lead: dict[str, list[tuple[SalesInput, int]]] = defaultdict(list)
+        for rec in records:
+            model: type[BaseModel] = (
+                MqlHandoff if rec.topic == self.settings.handoff else SalesActivity
+            )
+            where = RecordLocation(rec.topic, rec.partition, rec.offset)
+            parsed = parse_record(model, rec.key, rec.value, where, self.settings.max_event_bytes)
+            if isinstance(parsed, DeadLetter):
+                result.deadletters.append(parsed)
+            else:
+                assert isinstance(parsed, MqlHandoff | SalesActivity)
+                by_lead[parsed.lead_id].append((parsed, rec.partition))
+
+        now = self.now()
+        wanted = {lead: [_mark(i) for i, _ in items] for lead, items in by_lead.items()}
+        async with self._delivery:
+            fold = (
+                await self._write(wanted, partial(self._fold, by_lead, now)) if by_lead else Fold()
+            )
+            self._maybe_crash()
+            await self._deliver(fold.outbox, result.deadletters)
+        result.counted = fold.counted
+        result.duplicates = sum(len(items) for items in by_lead.values()) - fold.counted
+        result.outputs = fold.outputs
+        self._observe_deadletters(result.deadletters)
+        self._observe_transitions(result)
+        self.metrics.sales_inputs.inc(result.counted)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        return result
+
+    def _fold(
+        self,
+        by_lead: dict[str, list[tuple[SalesInput, int]]],
+        now: datetime,
+        stored: dict[str, StoredLead],
+    ) -> Fold:
+        fold = Fold()
+        for lead_id, items in by_lead.items():
+            before = stored[lead_id]
+            state = before.state
+            for item, _ in items:
+                moved: list[LifecycleTransition] = []
+                if isinstance(item, MqlHandoff):
+                    after = handoff_seen(state, item, self.rules, now)
+                else:
+                    after, moved = apply_activity(state, item, self.rules, now)
+                if after is state:
+                    continue  # a duplicate
+                state = after
+                fold.counted += 1
+                for t in moved:
+                    fold.emit(items[0][1], self.settings.lifecycle, t.transition_id, t, lead_id)
+            if state is before.state:
+                continue
+            fold.changes.append((before, state))
+            fold.reschedule(items[0][1], before.state, state)
+            self._observe_clocks(before.state, state)
+        return fold
+
+    # -- the sweeper --------------------------------------------------------------------------
+
+    async def sweep(self, partitions: Iterable[int]) -> int:
+        """Alert for every reminder that is due on these partitions; return how many fired."""
+        parts = sorted(set(partitions))
+        if not parts:
+            return 0
+        now = self.now()
+        now_ms = int(now.timestamp() * 1000)
+        due = await self._retrying(
+            "redis",
+            partial(self.store.due_wakeups, parts, now_ms, self.settings.sla_sweep_batch),
+        )
+        if not due:
+            return 0
+        started = time.perf_counter()
+        by_lead: dict[str, list[Wakeup]] = defaultdict(list)
+        for w in due:
+            by_lead[w.lead_id].append(w)
+        async with self._delivery:
+            fold = await self._write(
+                {lead: [] for lead in by_lead}, partial(self._fire, by_lead, now)
+            )
+            await self._deliver(fold.outbox, [])
+        alerts = [o for o in fold.outputs if isinstance(o, SlaAlert)]
+        for alert in alerts:
+            self.metrics.sla_alerts.labels(alert.kind, alert.severity).inc()
+            lateness = (alert.detected_at - alert.due_at).total_seconds()
+            self.metrics.alert_delay.observe(max(lateness, 0.0))
+            log.warning(
+                "sla alert",
+                alert_id=alert.alert_id,
+                lead_id=alert.lead_id,
+                kind=alert.kind,
+                severity=alert.severity,
+                due_at=alert.due_at.isoformat(),
+                owner=alert.owner,
+            )
+        self.metrics.sweep_seconds.observe(time.perf_counter() - started)
+        return len(alerts)
+
+    def _fire(
+        self, by_lead: dict[str, list[Wakeup]], now: datetime, stored: dict[str, StoredLead]
+    ) -> Fold:
+        fold = Fold()
+        for lead_id, wakeups in by_lead.items():
+            before = stored[lead_id]
+            state = before.state
+            partition = wakeups[0].partition
+            for w in wakeups:
+                severity: Severity = "warning" if w.severity == "warning" else "breach"
+                state, alerts = fire(state, w.clock_id, severity, now)
+                for alert in alerts:
+                    fold.emit(partition, self.settings.alerts, alert.alert_id, alert, lead_id)
+            if state is not before.state:
+                fold.changes.append((before, state))
+                fold.reschedule(partition, before.state, state)
+                self._observe_clocks(before.state, state)
+            # A reminder whose clock is no longer open (or gone) is dropped.
+            live = {(r.clock_id, r.severity) for r in reminders(state)}
+            fold.unschedule += [w for w in wakeups if (w.clock_id, w.severity) not in live]
+        return fold
+
+    async def open_deadlines(self, partitions: Iterable[int]) -> int:
+        return await self._retrying("redis", partial(self.store.count_wakeups, list(partitions)))
+
+    def _observe_clocks(self, before: LeadState, after: LeadState) -> None:
+        for clock in ended_clocks(before, after):
+            self.metrics.sla_clocks.labels(clock.kind, clock.status).inc()
+        for clock in late_actions(before, after):
+            self.metrics.late_actions.labels(clock.kind).inc()
+            log.info(
+                "late action recorded",
+                lead_id=after.lead_id,
+                kind=clock.kind,
+                due_at=clock.due_at.isoformat(),
+                acted_at=clock.late_action_at.isoformat() if clock.late_action_at else None,
+            )
+
+
+def _mark(item: SalesInput) -> str:
+    return handoff_mark(item) if isinstance(item, MqlHandoff) else activity_mark(item)
