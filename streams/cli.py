@@ -233,7 +233,7 @@ def _print_handoff(h: MqlHandoff) -> None:
     out.print(
         f"[bold green]MQL[/] {h.lead_id:<16} score {h.score:6.1f} "
         f"(fit {h.fit_score:g} + engagement {h.engagement_score:.1f})  "
-        f"contact by {h.first_contact_due_at:%Y-%m-%d %H:%M}  [dim]{reasons}[/]"
+        f"contact by {h.first_contact_due_at:%Y-%m-%d %H:%M:%S}  [dim]{reasons}[/]"
     )
 
 

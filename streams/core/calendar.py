@@ -296,8 +296,11 @@ class _Schedule:
         """
         if max_weeks < 1:
             return 0, _ZERO
-        block_start = self.first_instant(datetime.combine(day, _MIDNIGHT))
+        midnight = datetime.combine(day, _MIDNIGHT)
+        block_start = self.first_instant(midnight)
         if block_start < not_before:  # only where clocks went back over midnight
+            return 0, _ZERO
+        if _wall(block_start, self.zone) != midnight:  # clocks skip midnight: walk this day
             return 0, _ZERO
         if until is not None:
             max_weeks = min(max_weeks, (until - block_start) // _WEEK)
