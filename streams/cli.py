@@ -38,7 +38,9 @@ app = typer.Typer(
 )
 topics_app = typer.Typer(help="Manage leadflow's Kafka topics.", no_args_is_help=True)
 rules_app = typer.Typer(help="Check and inspect rules files.", no_args_is_help=True)
-schemas_app = typer.Typer(help="The wire contract: JSON Schema files.", no_args_is_help=True)
+schemas_app = typer.Typer(
+    help="The wire contract: JSON Schema and AsyncAPI files.", no_args_is_help=True
+)
 sample_app = typer.Typer(help="Synthetic engagement data.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(rules_app, name="rules")
@@ -146,7 +148,7 @@ def rules_check(
 def schemas_generate(
     check: Annotated[bool, typer.Option(help="Fail if a checked-in file is stale")] = False,
 ) -> None:
-    """Write the JSON Schema files in schemas/json/ from the pydantic models."""
+    """Write schemas/json/*.json and schemas/asyncapi.yaml from the pydantic models."""
     from schemas.generate import write_all
 
     stale = write_all(check=check)

@@ -17,6 +17,7 @@ import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +223,45 @@ async def purge_redis(settings: Settings) -> None:
             await client.delete(*keys[i : i + 500])
     finally:
         await client.aclose()
+
+
+# -- inputs for the sales-side tests ---------------------------------------------------------
+
+PROFILE = {"industry": "software", "seniority": "vp", "company_size": 500}  # fit 55
+
+
+def engagement(lead: str, n: str, kind: str, at: datetime, **extra: object) -> tuple[bytes, bytes]:
+    body = {"event_id": f"{lead}-{n}", "lead_id": lead, "type": kind, "occurred_at": at.isoformat()}
+    return lead.encode(), orjson.dumps({**body, **extra})
+
+
+def qualifying(lead: str, at: datetime, tag: str = "q1") -> list[tuple[bytes, bytes]]:
+    """Fit 55 + form 5 + pricing 25 + demo request 40 = 125: an MQL at the last event."""
+    return [
+        engagement(lead, f"{tag}-form", "form_submit", at, attributes=PROFILE),
+        engagement(lead, f"{tag}-pricing", "pricing_page_view", at),
+        engagement(lead, f"{tag}-demo", "demo_request", at),
+    ]
+
+
+def activity(lead: str, n: str, kind: str, at: datetime, **extra: object) -> tuple[bytes, bytes]:
+    body = {
+        "activity_id": f"{lead}-{n}",
+        "lead_id": lead,
+        "type": kind,
+        "occurred_at": at.isoformat(),
+    }
+    return lead.encode(), orjson.dumps({**body, **extra})
+
+
+async def wait_for(
+    settings: Settings, topic: str, done: Callable[[list[Consumed]], bool], within: float = 30
+) -> list[Consumed]:
+    seen: list[Consumed] = []
+
+    async def check() -> bool:
+        seen[:] = await read_topic(settings, topic)
+        return done(seen)
+
+    await eventually(check, within, f"records on {topic}", every=0.1)
+    return seen

@@ -1,6 +1,9 @@
-"""Benchmarks (not part of the test suite): `ops/bench [core|pipeline] [--events N]`.
+"""Benchmarks (not part of the test suite): `ops/bench [core|pipeline|sla] [options]`.
 
 core:     the pure fold (`replay`) over a synthetic history, events per second.
+sla:      N open deadlines (default 1,000,000) in the reminder index, then 200 leads whose
+          first-contact deadlines pass while a real worker runs: how long after its due time
+          each alert is on the alerts topic.
 pipeline: a backlog of N engagement events on the real broker, drained by one real
           `leadflow worker` process into the real Redis; events per second from the moment the
           worker reports ready until its group has committed the last offset, plus the batch
@@ -14,6 +17,7 @@ import asyncio
 import statistics
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -103,11 +107,80 @@ async def bench_pipeline(events: int, batch_max: int) -> None:
     )
 
 
+async def bench_sla(deadlines: int, leads: int) -> None:
+    """Alert delay with `deadlines` open deadlines waiting in Redis beside the ones that fire."""
+    import redis.asyncio as aioredis
+
+    from schemas.alert import SlaAlert
+    from streams.store.redis_store import Keys
+    from tests.harness import qualifying, wait_for
+
+    settings = fresh_settings()
+    await ensure_topics(settings)
+    keys = Keys(settings.redis_prefix)
+    client = aioredis.Redis.from_url(settings.redis_url)
+    now_ms = int(time.time() * 1000)
+    month_ms = 30 * 86400 * 1000
+    try:
+        with Progress(console=console) as progress:
+            task = progress.add_task("filling open deadlines", total=deadlines)
+            for start in range(0, deadlines, 10_000):
+                pipe = client.pipeline(transaction=False)
+                for i in range(start, min(start + 10_000, deadlines)):
+                    zset = keys.wakeups(settings.handoff, i % settings.topic_partitions)
+                    due = now_ms + 60_000 + (i * 7919) % month_ms  # spread over the next month
+                    pipe.zadd(zset, {f"bench-{i}\x1fho-bench-{i}:mql_first_contact\x1fbreach": due})
+                await pipe.execute()
+                progress.advance(task, min(10_000, deadlines - start))
+        log = Path(tempfile.mkdtemp()) / "worker.log"
+        worker = WorkerProcess(settings, log).start()
+        try:
+            await worker.wait_ready(within=120, assigned=True)
+            t0 = datetime.now(UTC) + timedelta(seconds=1)
+            events = []
+            for i in range(leads):
+                events += qualifying(f"lead-{i:04d}", t0 + timedelta(milliseconds=10 * i))
+            await produce(settings, events)
+            records = await wait_for(
+                settings, settings.alerts, lambda rs: len(rs) >= leads, within=300
+            )
+            open_now = await worker_open_deadlines(worker)
+        finally:
+            worker.stop()
+    finally:
+        keys_left = [k async for k in client.scan_iter(match=f"{settings.redis_prefix}*")]
+        for i in range(0, len(keys_left), 500):
+            await client.delete(*keys_left[i : i + 500])
+        await client.aclose()
+    delays = sorted(
+        r.timestamp_ms / 1000 - SlaAlert.model_validate_json(r.value).due_at.timestamp()
+        for r in records
+    )
+    console.print(
+        f"sla: {leads} deadlines fired among {deadlines:,} open ones "
+        f"(worker reported {open_now:,.0f} open); alert on the topic after its due time: "
+        f"p50 {statistics.median(delays) * 1000:.0f} ms, "
+        f"p99 {delays[int(len(delays) * 0.99) - 1] * 1000:.0f} ms, max {delays[-1] * 1000:.0f} ms"
+    )
+
+
+async def worker_open_deadlines(worker: WorkerProcess) -> float:
+    for family in text_string_to_metric_families(worker.metrics()):
+        for s in family.samples:
+            if s.name == "leadflow_sla_open_deadlines":
+                return float(s.value)
+    return float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("which", choices=["core", "pipeline", "all"], nargs="?", default="all")
+    parser.add_argument(
+        "which", choices=["core", "pipeline", "sla", "all"], nargs="?", default="all"
+    )
+    parser.add_argument("--deadlines", type=int, default=1_000_000, help="sla: open deadlines")
+    parser.add_argument("--leads", type=int, default=200, help="sla: deadlines that fire")
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=5, help="core: repetitions")
     parser.add_argument("--batch-max", type=int, default=500, help="pipeline: LEADFLOW_BATCH_MAX")
@@ -116,6 +189,8 @@ def main() -> None:
         bench_core(args.events, args.rounds)
     if args.which in ("pipeline", "all"):
         asyncio.run(bench_pipeline(args.events, args.batch_max))
+    if args.which in ("sla", "all"):
+        asyncio.run(bench_sla(args.deadlines, args.leads))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,7 @@ import pytest
 
 from schemas.alert import SlaAlert
 from streams.settings import Settings
-from tests.harness import WorkerProcess, produce, read_topic
-from tests.integration.test_sales_lifecycle import activity, qualifying, wait_for
+from tests.harness import WorkerProcess, activity, produce, qualifying, read_topic, wait_for
 
 pytestmark = pytest.mark.chaos
 

@@ -6,11 +6,9 @@ while the test watches.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import orjson
 import pytest
 
 from schemas.alert import SlaAlert
@@ -19,48 +17,17 @@ from schemas.lifecycle import LifecycleTransition
 from streams.core.rules import load_rules
 from streams.settings import Settings
 from streams.store import LeadStore
-from tests.harness import Consumed, WorkerProcess, eventually, produce, read_topic
+from tests.harness import (
+    Consumed,
+    WorkerProcess,
+    activity,
+    produce,
+    qualifying,
+    read_topic,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
-
-PROFILE = {"industry": "software", "seniority": "vp", "company_size": 500}  # fit 55
-
-
-def engagement(lead: str, n: str, kind: str, at: datetime, **extra: object) -> tuple[bytes, bytes]:
-    body = {"event_id": f"{lead}-{n}", "lead_id": lead, "type": kind, "occurred_at": at.isoformat()}
-    return lead.encode(), orjson.dumps({**body, **extra})
-
-
-def qualifying(lead: str, at: datetime, tag: str = "q1") -> list[tuple[bytes, bytes]]:
-    """Fit 55 + form 5 + pricing 25 + demo request 40 = 125: an MQL at the last event."""
-    return [
-        engagement(lead, f"{tag}-form", "form_submit", at, attributes=PROFILE),
-        engagement(lead, f"{tag}-pricing", "pricing_page_view", at),
-        engagement(lead, f"{tag}-demo", "demo_request", at),
-    ]
-
-
-def activity(lead: str, n: str, kind: str, at: datetime, **extra: object) -> tuple[bytes, bytes]:
-    body = {
-        "activity_id": f"{lead}-{n}",
-        "lead_id": lead,
-        "type": kind,
-        "occurred_at": at.isoformat(),
-    }
-    return lead.encode(), orjson.dumps({**body, **extra})
-
-
-async def wait_for(
-    settings: Settings, topic: str, done: Callable[[list[Consumed]], bool], within: float = 30
-) -> list[Consumed]:
-    seen: list[Consumed] = []
-
-    async def check() -> bool:
-        seen[:] = await read_topic(settings, topic)
-        return done(seen)
-
-    await eventually(check, within, f"records on {topic}", every=0.1)
-    return seen
 
 
 def alerts_of(records: list[Consumed]) -> list[SlaAlert]:
