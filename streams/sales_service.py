@@ -60,7 +60,7 @@ class SalesService(BatchWriter):
             fold = (
                 await self._write(wanted, partial(self._fold, by_lead, now)) if by_lead else Fold()
             )
-            self._maybe_crash()
+            self._maybe_crash(fold)
             await self._deliver(fold.outbox, result.deadletters)
         result.counted = fold.counted
         result.duplicates = sum(len(items) for items in by_lead.values()) - fold.counted

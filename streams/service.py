@@ -168,7 +168,10 @@ class BatchWriter:
         if outbox:
             await self._retrying("redis", partial(self.store.clear_outbox, outbox))
 
-    def _maybe_crash(self) -> None:
+    def _maybe_crash(self, fold: Fold) -> None:
+        """Fault injection for the chaos tests: die between the Redis write and Kafka."""
+        if not fold.outbox:
+            return
         self._batches += 1
         if self.settings.fault_crash_after_batches == self._batches:
             log.error("fault injection: exiting after the Redis write", batch=self._batches)
@@ -258,7 +261,7 @@ class ScoringService(BatchWriter):
             fold = Fold()
             if by_lead:
                 fold = await self._write(wanted, partial(self._fold, by_lead))
-            self._maybe_crash()
+            self._maybe_crash(fold)
             await self._deliver(fold.outbox, result.deadletters)
         result.counted = fold.counted
         result.duplicates = sum(len(items) for items in by_lead.values()) - fold.counted

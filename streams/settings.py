@@ -75,8 +75,8 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
-    # Fault injection for the chaos tests only: exit hard right after the Nth batch's Redis
-    # write and before its handoffs reach Kafka (0 = never).
+    # Fault injection for the chaos tests only: exit hard right after the Redis write of the Nth
+    # batch that produced outputs, before they reach Kafka (0 = never).
     fault_crash_after_batches: int = Field(default=0, ge=0)
 
     @field_validator("rules")

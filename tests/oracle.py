@@ -49,6 +49,10 @@ def expected_outcome(records: list[SampleRecord], rules: Rules, settings: Settin
     )
 
 
+# Written by the sales side (clocks depend on processing time); the scoring oracle leaves them.
+SALES_FIELDS = ("clocks", "last_contact_at", "last_sales_action_at", "owner", "missing_bant")
+
+
 def comparable(state: LeadState) -> dict[str, object]:
-    """A lead's stored state, minus the dedupe markers that Redis keeps in a separate set."""
-    return state.to_json()
+    """A lead's scoring state as stored (dedupe markers live in a separate Redis set)."""
+    return {k: v for k, v in state.to_json().items() if k not in SALES_FIELDS}

@@ -107,8 +107,10 @@ def _new_clock(
 def _settle_on_open(clock: Clock, action_at: datetime | None, now: datetime, rules: Rules) -> Clock:
     """A clock seen late may already be decided: by an action we saw first, or by age."""
     if action_at is not None and action_at >= clock.started_at:
-        status: Literal["met", "breached"] = "met" if action_at <= clock.due_at else "breached"
-        return replace(clock, status=status, ended_at=action_at)
+        if action_at <= clock.due_at:
+            return replace(clock, status="met", ended_at=action_at)
+        # Late, as if it had arrived after the clock opened (see _meet): a late action.
+        return replace(clock, status="breached", ended_at=action_at, late_action_at=action_at)
     if now - clock.due_at > rules.sla.backfill_grace:
         return replace(clock, status="expired", ended_at=now)
     return clock
@@ -139,10 +141,11 @@ def handoff_seen(state: LeadState, handoff: MqlHandoff, rules: Rules, now: datet
     ):
         return state
     if state.handoff_id is None:
-        # The handoff came from elsewhere (or before any engagement): adopt it.
+        # The handoff came from elsewhere (or before any engagement): adopt it. A stage sales
+        # already moved the lead to (its activity arrived first) is kept, not reset to mql.
         state = replace(
             state,
-            stage="mql",
+            stage="mql" if state.stage == "lead" else state.stage,
             handoff_id=handoff.handoff_id,
             qualified_at=handoff.qualified_at,
             qualifications=max(state.qualifications, 1),

@@ -6,7 +6,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.handoff import MqlHandoff
@@ -100,12 +99,12 @@ async def test_crash_after_redis_write_before_kafka_still_hands_off(
     crashing.proc.wait(timeout=120)
     assert crashing.proc.returncode == 137, crashing.tail()
 
-    client = aioredis.Redis.from_url(settings.redis_url)
+    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 60)
     try:
-        outbox_keys = [k async for k in client.scan_iter(match=f"{settings.redis_prefix}outbox:*")]
-        stranded = sum([await client.hlen(k) for k in outbox_keys])
+        pending = await store.pending_outbox(range(settings.topic_partitions))
     finally:
-        await client.aclose()
+        await store.close()
+    stranded = sum(1 for e in pending if e.topic == settings.handoff)
     assert stranded > 0, "the crash should leave handoffs in the outbox"
     assert await read_topic(settings, settings.handoff) == []
 

@@ -234,6 +234,39 @@ def test_an_opening_time_the_clocks_repeat_opens_at_its_first_occurrence() -> No
     assert calendar.working_time_between(berlin(10, 25, 0), berlin(10, 26, 0)) == 2.5 * H
 
 
+SANTIAGO = ZoneInfo("America/Santiago")
+
+
+def test_clocks_skipping_midnight() -> None:
+    # Santiago, Sun 6 Sep 2026: 00:00 -04 becomes 01:00 -03 (04:00 UTC). 00:30 does not exist,
+    # so the day opens at 01:00 -03 = 04:00 UTC and closes at 02:30 -03: 1.5 h; Sat 5 has 2 h.
+    calendar = BusinessCalendar(
+        timezone="America/Santiago", working_days=WEEKDAYS, hours=("00:30", "02:30")
+    )
+    saturday = datetime(2026, 9, 5, tzinfo=SANTIAGO)
+    assert calendar.working_time_between(saturday, saturday + timedelta(days=2)) == 3.5 * H
+    assert calendar.add(datetime(2026, 9, 6, tzinfo=SANTIAGO), timedelta(0)) == utc(9, 6, 4)
+    # 20 h from Sat 5 Sep 00:00: Sat 2 h, Sun 1.5 h, Mon 7 to Sun 13 7 x 2 h = 14 h (17.5),
+    # Mon 14 2 h (19.5), Tue 15 00:30 -03 + 0.5 h = 01:00 -03 = 04:00 UTC. (A week counted whole
+    # from Sunday 6 would wrongly hold 14 h.)
+    assert calendar.add(saturday, 20 * H) == utc(9, 15, 4)
+    stepped = reduce(lambda at, _: calendar.add(at, H), range(20), saturday)
+    assert stepped == utc(9, 15, 4)
+
+
+def test_clocks_going_back_over_midnight() -> None:
+    # Santiago, Sun 5 Apr 2026 00:00 -03 (03:00 UTC) becomes Sat 4 Apr 23:00 -04: Saturday's
+    # 23:00-24:00 happens twice and both count: 02:00 to 04:00 UTC. Sunday has its 1 h.
+    calendar = BusinessCalendar(
+        timezone="America/Santiago", working_days=WEEKDAYS, hours=("23:00", "24:00")
+    )
+    saturday = datetime(2026, 4, 4, tzinfo=SANTIAGO)
+    assert calendar.working_time_between(saturday, saturday + timedelta(days=2)) == 3 * H
+    assert calendar.add(saturday, timedelta(0)) == utc(4, 5, 2)
+    assert calendar.add(saturday, 2 * H) == utc(4, 5, 4)
+    assert calendar.is_working(utc(4, 5, 3, 30))  # Sat 23:30 -04, the second time round
+
+
 # --- end-at-closing and additivity --------------------------------------------------------------
 
 
@@ -390,6 +423,7 @@ ZONES = [
     "Asia/Kathmandu",  # UTC+5:45
     "Africa/Casablanca",  # clocks change around Ramadan
     "Pacific/Chatham",  # DST at 02:45
+    "America/Santiago",  # clocks change at midnight
     "UTC",
 ]
 HOURS = [
@@ -399,6 +433,8 @@ HOURS = [
     ("01:30", "03:30"),  # contains the DST changes of Europe and the US
     ("22:00", "24:00"),
     ("00:00", "02:45"),
+    ("00:30", "02:30"),
+    ("23:00", "24:00"),
 ]
 HOLIDAYS = st.dates(min_value=date(2025, 1, 1), max_value=date(2029, 12, 31))
 
