@@ -37,5 +37,6 @@ class MqlHandoff(BaseModel):
     triggering_event_id: str
     reasons: list[ScoreReason] = Field(description="Top contributing rules, largest first.")
     first_contact_due_at: AwareDatetime = Field(
-        description="qualified_at + sla.mql_first_contact: when sales must have made contact."
+        description="When sales must have made contact: qualified_at + sla.mql_first_contact "
+        "(working time when the rules have a business calendar)."
     )

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from schemas.engagement import AttributeValue, EngagementEvent
 from schemas.handoff import MqlHandoff, ScoreReason
 from schemas.lifecycle import Stage
+from streams.core.calendar import add_time
 from streams.core.rules import Rules
 
 ClockKind = Literal["mql_first_contact", "sql_follow_up"]
@@ -62,10 +63,12 @@ class Clock:
     ended_at: datetime | None = None  # event time that met it, or detection time of a breach
     late_action_at: datetime | None = None  # the action that came after a breach
     owner: str | None = None
+    round: int = 0  # a lead that becomes an SQL again under the same handoff gets a new clock
 
     @property
     def clock_id(self) -> str:
-        return f"{self.handoff_id}:{self.kind}"
+        base = f"{self.handoff_id}:{self.kind}"
+        return f"{base}:{self.round}" if self.round else base
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,6 +82,7 @@ class Clock:
             "ended_at": _iso(self.ended_at),
             "late_action_at": _iso(self.late_action_at),
             "owner": self.owner,
+            "round": self.round,
         }
 
     @classmethod
@@ -94,6 +98,7 @@ class Clock:
             ended_at=_dt(data["ended_at"]),
             late_action_at=_dt(data["late_action_at"]),
             owner=data["owner"],
+            round=data.get("round", 0),
         )
 
 
@@ -360,7 +365,9 @@ def apply(
         rules_version=rules.version,
         triggering_event_id=event.event_id,
         reasons=list(current.reasons[: rules.reasons_limit]),
-        first_contact_due_at=event.occurred_at + rules.sla.mql_first_contact,
+        first_contact_due_at=add_time(
+            rules.sla.calendar, event.occurred_at, rules.sla.mql_first_contact
+        ),
     )
     qualified = replace(
         new,

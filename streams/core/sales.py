@@ -34,7 +34,9 @@ def transition_id_for(lead_id: str, cause_id: str, to_stage: str) -> str:
     return _stable_id("tr", lead_id, cause_id, to_stage)
 
 
-def alert_id_for(handoff_id: str, kind: str, severity: str) -> str:
+def alert_id_for(handoff_id: str, kind: str, severity: str, round: int = 0) -> str:
+    if round:
+        return _stable_id("al", handoff_id, kind, severity, str(round))
     return _stable_id("al", handoff_id, kind, severity)
 
 
@@ -224,16 +226,27 @@ def apply_activity(
             if state.stage == "sql":
                 return state, []
             moved = _transition(state, "sql", activity.activity_id, at, activity.reason)
-            clock = _new_clock(
-                "sql_follow_up", state.handoff_id or activity.activity_id, at, rules, state.owner
-            )
+            handoff_id = state.handoff_id or activity.activity_id
+            clock = _new_clock("sql_follow_up", handoff_id, at, rules, state.owner)
+            # Back to SQL under the same handoff (after nurture, say): a new clock beside the
+            # decided one, never over it.
+            earlier = [
+                c for c in state.clocks if c.kind == "sql_follow_up" and c.handoff_id == handoff_id
+            ]
+            if earlier:
+                clock = replace(clock, round=max(c.round for c in earlier) + 1)
             clock = _settle_on_open(clock, state.last_sales_action_at, now, rules)
             return replace(
                 state, stage="sql", missing_bant=(), clocks=_replace_clock(state, clock)
             ), [moved]
+        if state.stage == "nurture":
+            # Assessed again while in nurture: new feedback, no stage change, no second reset.
+            return replace(state, missing_bant=verdict.missing), []
         return _recycle(state, activity, verdict.missing, rules)
     if activity.type in ("disqualified", "won", "lost"):
         to_stage: Stage = activity.type
+        if state.stage == to_stage:
+            return state, []
         moved = _transition(state, to_stage, activity.activity_id, at, activity.reason)
         return replace(state, stage=to_stage, clocks=_close_open(state.clocks, at)), [moved]
     return state, []
@@ -298,8 +311,12 @@ def fire(
         if clock.warned or clock.warn_at is None or now < clock.warn_at:
             return state, []
         updated = replace(clock, warned=True)
+        if now >= clock.due_at:
+            # Too late to warn (the sweeper was behind): the breach alert says it all.
+            clocks = tuple(updated if c.clock_id == clock_id else c for c in state.clocks)
+            return replace(state, clocks=clocks), []
     alert = SlaAlert(
-        alert_id=alert_id_for(clock.handoff_id, clock.kind, severity),
+        alert_id=alert_id_for(clock.handoff_id, clock.kind, severity, clock.round),
         lead_id=state.lead_id,
         handoff_id=clock.handoff_id,
         kind=clock.kind,

@@ -23,7 +23,6 @@ from streams.core.lead import LeadState
 from streams.core.rules import Rules, parse_rules
 from streams.core.sales import (
     Severity,
-    activity_mark,
     apply_activity,
     ended_clocks,
     fire,
@@ -171,21 +170,6 @@ def passes_bant(bant: Bant | None, rules: Rules) -> bool:
     return len(held) >= rules.bant.required and set(rules.bant.mandatory) <= held
 
 
-def reopens_follow_up_clock(state: LeadState, activity: SalesActivity, rules: Rules) -> bool:
-    """A passing BANT for a lead that already had (and left) an SQL follow-up clock for this
-    handoff. Known bug, left unfixed: the decided clock is replaced by a new open one with the
-    same id (test_sales.py::test_follow_up_clock_of_a_handoff_alerts_at_most_once)."""
-    return (
-        activity.type == "bant_assessed"
-        and activity_mark(activity) not in state.seen_event_ids
-        and state.stage not in ("sql", "won", "lost")
-        and passes_bant(activity.bant, rules)
-        and any(
-            c.kind == "sql_follow_up" and c.handoff_id == state.handoff_id for c in state.clocks
-        )
-    )
-
-
 @dataclass(frozen=True)
 class Record:
     before: LeadState
@@ -202,8 +186,6 @@ def play(scenario: Scenario) -> tuple[LeadState, list[Record]]:
     state, records = start, []
     for step in scenario.steps:
         if isinstance(step, Act):
-            if reopens_follow_up_clock(state, step.activity, rules):
-                continue
             after, _ = apply_activity(state, step.activity, rules, step.activity.occurred_at)
             records.append(Record(state, step, after, [], None))
         else:
