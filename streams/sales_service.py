@@ -81,6 +81,7 @@ class SalesService(BatchWriter):
         for lead_id, items in by_lead.items():
             before = stored[lead_id]
             state = before.state
+            transitions: list[LifecycleTransition] = []
             for item, _ in items:
                 moved: list[LifecycleTransition] = []
                 if isinstance(item, MqlHandoff):
@@ -93,9 +94,10 @@ class SalesService(BatchWriter):
                 fold.counted += 1
                 for t in moved:
                     fold.emit(items[0][1], self.settings.lifecycle, t.transition_id, t, lead_id)
+                transitions += moved
             if state is before.state:
                 continue
-            fold.changes.append((before, state))
+            fold.change(before, state, transitions, self.rules)
             fold.reschedule(items[0][1], before.state, state)
             self._observe_clocks(before.state, state)
         return fold
@@ -155,7 +157,7 @@ class SalesService(BatchWriter):
                 for alert in alerts:
                     fold.emit(partition, self.settings.alerts, alert.alert_id, alert, lead_id)
             if state is not before.state:
-                fold.changes.append((before, state))
+                fold.change(before, state, [], self.rules)
                 fold.reschedule(partition, before.state, state)
                 self._observe_clocks(before.state, state)
             # A reminder whose clock is no longer open (or gone) is dropped.

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from schemas.engagement import EngagementEvent
 from schemas.handoff import MqlHandoff
 from schemas.lifecycle import LifecycleTransition
+from streams.core.kpi import KpiCount, KpiSample, kpi_changes
 from streams.core.lead import LeadState, apply_all
 from streams.core.rules import Rules
 from streams.core.sales import mql_transition, reminders
@@ -69,6 +70,21 @@ class Fold:
     schedule: list[Wakeup] = field(default_factory=list)
     unschedule: list[Wakeup] = field(default_factory=list)
     outputs: list[BaseModel] = field(default_factory=list)
+    counts: list[KpiCount] = field(default_factory=list)
+    samples: list[KpiSample] = field(default_factory=list)
+
+    def change(
+        self,
+        before: StoredLead,
+        after: LeadState,
+        transitions: list[LifecycleTransition],
+        rules: Rules,
+    ) -> None:
+        """Record a lead's new state and the KPI counts it causes (written in the same step)."""
+        self.changes.append((before, after))
+        counts, samples = kpi_changes(before.state, after, transitions, rules)
+        self.counts += counts
+        self.samples += samples
 
     def emit(self, partition: int, topic: str, output_id: str, model: BaseModel, key: str) -> None:
         value = model.model_dump_json().encode()
@@ -141,9 +157,11 @@ class BatchWriter:
                     partial(
                         self.store.commit,
                         decided.changes,
-                        decided.outbox,
-                        decided.schedule,
-                        decided.unschedule,
+                        outbox=decided.outbox,
+                        schedule=decided.schedule,
+                        unschedule=decided.unschedule,
+                        counts=decided.counts,
+                        samples=decided.samples,
                     ),
                 )
                 return decided
@@ -282,14 +300,16 @@ class ScoringService(BatchWriter):
             if after is before.state:
                 continue  # every event was a duplicate: nothing to write
             fold.counted += after.events_counted - before.state.events_counted
-            fold.changes.append((before, after))
             # A lead's events all come from one partition (the key is lead_id).
             partition = items[0][1]
+            transitions = []
             for handoff in handoffs:
                 # At most one crossing per batch: only sales moves a lead back to nurture.
                 moved = mql_transition(before.state.stage, handoff)
                 fold.emit(partition, s.handoff, handoff.handoff_id, handoff, lead_id)
                 fold.emit(partition, s.lifecycle, moved.transition_id, moved, lead_id)
+                transitions.append(moved)
+            fold.change(before, after, transitions, self.rules)
         return fold
 
     def _observe(

@@ -50,7 +50,14 @@ def expected_outcome(records: list[SampleRecord], rules: Rules, settings: Settin
 
 
 # Written by the sales side (clocks depend on processing time); the scoring oracle leaves them.
-SALES_FIELDS = ("clocks", "last_contact_at", "last_sales_action_at", "owner", "missing_bant")
+SALES_FIELDS = (
+    "clocks",
+    "last_contact_at",
+    "last_sales_action_at",
+    "owner",
+    "missing_bant",
+    "sql_at",
+)
 
 
 def comparable(state: LeadState) -> dict[str, object]:

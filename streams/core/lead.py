@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from schemas.engagement import AttributeValue, EngagementEvent
 from schemas.handoff import MqlHandoff, ScoreReason
@@ -47,6 +47,27 @@ class Tally:
 class Attribute:
     value: AttributeValue
     as_of: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    """One event that changed the engagement score, for "why this score"."""
+
+    event_id: str
+    type: str
+    occurred_at: datetime
+    points: float  # as counted when it arrived (after the daily cap, before decay)
+
+
+@dataclass(frozen=True, slots=True)
+class JourneyStep:
+    """One stage change in the lead's history."""
+
+    at: datetime
+    from_stage: str
+    to_stage: str
+    handoff_id: str | None
+    reason: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +143,10 @@ class LeadState:
     last_sales_action_at: datetime | None = None
     owner: str | None = None
     missing_bant: tuple[str, ...] = ()
+    sql_at: datetime | None = None
+    # Bounded history for "why this score" (rules.history_limit entries each)
+    recent_events: tuple[Contribution, ...] = ()
+    journey: tuple[JourneyStep, ...] = ()
     # Fit under a given Rules object, kept while the attributes do not change: fit matching
     # would otherwise dominate scoring. Never stored, never compared.
     fit_cache: tuple[Rules, float] | None = field(default=None, compare=False, repr=False)
@@ -150,6 +175,15 @@ class LeadState:
             "last_sales_action_at": _iso(self.last_sales_action_at),
             "owner": self.owner,
             "missing_bant": list(self.missing_bant),
+            "sql_at": _iso(self.sql_at),
+            "recent_events": [
+                [c.event_id, c.type, c.occurred_at.isoformat(), c.points]
+                for c in self.recent_events
+            ],
+            "journey": [
+                [j.at.isoformat(), j.from_stage, j.to_stage, j.handoff_id, j.reason]
+                for j in self.journey
+            ],
         }
 
     @classmethod
@@ -175,6 +209,15 @@ class LeadState:
             last_sales_action_at=_dt(data.get("last_sales_action_at")),
             owner=data.get("owner"),
             missing_bant=tuple(data.get("missing_bant", ())),
+            sql_at=_dt(data.get("sql_at")),
+            recent_events=tuple(
+                Contribution(e, t, datetime.fromisoformat(at), p)
+                for e, t, at, p in data.get("recent_events", ())
+            ),
+            journey=tuple(
+                JourneyStep(datetime.fromisoformat(at), f, t, h, r)
+                for at, f, t, h, r in data.get("journey", ())
+            ),
         )
 
 
@@ -244,6 +287,14 @@ def qualifies(fit: float, engagement: float, rules: Rules) -> bool:
         and (mql.min_fit is None or fit >= mql.min_fit)
         and (mql.min_engagement is None or engagement >= mql.min_engagement)
     )
+
+
+H = TypeVar("H")
+
+
+def remember(history: tuple[H, ...], entry: H, rules: Rules) -> tuple[H, ...]:
+    """Append to a bounded history: the newest `rules.history_limit` entries are kept."""
+    return (*history, entry)[-rules.history_limit :]
 
 
 def can_qualify(stage: Stage, rules: Rules) -> bool:
@@ -348,6 +399,9 @@ def apply(
         events_counted=state.events_counted + 1,
         last_event_at=last,
     )
+    if points != 0:
+        contribution = Contribution(event.event_id, event.type, event.occurred_at, points)
+        new = replace(new, recent_events=remember(new.recent_events, contribution, rules))
     if not can_qualify(new.stage, rules):
         return new, []
     # Totals first (cheap); the reasons are only worked out for a lead that qualifies.
@@ -369,6 +423,13 @@ def apply(
             rules.sla.calendar, event.occurred_at, rules.sla.mql_first_contact
         ),
     )
+    step = JourneyStep(
+        event.occurred_at,
+        new.stage,
+        "mql",
+        handoff.handoff_id,
+        f"score {handoff.score:g} reached {handoff.threshold:g}",
+    )
     qualified = replace(
         new,
         stage="mql",
@@ -376,6 +437,7 @@ def apply(
         qualified_at=event.occurred_at,
         qualifications=new.qualifications + 1,
         missing_bant=(),
+        journey=remember(new.journey, step, rules),
     )
     return qualified, [handoff]
 

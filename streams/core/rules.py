@@ -9,6 +9,7 @@ import hashlib
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 import yaml
@@ -214,6 +215,23 @@ class RecycleRule(_Frozen):
     disqualified_can_requalify: bool = False
 
 
+class ReportingRule(_Frozen):
+    timezone: str = Field(
+        default="UTC", description="KPIs are counted per calendar day in this time zone."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name such as Asia/Tokyo"
+            ) from None
+        return value
+
+
 class Rules(_Frozen):
     """The effective rules. `version` is a content hash, stamped on every output."""
 
@@ -228,6 +246,13 @@ class Rules(_Frozen):
     bant: BantRule = Field(default_factory=BantRule)
     recycle: RecycleRule = Field(default_factory=RecycleRule)
     reasons_limit: int = Field(default=6, ge=1, le=50, description="Reasons kept on a handoff.")
+    history_limit: int = Field(
+        default=20,
+        ge=1,
+        le=500,
+        description="Recent contributing events and stage changes kept per lead (explain).",
+    )
+    reporting: ReportingRule = Field(default_factory=lambda: ReportingRule())
 
     @field_validator("engagement")
     @classmethod

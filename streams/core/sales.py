@@ -17,7 +17,7 @@ from schemas.alert import SlaAlert
 from schemas.handoff import MqlHandoff
 from schemas.lifecycle import BantCriterion, LifecycleTransition, Stage
 from streams.core.calendar import add_time
-from streams.core.lead import Clock, ClockKind, LeadState, Tally
+from streams.core.lead import Clock, ClockKind, JourneyStep, LeadState, Tally, remember
 from streams.core.rules import Rules
 
 Severity = Literal["warning", "breach"]
@@ -198,6 +198,18 @@ def apply_activity(
 
     A repeated activity_id changes nothing.
     """
+    state, moved = _apply_activity(state, activity, rules, now)
+    for t in moved:
+        step = JourneyStep(t.occurred_at, t.from_stage, t.to_stage, t.handoff_id, t.reason)
+        state = replace(state, journey=remember(state.journey, step, rules))
+        if t.to_stage == "sql":
+            state = replace(state, sql_at=t.occurred_at)
+    return state, moved
+
+
+def _apply_activity(
+    state: LeadState, activity: SalesActivity, rules: Rules, now: datetime
+) -> tuple[LeadState, list[LifecycleTransition]]:
     mark = activity_mark(activity)
     if mark in state.seen_event_ids:
         return state, []

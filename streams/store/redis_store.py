@@ -9,12 +9,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from importlib.resources import files
 
 import orjson
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
+from streams.core.kpi import KpiCount, KpiSample
 from streams.core.lead import LeadState
 
 
@@ -92,6 +94,12 @@ class Keys:
     def wakeups(self, source_topic: str, partition: int) -> str:
         return f"{self.prefix}wakeups:{source_topic}:{partition}"
 
+    def kpi(self, day: date) -> str:
+        return f"{self.prefix}kpi:{day.isoformat()}"
+
+    def kpi_samples(self, day: date, series: str) -> str:
+        return f"{self.prefix}kpi:{day.isoformat()}:{series}"
+
     def lead_pattern(self) -> str:
         return f"{self.prefix}lead:*"
 
@@ -155,14 +163,19 @@ class LeadStore:
         outbox: Iterable[OutboxEntry] = (),
         schedule: Iterable[Wakeup] = (),
         unschedule: Iterable[Wakeup] = (),
+        counts: Iterable[KpiCount] = (),
+        samples: Iterable[KpiSample] = (),
     ) -> None:
-        """Write new states (guarded by the versions read), outputs and reminders in one step."""
+        """Write new states (guarded by the versions read), outputs, reminders and KPIs at once."""
         entries, adds, removes = list(outbox), list(schedule), list(unschedule)
+        kpis, measured = list(counts), list(samples)
         keys = [self.keys.lead(new.lead_id) for _, new in changes]
         keys += [self.keys.seen(new.lead_id) for _, new in changes]
         keys += [self.keys.outbox(self.source_topic, e.partition) for e in entries]
         keys += [self.keys.wakeups(self.source_topic, w.partition) for w in adds]
         keys += [self.keys.wakeups(self.source_topic, w.partition) for w in removes]
+        keys += [self.keys.kpi(c.day) for c in kpis]
+        keys += [self.keys.kpi_samples(m.day, m.series) for m in measured]
         payload = {
             "ttl": self.dedupe_ttl_seconds,
             "leads": [
@@ -176,6 +189,8 @@ class LeadStore:
             "outbox": [{"id": e.output_id, "r": e.encode().decode()} for e in entries],
             "add": [{"m": w.member, "at": w.at_ms} for w in adds],
             "remove": [w.member for w in removes],
+            "count": [{"f": c.field, "n": c.amount} for c in kpis],
+            "sample": [{"m": m.member, "s": m.seconds} for m in measured],
         }
         conflicts = await self._commit(keys=keys, args=[orjson.dumps(payload)])
         if conflicts:
@@ -224,6 +239,30 @@ class LeadStore:
         for p in partitions:
             pipe.zcard(self.keys.wakeups(self.source_topic, p))
         return int(sum(await pipe.execute()))
+
+    async def read_kpis(
+        self, days: Iterable[date], series: Iterable[str] = ()
+    ) -> tuple[dict[date, dict[str, int]], dict[tuple[date, str], list[float]]]:
+        """KPI counters per day, and the measured durations per day and series."""
+        wanted_days, wanted_series = list(days), list(series)
+        pipe = self.redis.pipeline(transaction=False)
+        for day in wanted_days:
+            pipe.hgetall(self.keys.kpi(day))
+        for day in wanted_days:
+            for name in wanted_series:
+                pipe.zrange(self.keys.kpi_samples(day, name), 0, -1, withscores=True)
+        replies = await pipe.execute()
+        counts = {
+            day: {k.decode(): int(v) for k, v in reply.items()}
+            for day, reply in zip(wanted_days, replies[: len(wanted_days)], strict=True)
+        }
+        rest = iter(replies[len(wanted_days) :])
+        durations = {
+            (day, name): [score for _, score in next(rest)]
+            for day in wanted_days
+            for name in wanted_series
+        }
+        return counts, durations
 
     async def read_lead(self, lead_id: str) -> LeadState | None:
         raw = await self.redis.hget(self.keys.lead(lead_id), "s")

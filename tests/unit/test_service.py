@@ -13,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from schemas.engagement import EngagementEvent
 from schemas.handoff import MqlHandoff
 from schemas.lifecycle import LifecycleTransition
+from streams.core.kpi import KpiCount, KpiSample
 from streams.core.lead import LeadState, apply_all
 from streams.core.rules import parse_rules
 from streams.observability import Metrics
@@ -35,6 +36,7 @@ class MemoryStore:
         self.fail_next = 0
         self.outbox_read_delay = 0.0
         self.wakeups: dict[str, int] = {}
+        self.kpis: dict[tuple[object, str], int] = {}
 
     def _maybe_fail(self) -> None:
         if self.fail_next:
@@ -59,6 +61,8 @@ class MemoryStore:
         outbox: Iterable[OutboxEntry] = (),
         schedule: Iterable[Wakeup] = (),
         unschedule: Iterable[Wakeup] = (),
+        counts: Iterable[KpiCount] = (),
+        samples: Iterable[KpiSample] = (),
     ) -> None:
         self._maybe_fail()
         stale = [
@@ -77,6 +81,8 @@ class MemoryStore:
             self.wakeups[w.member] = w.at_ms
         for w in unschedule:
             self.wakeups.pop(w.member, None)
+        for c in counts:
+            self.kpis[(c.day, c.field)] = self.kpis.get((c.day, c.field), 0) + c.amount
 
     async def pending_outbox(self, partitions: Iterable[int]) -> list[OutboxEntry]:
         await asyncio.sleep(self.outbox_read_delay)  # a Redis round trip in flight

@@ -15,10 +15,13 @@
 -- KEYS[1..n]          lead state hashes  {v = version, s = state JSON}
 -- KEYS[n+1..2n]       per-lead sets of seen ids (expire after ttl seconds)
 -- then one key per outbox entry (hash: output id -> record JSON),
--- then one key per reminder to add, then one key per reminder to remove (sorted sets).
+-- then one key per reminder to add, then one key per reminder to remove (sorted sets),
+-- then one key per KPI count (hash: field -> count), then one per KPI sample (sorted set).
 -- ARGV[1]  JSON {"ttl": seconds, "leads": [{"v": read version, "s": state, "seen": [ids]}],
 --                "outbox": [{"id": output id, "r": record JSON}],
---                "add": [{"m": member, "at": due epoch ms}], "remove": [member, ...]}
+--                "add": [{"m": member, "at": due epoch ms}], "remove": [member, ...],
+--                "count": [{"f": field, "n": amount}], "sample": [{"m": member, "s": seconds}]}
+-- KPI counts are written with the state change that caused them, so they never drift from it.
 local batch = cjson.decode(ARGV[1])
 local n = #batch.leads
 
@@ -57,5 +60,13 @@ end
 k = k + #batch.add
 for j = 1, #batch.remove do
   redis.call('ZREM', KEYS[k + j], batch.remove[j])
+end
+k = k + #batch.remove
+for j = 1, #batch.count do
+  redis.call('HINCRBY', KEYS[k + j], batch.count[j].f, batch.count[j].n)
+end
+k = k + #batch.count
+for j = 1, #batch.sample do
+  redis.call('ZADD', KEYS[k + j], batch.sample[j].s, batch.sample[j].m)
 end
 return {}

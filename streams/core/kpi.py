@@ -1,0 +1,97 @@
+"""Funnel KPIs as counters derived from state changes: what moved, on which day.
+
+The shell writes these increments in the same atomic step as the state change that caused
+them, so the figures never drift from the lead states under restarts or redelivery (a
+redelivered input changes no state, so it counts nothing).
+
+Days are calendar days in `rules.reporting.timezone`. Flow counts (how many became SQL on a
+day) are kept on the day of the change; cohort counts (of the MQLs handed off on a day, how many
+became SQL) on the day the cohort started, so conversion rates compare like with like.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+from schemas.lifecycle import LifecycleTransition
+from streams.core.lead import LeadState
+from streams.core.rules import Rules
+from streams.core.sales import ended_clocks, late_actions
+
+STAGES = ("mql", "sql", "nurture", "disqualified", "won", "lost")
+
+
+@dataclass(frozen=True, slots=True)
+class KpiCount:
+    day: date
+    field: str
+    amount: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class KpiSample:
+    """One measured duration (seconds), kept per day and series; the member makes it idempotent."""
+
+    day: date
+    series: str  # "first_contact_seconds" or "sales_action_seconds"
+    member: str
+    seconds: float
+
+
+def day_of(at: datetime, rules: Rules) -> date:
+    return at.astimezone(ZoneInfo(rules.reporting.timezone)).date()
+
+
+def kpi_changes(
+    before: LeadState,
+    after: LeadState,
+    transitions: list[LifecycleTransition],
+    rules: Rules,
+) -> tuple[list[KpiCount], list[KpiSample]]:
+    """Counts and samples caused by one lead's change from `before` to `after`."""
+    counts: list[KpiCount] = []
+    samples: list[KpiSample] = []
+    for t in transitions:
+        counts.append(KpiCount(day_of(t.occurred_at, rules), t.to_stage))
+        counts += [
+            KpiCount(day_of(t.occurred_at, rules), f"nurture_missing:{c}") for c in t.missing_bant
+        ]
+        if t.to_stage == "sql" and before.qualified_at is not None:
+            counts.append(KpiCount(day_of(before.qualified_at, rules), "cohort_sql"))
+        if t.to_stage == "won" and before.sql_at is not None:
+            counts.append(KpiCount(day_of(before.sql_at, rules), "cohort_won"))
+        if t.to_stage == "lost" and before.sql_at is not None:
+            counts.append(KpiCount(day_of(before.sql_at, rules), "cohort_lost"))
+    for clock in ended_clocks(before, after):
+        started = day_of(clock.started_at, rules)
+        counts.append(KpiCount(started, f"clock:{clock.kind}:{clock.status}"))
+        if clock.status == "breached":
+            counts.append(KpiCount(started, f"breach_owner:{clock.owner or after.owner or '-'}"))
+        if clock.status in ("met", "breached") and clock.ended_at is not None:
+            acted = clock.late_action_at or clock.ended_at
+            if clock.status == "met" or clock.late_action_at is not None:
+                samples.append(
+                    _sample(started, clock.kind, clock.clock_id, acted, clock.started_at)
+                )
+    for clock in late_actions(before, after):
+        started = day_of(clock.started_at, rules)
+        counts.append(KpiCount(started, f"clock:{clock.kind}:late"))
+        if clock.status == "breached" and clock.ended_at is not None and clock.late_action_at:
+            # The alert ended the clock earlier; the action time is only known now.
+            was_ended = any(
+                c.clock_id == clock.clock_id and c.status != "open" for c in before.clocks
+            )
+            if was_ended:
+                samples.append(
+                    _sample(
+                        started, clock.kind, clock.clock_id, clock.late_action_at, clock.started_at
+                    )
+                )
+    return counts, samples
+
+
+def _sample(day: date, kind: str, member: str, acted: datetime, started: datetime) -> KpiSample:
+    series = "first_contact_seconds" if kind == "mql_first_contact" else "sales_action_seconds"
+    return KpiSample(day, series, member, max((acted - started).total_seconds(), 0.0))
