@@ -197,15 +197,18 @@ async def topic_partitions(admin: AIOKafkaAdminClient, topic: str) -> list[Topic
     return parts
 
 
-async def consumer_caught_up(settings: Settings) -> bool:
-    """True when the worker's group has committed every record on the engagement topic."""
+async def consumer_caught_up(settings: Settings, topics: tuple[str, ...] = ()) -> bool:
+    """True when the worker's group has committed every record on these topics (default:
+    the engagement topic)."""
     admin = AIOKafkaAdminClient(**client_options(settings))
     consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
     await admin.start()
     await consumer.start()
     try:
         committed = await admin.list_consumer_group_offsets(settings.app_id)
-        parts = await topic_partitions(admin, settings.engagement)
+        parts = []
+        for topic in topics or (settings.engagement,):
+            parts += await topic_partitions(admin, topic)
         ends = await consumer.end_offsets(parts)
         return all(
             (committed.get(tp).offset if committed.get(tp) else 0) >= ends[tp] for tp in parts

@@ -1,0 +1,123 @@
+"""KPI figures after a run with a kill -9 and redelivered inputs equal counts computed here."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from schemas.lifecycle import LifecycleTransition
+from streams.settings import Settings
+from streams.store import LeadStore
+from tests.harness import (
+    WorkerProcess,
+    activity,
+    consumer_caught_up,
+    eventually,
+    produce,
+    qualifying,
+    read_topic,
+    wait_for,
+)
+
+pytestmark = pytest.mark.chaos
+
+LEADS = 50
+PASS = {"budget": True, "authority": True, "need": True, "timeframe": False}
+FAIL = {"budget": False, "authority": False, "need": True, "timeframe": False}
+
+
+def plan(i: int, lead: str, qualified_at: datetime) -> list[tuple[bytes, bytes]]:
+    """What sales does with lead i: SQL (2 in 5), nurture, disqualified, or nothing (breach)."""
+    call = qualified_at + timedelta(seconds=1)
+    kind = i % 5
+    if kind == 4:
+        return []
+    steps = [activity(lead, "call", "contacted", call, owner="sato")]
+    if kind in (0, 1):
+        steps.append(activity(lead, "bant", "bant_assessed", call, bant=PASS))
+        steps.append(activity(lead, "act", "sales_action", call + timedelta(seconds=1)))
+    elif kind == 2:
+        steps.append(activity(lead, "bant", "bant_assessed", call, bant=FAIL))
+    else:
+        steps.append(activity(lead, "dq", "disqualified", call, reason="no budget"))
+    return steps
+
+
+async def test_kpis_equal_independent_counts_after_a_kill_and_redelivery(
+    settings: Settings, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    first = WorkerProcess(settings, tmp_path / "first.log").start()
+    workers.append(first)
+    await first.wait_ready()
+
+    t0 = datetime.now(UTC)
+    leads = {f"lead-{i:03d}": t0 + timedelta(milliseconds=20 * i) for i in range(LEADS)}
+    engagement = [r for lead, at in leads.items() for r in qualifying(lead, at)]
+    await produce(settings, engagement)
+    await wait_for(settings, settings.handoff, lambda rs: len(rs) == LEADS, within=60)
+
+    activities = [r for i, (lead, at) in enumerate(leads.items()) for r in plan(i, lead, at)]
+    half = len(activities) // 2
+    await produce(settings, activities[:half], topic=settings.activity)
+    first.kill()  # mid-run: uncommitted inputs are delivered again to the next worker
+    await produce(settings, activities[half:], topic=settings.activity)
+    # Connectors redeliver too: every activity and some engagement events a second time.
+    await produce(settings, activities, topic=settings.activity)
+    await produce(settings, engagement[:30])
+
+    second = WorkerProcess(settings, tmp_path / "second.log").start()
+    workers.append(second)
+    await second.wait_ready()
+    inputs = (settings.engagement, settings.handoff, settings.activity)
+    await eventually(lambda: consumer_caught_up(settings, inputs), 120, "every input committed")
+    breaching = [lead for i, lead in enumerate(leads) if i % 5 == 4]
+    await wait_for(
+        settings,
+        settings.alerts,
+        lambda rs: len(rs) >= len(breaching),
+        within=60,
+    )
+
+    # Independent counts, from what this test sent.
+    kinds = Counter(i % 5 for i in range(LEADS))
+    expected = {
+        "mql": LEADS,
+        "sql": kinds[0] + kinds[1],
+        "cohort_sql": kinds[0] + kinds[1],
+        "nurture": kinds[2],
+        "nurture_missing:budget": kinds[2],
+        "nurture_missing:authority": kinds[2],
+        "nurture_missing:timeframe": kinds[2],
+        "disqualified": kinds[3],
+        "clock:mql_first_contact:met": LEADS - kinds[4],
+        "clock:mql_first_contact:breached": kinds[4],
+        "clock:sql_follow_up:met": kinds[0] + kinds[1],
+        "breach_owner:-": kinds[4],
+    }
+    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 60)
+    try:
+        today = t0.date()
+        days = [today - timedelta(days=1), today, today + timedelta(days=1)]
+        counts, durations = await store.read_kpis(days, ["first_contact_seconds"])
+    finally:
+        await store.close()
+    totals: Counter[str] = Counter()
+    for per_day in counts.values():
+        totals.update(per_day)
+    assert dict(totals) == expected
+    contact = [s for day in days for s in durations[(day, "first_contact_seconds")]]
+    assert sorted(contact) == [1.0] * (LEADS - kinds[4])  # every call came 1 s after handoff
+
+    # And the lifecycle topic agrees with the KPI flow counts (one event per stage change).
+    moves = [
+        LifecycleTransition.model_validate_json(r.value)
+        for r in await wait_for(settings, settings.lifecycle, lambda rs: True)
+    ]
+    distinct = {t.transition_id: t.to_stage for t in moves}
+    assert Counter(distinct.values()) == {
+        s: expected[s] for s in ("mql", "sql", "nurture", "disqualified")
+    }
+    assert await read_topic(settings, settings.deadletter) == []
