@@ -6,6 +6,7 @@ import asyncio
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -13,8 +14,9 @@ from prometheus_client import generate_latest
 
 from streams.agents.sales import register_sales_agent
 from streams.agents.scoring import register_scoring_agent
-from streams.core.rules import Rules, load_rules
-from streams.observability import Metrics
+from streams.core.explain import explain, lead_id_problem
+from streams.core.rules import Rules, load_rules, parse_rules
+from streams.observability import Metrics, log
 from streams.sales_service import SalesService
 from streams.service import OutRecord, ScoringService
 from streams.settings import Settings
@@ -66,7 +68,33 @@ class Worker:
     rules: Rules
 
 
-def create_worker(settings: Settings, rules: Rules | None = None) -> Worker:
+async def live_generation(settings: Settings, rules: Rules) -> tuple[int, Rules]:
+    """The key space to work on and its rules. The first worker records its rules; after a
+    `leadflow rescore` the rescored key space's rules win over a stale rules file."""
+    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 60)
+    try:
+        generation = await store.ensure_generation(
+            rules.version, rules.model_dump(mode="json", by_alias=True)
+        )
+        while generation.state != "active":
+            log.info("waiting for a rescore to finish switching", generation=generation.number)
+            await asyncio.sleep(0.5)
+            generation = await store.active_generation()
+    finally:
+        await store.close()
+    if generation.rules is not None and generation.rules_version != rules.version:
+        log.warning(
+            "the rules file differs from the rules the live lead states were built with; "
+            "using the live ones. To change rules, run `leadflow rescore --rules FILE`",
+            rules_file=str(settings.rules),
+            rules_file_version=rules.version,
+            live_rules_version=generation.rules_version,
+        )
+        rules = parse_rules(generation.rules, origin="active generation")
+    return generation.number, rules
+
+
+def create_worker(settings: Settings, rules: Rules | None = None, generation: int = 0) -> Worker:
     rules = rules or load_rules(settings.rules)
     datadir = settings.data_dir / settings.app_id
     datadir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +125,7 @@ def create_worker(settings: Settings, rules: Rules | None = None) -> Worker:
         prefix=settings.redis_prefix,
         source_topic=settings.engagement,
         dedupe_ttl_seconds=settings.dedupe_ttl_days * 86400,
-    )
+    ).at_generation(generation)
     publisher = FaustPublisher(app)
     service = ScoringService(settings, rules, store, publisher, metrics)
     sales = SalesService(settings, rules, store.for_source(settings.handoff), publisher, metrics)
@@ -146,5 +174,24 @@ def create_worker(settings: Settings, rules: Rules | None = None) -> Worker:
             "namespace": settings.namespace,
         }
         return web.json(body, status=200 if redis_ok else 503)
+
+    # `[^/]*` rather than the default `[^{}/]+`: an empty id gets a 400 naming the problem,
+    # not a bare 404; a `/` inside an id is sent as %2F.
+    @app.page("/leads/{lead_id:[^/]*}/explain")
+    async def explain_view(web: Any, request: Any, lead_id: str) -> Any:
+        problem = lead_id_problem(lead_id)
+        if problem is not None:
+            return web.json({"error": problem}, status=400)
+        lead_id = lead_id.strip()
+        try:
+            state = await asyncio.wait_for(store.read_lead(lead_id), timeout=5)
+        except Exception as exc:
+            log.warning("explain: cannot read lead", lead_id=lead_id, error=repr(exc))
+            return web.json({"error": "redis unavailable", "lead_id": lead_id}, status=503)
+        if state is None:
+            body = {"error": "unknown lead", "lead_id": lead_id, "namespace": settings.namespace}
+            return web.json(body, status=404)
+        explanation = explain(state, rules, datetime.now(UTC))
+        return web.bytes(explanation.model_dump_json().encode(), content_type="application/json")
 
     return Worker(app, service, sales, store, metrics, rules)

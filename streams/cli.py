@@ -24,9 +24,12 @@ from rich.progress import Progress
 from rich.table import Table
 
 from schemas.alert import SlaAlert
+from schemas.explain import LeadExplanation
 from schemas.handoff import MqlHandoff
 from schemas.lifecycle import LifecycleTransition
 from streams.core.durations import format_duration
+from streams.core.explain import explain as explain_lead
+from streams.core.explain import lead_id_problem
 from streams.core.rules import RulesError, load_rules
 from streams.sample import simulate_sales
 from streams.settings import Settings, SettingsError, load_settings
@@ -77,7 +80,7 @@ def worker() -> None:
     """Run a scoring worker (configured by LEADFLOW_* environment variables)."""
     import faust
 
-    from streams.app import create_worker
+    from streams.app import create_worker, live_generation
     from streams.observability import configure_logging, log
 
     with user_errors():
@@ -93,7 +96,8 @@ def worker() -> None:
         rules_version=rules.version,
         web=f"http://{settings.web_host}:{settings.web_port}",
     )
-    built = create_worker(settings, rules)
+    generation, rules = asyncio.run(live_generation(settings, rules))
+    built = create_worker(settings, rules, generation)
     faust.Worker(
         built.app, loglevel="WARNING", quiet=True, redirect_stdouts=False
     ).execute_from_commandline()
@@ -280,6 +284,120 @@ def handoffs(
     out.print(f"{len(seen)} handoffs on {settings.handoff}")
 
 
+def _explain_points(value: float) -> str:
+    return f"{value:+.2f}".rstrip("0").rstrip(".")
+
+
+def _explain_time(at: datetime | None) -> str:
+    return "-" if at is None else f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z"
+
+
+def _print_explanation(e: LeadExplanation) -> None:
+    to_mql = "" if e.points_to_mql is None else f", {e.points_to_mql:g} points to MQL"
+    blocked = f" [yellow]({escape('; '.join(e.mql_blockers))})[/]" if e.mql_blockers else ""
+    out.print(
+        f"[bold]{escape(e.lead_id)}[/]  stage [bold cyan]{e.stage}[/]  score [bold]{e.score:g}[/] "
+        f"vs threshold {e.threshold:g}{to_mql}{blocked}"
+    )
+    out.print(
+        f"[dim]fit {e.fit_score:g} + engagement {e.engagement_score:g} "
+        f"(as of {_explain_time(e.engagement_as_of)}); rules {e.rules_version}; "
+        f"handoff {e.handoff_id or '-'}; owner {escape(e.owner or '-')}"
+        + (f"; missing BANT {', '.join(e.missing_bant)}" if e.missing_bant else "")
+        + "[/]"
+    )
+    reasons = Table(title="reasons")
+    for column in ("kind", "rule", "points", "events"):
+        reasons.add_column(column, justify="right" if column in ("points", "events") else "left")
+    for r in e.reasons:
+        events = "" if r.events is None else str(r.events)
+        reasons.add_row(r.kind, escape(r.rule), _explain_points(r.points), events)
+    out.print(reasons)
+    recent = Table(title="recent events (points as counted, before decay)")
+    for column in ("occurred_at", "type", "event_id", "points"):
+        recent.add_column(column, justify="right" if column == "points" else "left")
+    for ev in e.recent_events:
+        recent.add_row(
+            _explain_time(ev.occurred_at),
+            escape(ev.type),
+            escape(ev.event_id),
+            _explain_points(ev.points),
+        )
+    out.print(recent)
+    deadlines = Table(title=f"open deadlines at {_explain_time(e.now)}")
+    for column in ("kind", "handoff", "due", "owner", ""):
+        deadlines.add_column(column)
+    for d in e.open_deadlines:
+        late = format_duration(e.now.replace(microsecond=0) - d.due_at.replace(microsecond=0))
+        mark = f"[bold red]OVERDUE[/] by {late}" if d.overdue else "open"
+        deadlines.add_row(
+            d.kind, d.handoff_id, _explain_time(d.due_at), escape(d.owner or "-"), mark
+        )
+    out.print(deadlines)
+    journey = Table(title="stage history")
+    for column in ("at", "from", "to", "reason"):
+        journey.add_column(column)
+    for j in e.journey:
+        journey.add_row(_explain_time(j.at), j.from_stage, j.to_stage, escape(j.reason or ""))
+    out.print(journey)
+
+
+async def _explain_read(settings: Settings, lead_id: str) -> Any:
+    from streams.store import LeadStore
+
+    store = LeadStore.from_url(
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        source_topic=settings.engagement,
+        dedupe_ttl_seconds=settings.dedupe_ttl_days * 86400,
+    )
+    try:
+        return await store.read_lead(lead_id)
+    finally:
+        await store.close()
+
+
+@app.command("explain")
+def explain_command(
+    lead_id: Annotated[str, typer.Argument(help="The lead to explain")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the explanation as JSON")] = False,
+) -> None:
+    """Why a lead has its score: every contribution, recent events, deadlines, stage history.
+
+    Reads the lead straight from Redis (LEADFLOW_REDIS_URL, LEADFLOW_NAMESPACE) and explains it
+    under the configured rules (LEADFLOW_RULES); no worker needs to run.
+    """
+    from redis.exceptions import RedisError
+
+    with user_errors():
+        settings = _settings()
+        rules = load_rules(settings.rules)
+    problem = lead_id_problem(lead_id)
+    if problem is not None:
+        console.print(f"[bold red]error:[/] {problem}")
+        raise typer.Exit(2)
+    lead_id = lead_id.strip()
+    try:
+        state = asyncio.run(_explain_read(settings, lead_id))
+    except (RedisError, OSError) as exc:
+        failure = f"cannot read Redis (LEADFLOW_REDIS_URL): {exc}"
+        console.print(f"[bold red]error:[/] {escape(failure)}")
+        raise typer.Exit(3) from None
+    if state is None:
+        namespace = settings.namespace or "(default, no namespace)"
+        console.print(
+            f"[bold red]error:[/] lead {escape(repr(lead_id))} is not known in namespace "
+            f"{escape(namespace)}; set LEADFLOW_NAMESPACE to the namespace of the worker "
+            "that scored it"
+        )
+        raise typer.Exit(1)
+    explanation = explain_lead(state, rules, datetime.now(UTC))
+    if as_json:
+        sys.stdout.write(explanation.model_dump_json(indent=2) + "\n")
+    else:
+        _print_explanation(explanation)
+
+
 def _wait_http(url: str, within: float) -> dict[str, object]:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -463,6 +581,47 @@ def demo(
         f"[bold red]{c['alert_breach']}[/] SLA breaches; [bold yellow]{c['deadletters']}[/] bad "
         f"records on {settings.deadletter} (reason in headers)."
     )
+
+
+@app.command("report")
+def report_command(
+    days: Annotated[
+        int | None, typer.Option(help="Days ending today (reporting time zone) \\[default: 28]")
+    ] = None,
+    since: Annotated[
+        datetime | None, typer.Option(formats=["%Y-%m-%d"], help="First day, YYYY-MM-DD")
+    ] = None,
+    until: Annotated[
+        datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="Last day, included \\[default: today]"),
+    ] = None,
+    period: Annotated[
+        str, typer.Option(metavar="day|week|month", help="One row per day, ISO week or month")
+    ] = "week",
+    charts: Annotated[
+        Path | None, typer.Option(help="Write funnel.png and trend.png to this directory")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary")] = (
+        False
+    ),
+) -> None:
+    """Funnel KPIs from Redis: conversion, SLA compliance, time to contact (docs/kpis.md)."""
+    from streams.report import run_report
+
+    with user_errors():
+        settings = _settings()
+        run_report(
+            settings,
+            load_rules(settings.rules),
+            out=out,
+            console=console,
+            days=days,
+            since=since.date() if since else None,
+            until=until.date() if until else None,
+            period=period,
+            charts=charts,
+            as_json=as_json,
+        )
 
 
 def main() -> None:

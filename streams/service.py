@@ -26,12 +26,12 @@ from schemas.handoff import MqlHandoff
 from schemas.lifecycle import LifecycleTransition
 from streams.core.kpi import KpiCount, KpiSample, kpi_changes
 from streams.core.lead import LeadState, apply_all
-from streams.core.rules import Rules
+from streams.core.rules import Rules, parse_rules
 from streams.core.sales import mql_transition, reminders
 from streams.intake import DeadLetter, RecordLocation, parse_engagement
 from streams.observability import Metrics, log
 from streams.settings import Settings
-from streams.store import Conflict, LeadStore, OutboxEntry, StoredLead, Wakeup
+from streams.store import Conflict, Fenced, LeadStore, OutboxEntry, StoredLead, Wakeup
 
 T = TypeVar("T")
 
@@ -165,11 +165,32 @@ class BatchWriter:
                     ),
                 )
                 return decided
+            except Fenced:
+                await self.follow_generation()
             except Conflict as exc:
                 # Someone else wrote these leads (a rebalance overlap or the other agent):
                 # read again and refold; the dedupe markers make each input count once.
                 self.metrics.retries.labels("conflict").inc()
                 log.info("lead state changed under the batch; retrying", leads=exc.lead_ids[:5])
+
+    async def follow_generation(self) -> None:
+        """A rescore switched the live key space: wait for it to finish, then use it (and the
+        rules it was built with). The batch in hand is folded again there; dedupe keeps the
+        events the rescore already applied from counting twice."""
+        while True:
+            generation = await self._retrying("redis", self.store.active_generation)
+            if generation.state == "active":
+                break
+            log.info("waiting for a rescore to finish switching", generation=generation.number)
+            await asyncio.sleep(0.2)
+        self.store = self.store.at_generation(generation.number)
+        if generation.rules is not None and generation.rules_version != self.rules.version:
+            self.rules = parse_rules(generation.rules, origin="active generation")
+        log.warning(
+            "now writing to the rescored key space",
+            generation=generation.number,
+            rules_version=self.rules.version,
+        )
 
     async def _deliver(self, outbox: list[OutboxEntry], deadletters: list[DeadLetter]) -> None:
         """Send dead letters and outputs; clear the outbox once Kafka has them."""

@@ -1,5 +1,21 @@
 """Redis adapter: lead state, dedupe markers and the handoff outbox. No rules in here."""
 
-from streams.store.redis_store import Conflict, LeadStore, OutboxEntry, StoredLead, Wakeup
+from streams.store.redis_store import (
+    Conflict,
+    Fenced,
+    Generation,
+    LeadStore,
+    OutboxEntry,
+    StoredLead,
+    Wakeup,
+)
 
-__all__ = ["Conflict", "LeadStore", "OutboxEntry", "StoredLead", "Wakeup"]
+__all__ = [
+    "Conflict",
+    "Fenced",
+    "Generation",
+    "LeadStore",
+    "OutboxEntry",
+    "StoredLead",
+    "Wakeup",
+]

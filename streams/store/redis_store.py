@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from importlib.resources import files
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -78,15 +79,47 @@ class Conflict(Exception):
         self.lead_ids = list(lead_ids)
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Fenced(Exception):
+    """The key space this worker writes to is no longer the active one (a rescore switched it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """Which key space of lead states is live, and the rules it was built with."""
+
+    number: int
+    state: str  # "active", or "switching" while a rescore hands over
+    rules_version: str | None
+    rules: dict[str, Any] | None
+
+
 class Keys:
-    def __init__(self, prefix: str) -> None:
+    """Every Redis key leadflow uses. Lead states and dedupe markers live in a numbered key
+    space (generation) so that `leadflow rescore` can build a new one beside the live one."""
+
+    def __init__(self, prefix: str, generation: int = 0) -> None:
         self.prefix = prefix
+        self.generation = generation
+        self.space = f"{prefix}g{generation}:" if generation else prefix
+
+    def at(self, generation: int) -> Keys:
+        return Keys(self.prefix, generation)
+
+    def generation_record(self) -> str:
+        return f"{self.prefix}generation"
 
     def lead(self, lead_id: str) -> str:
-        return f"{self.prefix}lead:{lead_id}"
+        return f"{self.space}lead:{lead_id}"
 
     def seen(self, lead_id: str) -> str:
-        return f"{self.prefix}seen:{lead_id}"
+        return f"{self.space}seen:{lead_id}"
+
+    def space_pattern(self) -> str:
+        return f"{self.space}*" if self.generation else ""
 
     def outbox(self, source_topic: str, partition: int) -> str:
         return f"{self.prefix}outbox:{source_topic}:{partition}"
@@ -101,7 +134,7 @@ class Keys:
         return f"{self.prefix}kpi:{day.isoformat()}:{series}"
 
     def lead_pattern(self) -> str:
-        return f"{self.prefix}lead:*"
+        return f"{self.space}lead:*"
 
 
 class LeadStore:
@@ -117,6 +150,39 @@ class LeadStore:
         self._commit: AsyncScript = client.register_script(
             lua.joinpath("commit_batch.lua").read_text()
         )
+
+    def at_generation(self, generation: int) -> LeadStore:
+        """The same store, reading and writing lead states in another key space."""
+        other = copy.copy(self)
+        other.keys = self.keys.at(generation)
+        return other
+
+    async def active_generation(self) -> Generation:
+        raw = await self.redis.hgetall(self.keys.generation_record())
+        if not raw:
+            return Generation(0, "active", None, None)
+        record = {_text(k): _text(v) for k, v in raw.items()}
+        rules = orjson.loads(record["rules"]) if record.get("rules") else None
+        return Generation(
+            int(record.get("active", 0)),
+            record.get("state", "active"),
+            record.get("rules_version"),
+            rules,
+        )
+
+    async def ensure_generation(self, rules_version: str, rules: dict[str, Any]) -> Generation:
+        """Record the rules of the live key space the first time a worker starts on it."""
+        key = self.keys.generation_record()
+        if await self.redis.hsetnx(key, "active", 0):
+            await self.redis.hset(
+                key,
+                mapping={
+                    "state": "active",
+                    "rules_version": rules_version,
+                    "rules": orjson.dumps(rules),
+                },
+            )
+        return await self.active_generation()
 
     def for_source(self, source_topic: str) -> LeadStore:
         """The same Redis and lead keys, with outbox and reminders owned by another input."""
@@ -176,7 +242,9 @@ class LeadStore:
         keys += [self.keys.wakeups(self.source_topic, w.partition) for w in removes]
         keys += [self.keys.kpi(c.day) for c in kpis]
         keys += [self.keys.kpi_samples(m.day, m.series) for m in measured]
+        keys.append(self.keys.generation_record())
         payload = {
+            "gen": self.keys.generation,
             "ttl": self.dedupe_ttl_seconds,
             "leads": [
                 {
@@ -193,6 +261,8 @@ class LeadStore:
             "sample": [{"m": m.member, "s": m.seconds} for m in measured],
         }
         conflicts = await self._commit(keys=keys, args=[orjson.dumps(payload)])
+        if conflicts and int(conflicts[0]) == -1:
+            raise Fenced(f"key space {self.keys.generation} is no longer the active one")
         if conflicts:
             raise Conflict([changes[int(i) - 1][1].lead_id for i in conflicts])
 

@@ -16,14 +16,23 @@
 -- KEYS[n+1..2n]       per-lead sets of seen ids (expire after ttl seconds)
 -- then one key per outbox entry (hash: output id -> record JSON),
 -- then one key per reminder to add, then one key per reminder to remove (sorted sets),
--- then one key per KPI count (hash: field -> count), then one per KPI sample (sorted set).
--- ARGV[1]  JSON {"ttl": seconds, "leads": [{"v": read version, "s": state, "seen": [ids]}],
+-- then one key per KPI count (hash: field -> count), then one per KPI sample (sorted set),
+-- and last the generation record (which key space of lead states is live).
+-- ARGV[1]  JSON {"gen": key space written, "ttl": seconds, "leads": [{"v": read version, "s": state, "seen": [ids]}],
 --                "outbox": [{"id": output id, "r": record JSON}],
 --                "add": [{"m": member, "at": due epoch ms}], "remove": [member, ...],
 --                "count": [{"f": field, "n": amount}], "sample": [{"m": member, "s": seconds}]}
 -- KPI counts are written with the state change that caused them, so they never drift from it.
 local batch = cjson.decode(ARGV[1])
 local n = #batch.leads
+
+-- Fence: a rescore switched (or is switching) the live key space; the caller must follow it.
+local generation = KEYS[#KEYS]
+local active = tonumber(redis.call('HGET', generation, 'active') or '0')
+local state = redis.call('HGET', generation, 'state') or 'active'
+if active ~= batch.gen or state ~= 'active' then
+  return {-1}
+end
 
 local conflicts = {}
 for i = 1, n do
