@@ -15,12 +15,13 @@ from prometheus_client import generate_latest
 from streams.agents.sales import register_sales_agent
 from streams.agents.scoring import register_scoring_agent
 from streams.core.explain import explain, lead_id_problem
+from streams.core.lead import LeadState
 from streams.core.rules import Rules, load_rules, parse_rules
 from streams.observability import Metrics, log
 from streams.sales_service import SalesService
 from streams.service import OutRecord, ScoringService
 from streams.settings import Settings
-from streams.store import LeadStore
+from streams.store import Generation, LeadStore
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 
@@ -145,6 +146,8 @@ def create_worker(settings: Settings, rules: Rules | None = None, generation: in
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def deliver_outbox() -> None:
         # Outputs whose Kafka write did not complete before a crash or rebalance.
+        await service.check_generation()
+        await sales.check_generation()
         await service.flush_outbox(assigned(settings.engagement))
         await sales.flush_outbox(assigned(settings.handoff))
         metrics.open_deadlines.set(await sales.open_deadlines(assigned(settings.handoff)))
@@ -170,10 +173,25 @@ def create_worker(settings: Settings, rules: Rules | None = None, generation: in
             "status": "ok" if redis_ok else "degraded",
             "redis": redis_ok,
             "assigned_partitions": sorted(assigned_partitions()),
-            "rules_version": rules.version,
+            "rules_version": service.rules.version,
             "namespace": settings.namespace,
         }
         return web.json(body, status=200 if redis_ok else 503)
+
+    # Explained under the live key space and its rules (read per request: a rescore may have
+    # switched them since this worker started). Parsed rules are kept by version.
+    explain_rules: dict[str, Rules] = {rules.version: rules}
+
+    async def read_live_lead(lead_id: str) -> tuple[LeadState | None, Generation]:
+        live = await store.active_generation()
+        return await store.at_generation(live.number).read_lead(lead_id), live
+
+    def live_rules(live: Generation) -> Rules:
+        if live.rules is None or live.rules_version is None:
+            return rules
+        if live.rules_version not in explain_rules:
+            explain_rules[live.rules_version] = parse_rules(live.rules, origin="active generation")
+        return explain_rules[live.rules_version]
 
     # `[^/]*` rather than the default `[^{}/]+`: an empty id gets a 400 naming the problem,
     # not a bare 404; a `/` inside an id is sent as %2F.
@@ -184,14 +202,14 @@ def create_worker(settings: Settings, rules: Rules | None = None, generation: in
             return web.json({"error": problem}, status=400)
         lead_id = lead_id.strip()
         try:
-            state = await asyncio.wait_for(store.read_lead(lead_id), timeout=5)
+            state, live = await asyncio.wait_for(read_live_lead(lead_id), timeout=5)
         except Exception as exc:
             log.warning("explain: cannot read lead", lead_id=lead_id, error=repr(exc))
             return web.json({"error": "redis unavailable", "lead_id": lead_id}, status=503)
         if state is None:
             body = {"error": "unknown lead", "lead_id": lead_id, "namespace": settings.namespace}
             return web.json(body, status=404)
-        explanation = explain(state, rules, datetime.now(UTC))
+        explanation = explain(state, live_rules(live), datetime.now(UTC))
         return web.bytes(explanation.model_dump_json().encode(), content_type="application/json")
 
     return Worker(app, service, sales, store, metrics, rules)

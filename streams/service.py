@@ -173,6 +173,13 @@ class BatchWriter:
                 self.metrics.retries.labels("conflict").inc()
                 log.info("lead state changed under the batch; retrying", leads=exc.lead_ids[:5])
 
+    async def check_generation(self) -> None:
+        """Follow a finished rescore promptly, not only when the next write is fenced."""
+        generation = await self._retrying("redis", self.store.active_generation)
+        if generation.number != self.store.keys.generation and generation.state == "active":
+            async with self._delivery:
+                await self.follow_generation()
+
     async def follow_generation(self) -> None:
         """A rescore switched the live key space: wait for it to finish, then use it (and the
         rules it was built with). The batch in hand is folded again there; dedupe keeps the

@@ -118,8 +118,19 @@ class Keys:
     def seen(self, lead_id: str) -> str:
         return f"{self.space}seen:{lead_id}"
 
+    def held_outputs(self, source_topic: str, partition: int) -> str:
+        """Outputs a rescore holds back in its key space until the switch."""
+        return f"{self.space}held:{source_topic}:{partition}"
+
+    def held_kpis(self) -> str:
+        return f"{self.space}held-kpis"
+
     def space_pattern(self) -> str:
-        return f"{self.space}*" if self.generation else ""
+        """Every key of this key space (a rescored one: 'g<N>:' keys only)."""
+        return f"{self.space}*"
+
+    def kpi_prefix(self) -> str:
+        return f"{self.prefix}kpi:"
 
     def outbox(self, source_topic: str, partition: int) -> str:
         return f"{self.prefix}outbox:{source_topic}:{partition}"
@@ -149,6 +160,9 @@ class LeadStore:
         self._load: AsyncScript = client.register_script(lua.joinpath("load_batch.lua").read_text())
         self._commit: AsyncScript = client.register_script(
             lua.joinpath("commit_batch.lua").read_text()
+        )
+        self._switch: AsyncScript = client.register_script(
+            lua.joinpath("switch_generation.lua").read_text()
         )
 
     def at_generation(self, generation: int) -> LeadStore:
@@ -183,6 +197,99 @@ class LeadStore:
                 },
             )
         return await self.active_generation()
+
+    # -- rescore --------------------------------------------------------------------------------
+
+    async def read_live(
+        self, lead_ids: Sequence[str]
+    ) -> dict[str, tuple[LeadState | None, frozenset[str]]]:
+        """Live states and every dedupe marker (event ids, activity:/handoff: marks) per lead."""
+        pipe = self.redis.pipeline(transaction=False)
+        for lead_id in lead_ids:
+            pipe.hget(self.keys.lead(lead_id), "s")
+            pipe.smembers(self.keys.seen(lead_id))
+        replies = await pipe.execute()
+        out: dict[str, tuple[LeadState | None, frozenset[str]]] = {}
+        for i, lead_id in enumerate(lead_ids):
+            raw, seen = replies[2 * i], replies[2 * i + 1]
+            marks = frozenset(m.decode() for m in seen if m.startswith((b"activity:", b"handoff:")))
+            state = None if raw is None else LeadState.from_json(orjson.loads(raw))
+            out[lead_id] = (state, marks)
+        return out
+
+    async def write_rebuilt(
+        self,
+        states: Sequence[LeadState],
+        held: Iterable[OutboxEntry] = (),
+        counts: Iterable[KpiCount] = (),
+    ) -> None:
+        """Write rebuilt leads into this (not yet live) key space, with held-back outputs."""
+        pipe = self.redis.pipeline(transaction=False)
+        for state in states:
+            pipe.hincrby(self.keys.lead(state.lead_id), "v", 1)
+            pipe.hset(self.keys.lead(state.lead_id), "s", orjson.dumps(state.to_json()))
+            if state.seen_event_ids:
+                pipe.sadd(self.keys.seen(state.lead_id), *state.seen_event_ids)
+                pipe.expire(self.keys.seen(state.lead_id), self.dedupe_ttl_seconds)
+        for e in held:
+            pipe.hset(
+                self.keys.held_outputs(self.source_topic, e.partition), e.output_id, e.encode()
+            )
+        for c in counts:
+            pipe.hincrby(self.keys.held_kpis(), f"{c.day.isoformat()}|{c.field}", c.amount)
+        await pipe.execute()
+
+    async def live_lead_ids(self) -> list[str]:
+        ids = []
+        start = len(self.keys.lead(""))
+        async for key in self.redis.scan_iter(match=self.keys.lead_pattern(), count=1000):
+            ids.append(key.decode()[start:])
+        return ids
+
+    async def drop_space(self) -> int:
+        """Delete every key of this key space (a rescored one only)."""
+        if not self.keys.generation:
+            raise ValueError("refusing to drop generation 0 as a whole; it shares its prefix")
+        dropped = 0
+        batch: list[bytes] = []
+        async for key in self.redis.scan_iter(match=self.keys.space_pattern(), count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                dropped += await self.redis.delete(*batch)
+                batch = []
+        if batch:
+            dropped += await self.redis.delete(*batch)
+        return dropped
+
+    async def drop_leads(self, lead_ids: Sequence[str]) -> None:
+        """Delete lead states and markers of this key space (generation 0 after a rescore)."""
+        for i in range(0, len(lead_ids), 500):
+            chunk = lead_ids[i : i + 500]
+            keys = [self.keys.lead(x) for x in chunk] + [self.keys.seen(x) for x in chunk]
+            await self.redis.delete(*keys)
+
+    async def switch(
+        self,
+        mode: str,
+        live: int,
+        target: int,
+        partitions: Sequence[int] = (),
+        rules_version: str = "",
+        rules: dict[str, Any] | None = None,
+    ) -> None:
+        """begin / finish / abort handing the live key space over to `target` (one Lua step)."""
+        keys = [self.keys.generation_record()]
+        args: list[str | bytes] = [mode, str(live), str(target)]
+        if mode == "finish":
+            space = self.keys.at(target)
+            for p in partitions:
+                keys += [
+                    space.held_outputs(self.source_topic, p),
+                    self.keys.outbox(self.source_topic, p),
+                ]
+            keys.append(space.held_kpis())
+            args += [rules_version, orjson.dumps(rules), self.keys.kpi_prefix()]
+        await self._switch(keys=keys, args=args)
 
     def for_source(self, source_topic: str) -> LeadStore:
         """The same Redis and lead keys, with outbox and reminders owned by another input."""
