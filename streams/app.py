@@ -6,8 +6,9 @@ import asyncio
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import faust
 from prometheus_client import generate_latest
@@ -15,6 +16,7 @@ from prometheus_client import generate_latest
 from streams.agents.sales import register_sales_agent
 from streams.agents.scoring import register_scoring_agent
 from streams.core.explain import explain, lead_id_problem
+from streams.core.funnel import SERIES, days_between, total
 from streams.core.lead import LeadState
 from streams.core.rules import Rules, load_rules, parse_rules
 from streams.observability import Metrics, log
@@ -157,6 +159,14 @@ def create_worker(settings: Settings, rules: Rules | None = None, generation: in
         # Every worker sweeps the partitions it owns (no leader: Faust skips leader timers
         # during rebalances); the version check on the lead makes each alert happen once.
         await sales.sweep(assigned(settings.handoff))
+
+    @app.timer(interval=settings.kpi_refresh_interval)  # type: ignore[untyped-decorator]
+    async def refresh_kpis() -> None:
+        today = datetime.now(ZoneInfo(service.rules.reporting.timezone)).date()
+        for window, days in (("7d", 7), ("28d", 28)):
+            start = today - timedelta(days=days - 1)
+            counts, durations = await store.read_kpis(days_between(start, today), SERIES.values())
+            metrics.observe_kpis(window, total(counts, durations, start, today))
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:

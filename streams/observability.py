@@ -8,6 +8,8 @@ import sys
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from streams.core.funnel import PeriodKpis
+
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     renderer: structlog.types.Processor = (
@@ -30,6 +32,12 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
 
 
 log = structlog.get_logger("leadflow")
+
+NAN = float("nan")
+
+
+def _or_nan(value: float | None) -> float:
+    return NAN if value is None else value
 
 
 class Metrics:
@@ -100,6 +108,40 @@ class Metrics:
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 1, 5),
             registry=r,
         )
+        kpi = "Over the window (7d, 28d) ending today, from the KPI state in Redis: "
+        self.kpi_stage = Gauge(
+            "leadflow_kpi_stage_count", kpi + "stage changes.", ["stage", "window"], registry=r
+        )
+        self.kpi_mql_to_sql = Gauge(
+            "leadflow_kpi_mql_to_sql_ratio",
+            kpi + "share of the MQLs handed off that became SQL.",
+            ["window"],
+            registry=r,
+        )
+        self.kpi_sql_to_won = Gauge(
+            "leadflow_kpi_sql_to_won_ratio",
+            kpi + "share of the SQLs that were won.",
+            ["window"],
+            registry=r,
+        )
+        self.kpi_compliance = Gauge(
+            "leadflow_kpi_sla_compliance_ratio",
+            kpi + "clocks met on time / clocks decided (met + breached).",
+            ["clock", "window"],
+            registry=r,
+        )
+        self.kpi_time_to_contact = Gauge(
+            "leadflow_kpi_time_to_contact_seconds",
+            kpi + "time from handoff to first contact.",
+            ["quantile", "window"],
+            registry=r,
+        )
+        self.kpi_time_to_action = Gauge(
+            "leadflow_kpi_time_to_action_seconds",
+            kpi + "time from SQL to sales action.",
+            ["quantile", "window"],
+            registry=r,
+        )
         self.open_deadlines = Gauge(
             "leadflow_sla_open_deadlines",
             "Reminders waiting in Redis on this worker's partitions.",
@@ -139,3 +181,26 @@ class Metrics:
             "Handoffs written to Redis but not yet acknowledged by Kafka.",
             registry=r,
         )
+
+    def observe_kpis(self, window: str, kpis: PeriodKpis) -> None:
+        """Publish one window's funnel KPIs (NaN where a rate has no denominator yet)."""
+        stages = {
+            "mql": kpis.mqls,
+            "sql": kpis.sqls,
+            "nurture": kpis.nurture,
+            "disqualified": kpis.disqualified,
+            "won": kpis.won,
+            "lost": kpis.lost,
+        }
+        for stage, count in stages.items():
+            self.kpi_stage.labels(stage, window).set(count)
+        self.kpi_mql_to_sql.labels(window).set(_or_nan(kpis.mql_to_sql))
+        self.kpi_sql_to_won.labels(window).set(_or_nan(kpis.sql_to_won))
+        for clock, ratio in kpis.compliance.items():
+            self.kpi_compliance.labels(clock, window).set(_or_nan(ratio))
+        for gauge, durations in (
+            (self.kpi_time_to_contact, kpis.time_to_first_contact),
+            (self.kpi_time_to_action, kpis.time_to_sales_action),
+        ):
+            gauge.labels("0.5", window).set(_or_nan(durations.median))
+            gauge.labels("0.9", window).set(_or_nan(durations.p90))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules" / "example.yaml"
 
@@ -64,6 +65,9 @@ class Settings(BaseSettings):
         default=0.25, gt=0, le=60, description="Seconds between looks at due SLA deadlines."
     )
     sla_sweep_batch: int = Field(default=1000, ge=1, description="Most deadlines per look.")
+    kpi_refresh_interval: float = Field(
+        default=30.0, gt=0, description="Seconds between refreshes of the KPI gauges."
+    )
 
     # Operations
     data_dir: Path = Field(
@@ -75,6 +79,27 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
+    # HTTP collector (`leadflow collector`, docs/collector.md)
+    collector_host: str = "127.0.0.1"
+    collector_port: int = Field(default=8080, ge=1, le=65535)
+    collector_tokens: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict,
+        description='Tokens per source, a JSON object {"source-name": "token"}.',
+    )
+    collector_max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    collector_max_batch_events: int = Field(default=500, ge=1)
+    collector_rate_per_second: float = Field(
+        default=200.0, gt=0, description="Events per second per source (token bucket)."
+    )
+    collector_burst: int = Field(default=1000, ge=1, description="Token bucket size per source.")
+    collector_ack_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds to wait for Kafka's acknowledgement."
+    )
+    collector_cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed by CORS (JSON list or comma-separated; * = any).",
+    )
+
     # Fault injection for the chaos tests only: exit hard right after the Redis write of the Nth
     # batch that produced outputs, before they reach Kafka (0 = never).
     fault_crash_after_batches: int = Field(default=0, ge=0)
@@ -84,6 +109,46 @@ class Settings(BaseSettings):
     def _rules_exists(cls, value: Path) -> Path:
         if not value.is_file():
             raise ValueError(f"rules file {value} does not exist")
+        return value
+
+    @field_validator("collector_tokens", mode="before")
+    @classmethod
+    def _collector_tokens(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = orjson.loads(value) if value.strip() else {}
+            except orjson.JSONDecodeError:
+                raise ValueError(
+                    'expected a JSON object {"source-name": "token"}, got invalid JSON'
+                ) from None
+            if not isinstance(value, dict):
+                raise ValueError('expected a JSON object {"source-name": "token"}')
+        if isinstance(value, dict):
+            seen: set[str] = set()
+            for source, token in value.items():
+                secret = token.get_secret_value() if isinstance(token, SecretStr) else token
+                if not isinstance(secret, str):
+                    raise ValueError(f"token of source {source!r} must be a string")
+                if not str(source).strip() or len(str(source)) > 256:
+                    raise ValueError("source names must be 1 to 256 characters")
+                if len(secret) < 16:
+                    raise ValueError(f"token of source {source!r} is shorter than 16 characters")
+                if secret in seen:
+                    raise ValueError(f"source {source!r} reuses another source's token")
+                seen.add(secret)
+        return value
+
+    @field_validator("collector_cors_origins", mode="before")
+    @classmethod
+    def _collector_cors_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return orjson.loads(text)
+                except orjson.JSONDecodeError:
+                    raise ValueError("expected a JSON list or comma-separated origins") from None
+            return [part.strip().rstrip("/") for part in text.split(",") if part.strip()]
         return value
 
     def topic(self, name: str) -> str:

@@ -25,6 +25,7 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from streams.kafka import client_options, create_topics
 from streams.settings import Settings, load_settings
@@ -83,6 +84,7 @@ class WorkerProcess:
             "LEADFLOW_BATCH_WITHIN": "0.1",
             "LEADFLOW_KAFKA_SESSION_TIMEOUT": "6",
             "LEADFLOW_KAFKA_HEARTBEAT_INTERVAL": "1",
+            "LEADFLOW_KPI_REFRESH_INTERVAL": "1",
             "LEADFLOW_LOG_FORMAT": "json",
             **self.extra_env,
         }
@@ -103,6 +105,16 @@ class WorkerProcess:
     def metrics(self) -> str:
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as resp:
             return str(resp.read().decode())
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample from the worker's /metrics, as Prometheus would scrape it."""
+        for family in text_string_to_metric_families(self.metrics()):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    return float(sample.value)
+        return None
 
     async def wait_ready(self, within: float = 90.0, assigned: bool = True) -> None:
         async def ready() -> bool:

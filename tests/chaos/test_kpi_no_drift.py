@@ -111,6 +111,22 @@ async def test_kpis_equal_independent_counts_after_a_kill_and_redelivery(
     contact = [s for day in days for s in durations[(day, "first_contact_seconds")]]
     assert sorted(contact) == [1.0] * (LEADS - kinds[4])  # every call came 1 s after handoff
 
+    # The same figures on the worker's metrics endpoint, as Prometheus scrapes them.
+    async def gauges_caught_up() -> bool:
+        return second.metric("leadflow_kpi_stage_count", stage="mql", window="7d") == LEADS
+
+    await eventually(gauges_caught_up, 30, "the KPI gauges to show the run")
+    sqls = kinds[0] + kinds[1]
+    assert second.metric("leadflow_kpi_mql_to_sql_ratio", window="7d") == pytest.approx(
+        sqls / LEADS
+    )
+    met, breached = LEADS - kinds[4], kinds[4]
+    compliance = second.metric(
+        "leadflow_kpi_sla_compliance_ratio", clock="mql_first_contact", window="28d"
+    )
+    assert compliance == pytest.approx(met / (met + breached))
+    assert second.metric("leadflow_kpi_time_to_contact_seconds", quantile="0.5", window="7d") == 1.0
+
     # And the lifecycle topic agrees with the KPI flow counts (one event per stage change).
     moves = [
         LifecycleTransition.model_validate_json(r.value)
