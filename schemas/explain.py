@@ -1,0 +1,122 @@
+"""`GET /leads/{lead_id}/explain` and `leadflow explain`: why a lead has the score it has.
+
+Not a topic record: a read-only view of one lead's stored state under the effective rules.
+Reasons use the same words (`ScoreReason`) as the MQL handoff's `reasons`.
+"""
+
+from __future__ import annotations
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from schemas.engagement import AttributeValue
+from schemas.handoff import ScoreReason
+from schemas.lifecycle import BantCriterion, Stage
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class AttributeExplanation(_Frozen):
+    """The current value of one profile field and the event time it was set at."""
+
+    value: AttributeValue
+    as_of: AwareDatetime
+
+
+class RecentEvent(_Frozen):
+    """One event that changed the engagement score."""
+
+    event_id: str
+    type: str
+    occurred_at: AwareDatetime
+    points: float = Field(
+        description="Points as counted when the event arrived: after the daily cap, before decay "
+        "(and before any recycle reset)."
+    )
+
+
+class OpenDeadline(_Frozen):
+    """An SLA clock still running."""
+
+    kind: str
+    handoff_id: str
+    started_at: AwareDatetime
+    due_at: AwareDatetime
+    owner: str | None = None
+    overdue: bool = Field(description="due_at has passed at the explanation's `now`.")
+
+
+class ClockExplanation(_Frozen):
+    """One SLA clock of the lead, whatever its status."""
+
+    kind: str
+    handoff_id: str
+    round: int = 0
+    started_at: AwareDatetime
+    due_at: AwareDatetime
+    warn_at: AwareDatetime | None = None
+    status: str = Field(description="open, met, breached, expired or closed.")
+    warned: bool = False
+    ended_at: AwareDatetime | None = None
+    late_action_at: AwareDatetime | None = None
+    owner: str | None = None
+
+
+class StageChange(_Frozen):
+    """One step of the lead's stage history."""
+
+    at: AwareDatetime
+    from_stage: Stage
+    to_stage: Stage
+    handoff_id: str | None = None
+    reason: str | None = None
+
+
+class LeadExplanation(_Frozen):
+    """Why this score: the lead's score, every contribution, and where it stands with sales."""
+
+    model_config = ConfigDict(frozen=True, title="LeadExplanation")
+
+    lead_id: str
+    stage: Stage
+    score: float = Field(description="fit_score + engagement_score.")
+    fit_score: float
+    engagement_score: float = Field(description="Engagement as of engagement_as_of.")
+    threshold: float
+    min_fit: float | None = None
+    min_engagement: float | None = None
+    points_to_mql: float | None = Field(
+        description="Points the score still lacks to reach the threshold; None when a score "
+        "crossing cannot (re)qualify the lead from its stage (MQL or beyond)."
+    )
+    mql_blockers: list[str] = Field(
+        default_factory=list,
+        description="MQL conditions not met besides the threshold (min_fit, min_engagement).",
+    )
+    rules_version: str
+    engagement_as_of: AwareDatetime | None = Field(
+        description="The lead's engagement clock (its newest event time): engagement decays on "
+        "event time and is reported as of this moment, not re-decayed to the request time."
+    )
+    reasons: list[ScoreReason] = Field(
+        description="Every contributing rule, largest first (the handoff keeps the top few)."
+    )
+    attributes: dict[str, AttributeExplanation]
+    recent_events: list[RecentEvent] = Field(
+        description="The last rules.history_limit contributing events, in the order they were "
+        "counted (arrival order; a late event comes after newer ones)."
+    )
+    open_deadlines: list[OpenDeadline] = Field(description="Open SLA clocks, earliest due first.")
+    clocks: list[ClockExplanation] = Field(description="Every SLA clock kept for the lead.")
+    journey: list[StageChange] = Field(
+        description="Stage changes, oldest first (the newest rules.history_limit)."
+    )
+    handoff_id: str | None = None
+    qualified_at: AwareDatetime | None = None
+    qualifications: int = 0
+    owner: str | None = None
+    missing_bant: list[BantCriterion] = Field(default_factory=list)
+    events_counted: int = Field(default=0, description="Engagement events folded into the lead.")
+    last_event_at: AwareDatetime | None = None
+    now: AwareDatetime = Field(description="The time `overdue` was judged at.")
