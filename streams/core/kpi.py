@@ -58,12 +58,15 @@ def kpi_changes(
         counts += [
             KpiCount(day_of(t.occurred_at, rules), f"nurture_missing:{c}") for c in t.missing_bant
         ]
-        if t.to_stage == "sql" and before.qualified_at is not None:
-            counts.append(KpiCount(day_of(before.qualified_at, rules), "cohort_sql"))
-        if t.to_stage == "won" and before.sql_at is not None:
-            counts.append(KpiCount(day_of(before.sql_at, rules), "cohort_won"))
-        if t.to_stage == "lost" and before.sql_at is not None:
-            counts.append(KpiCount(day_of(before.sql_at, rules), "cohort_lost"))
+        # Cohort days come from `after`: the MQL or SQL may have happened in the same batch.
+        if (
+            t.to_stage == "sql"
+            and after.qualified_at is not None
+            and not _was_sql_before(before, t.handoff_id)
+        ):
+            counts.append(KpiCount(day_of(after.qualified_at, rules), "cohort_sql"))
+        if t.to_stage in ("won", "lost") and after.sql_at is not None:
+            counts.append(KpiCount(day_of(after.sql_at, rules), f"cohort_{t.to_stage}"))
     for clock in ended_clocks(before, after):
         started = day_of(clock.started_at, rules)
         counts.append(KpiCount(started, f"clock:{clock.kind}:{clock.status}"))
@@ -90,6 +93,11 @@ def kpi_changes(
                     )
                 )
     return counts, samples
+
+
+def _was_sql_before(state: LeadState, handoff_id: str | None) -> bool:
+    """An MQL counts once in its cohort, even if it goes SQL -> nurture -> SQL again."""
+    return any(j.to_stage == "sql" and j.handoff_id == handoff_id for j in state.journey)
 
 
 def _sample(day: date, kind: str, member: str, acted: datetime, started: datetime) -> KpiSample:

@@ -170,15 +170,22 @@ def _meet(state: LeadState, kind: ClockKind, at: datetime) -> tuple[Clock, ...]:
                 c = replace(c, status="met" if at <= c.due_at else "breached", ended_at=at)
                 if c.status == "breached":
                     c = replace(c, late_action_at=at)
-            elif c.status == "breached" and c.late_action_at is None:
-                c = replace(c, late_action_at=at)  # late contact after the alert: recorded
+            elif c.status == "breached" and c.late_action_at is None and at > c.due_at:
+                # A late contact after the verdict is recorded; an in-time one that arrives
+                # after the verdict changes nothing (each deadline ends once).
+                c = replace(c, late_action_at=at)
         clocks.append(c)
     return tuple(clocks)
 
 
 def _close_open(clocks: tuple[Clock, ...], at: datetime) -> tuple[Clock, ...]:
+    """The lead left the stage: an open clock ends without a verdict, unless its deadline had
+    already passed by then (the sweeper just had not got to it): that is a breach."""
     return tuple(
-        replace(c, status="closed", ended_at=at) if c.status == "open" else c for c in clocks
+        replace(c, status="breached" if at > c.due_at else "closed", ended_at=at)
+        if c.status == "open"
+        else c
+        for c in clocks
     )
 
 

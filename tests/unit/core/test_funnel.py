@@ -268,8 +268,7 @@ def test_a_range_that_ends_before_it_starts_is_refused() -> None:
 
 # -- known issues in the counters the funnel is built on (streams/core/kpi.py) ---------------
 # The worker folds a lead's whole batch and derives the KPI counts from (state before the batch,
-# state after it). These pin what the funnel then reports; each is a strict xfail so that a fix
-# shows up here.
+# state after it). These pin what the funnel then reports (they were strict xfails until fixed).
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -329,11 +328,6 @@ def test_a_win_in_a_later_batch_than_its_sql_counts_in_the_cohort() -> None:
     assert total(counts, {}, T0.date(), T0.date() + timedelta(days=3)).sql_to_won == 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kpi_changes reads sql_at from the state before the batch: a close in the same "
-    "batch as its SQL is missing from cohort_won / cohort_lost",
-)
 def test_a_win_in_the_same_batch_as_its_sql_counts_in_the_cohort() -> None:
     bant = sales(1, "bant_assessed", T0 + HOUR, bant=ALL_MET)
     won = sales(2, "won", T0 + 3 * 24 * HOUR)
@@ -341,11 +335,6 @@ def test_a_win_in_the_same_batch_as_its_sql_counts_in_the_cohort() -> None:
     assert total(counts, {}, T0.date(), T0.date() + timedelta(days=3)).sql_to_won == 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cohort_sql counts SQL transitions, not MQLs that became SQL: SQL -> nurture -> SQL "
-    "under one handoff counts the MQL twice (conversion above 100 %)",
-)
 def test_one_mql_that_becomes_sql_twice_converts_once() -> None:
     steps = [
         sales(1, "bant_assessed", T0 + HOUR, bant=ALL_MET),
@@ -356,11 +345,6 @@ def test_one_mql_that_becomes_sql_twice_converts_once() -> None:
     assert total(counts, {}, T0.date(), T0.date()).mql_to_sql == 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a close processed before the sweeper fired records an overdue clock as 'closed' "
-    "(left out of compliance) although the close came after the due time",
-)
 def test_a_close_after_the_follow_up_deadline_is_a_breach() -> None:
     contact = sales(1, "contacted", T0 + HOUR)
     bant = sales(2, "bant_assessed", T0 + HOUR, bant=ALL_MET)
