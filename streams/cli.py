@@ -27,6 +27,7 @@ from schemas.alert import SlaAlert
 from schemas.explain import LeadExplanation
 from schemas.handoff import MqlHandoff
 from schemas.lifecycle import LifecycleTransition
+from streams.backtest_cli import backtest_command
 from streams.core.durations import format_duration
 from streams.core.explain import explain as explain_lead
 from streams.core.explain import lead_id_problem
@@ -101,6 +102,20 @@ def worker() -> None:
     faust.Worker(
         built.app, loglevel="WARNING", quiet=True, redirect_stdouts=False
     ).execute_from_commandline()
+
+
+@app.command()
+def collector() -> None:
+    """Run the HTTP collector: POST /v1/events into the engagement topic (LEADFLOW_COLLECTOR_*)."""
+    from streams.collector import check_collector_settings, run_collector
+    from streams.observability import configure_logging
+
+    with user_errors():
+        settings = _settings()
+        event_types = load_rules(settings.rules).event_types
+        check_collector_settings(settings)
+    configure_logging(settings.log_level, settings.log_format)
+    run_collector(settings, event_types)
 
 
 @topics_app.command("create")
@@ -234,6 +249,53 @@ def produce(
     out.print(f"sent {sent} records to {settings.engagement}")
 
 
+@app.command(name="import")
+def import_command(
+    path: Annotated[
+        Path,
+        typer.Argument(help="CSV or NDJSON export", exists=True, dir_okay=False, readable=True),
+    ],
+    profile: Annotated[
+        str | None,
+        typer.Option(help="marketo, hubspot or generic (the default with --mapping)"),
+    ] = None,
+    mapping: Annotated[
+        Path | None,
+        typer.Option(help="YAML mapping: a generic export's columns, or overrides for a profile"),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Map and check every row; produce nothing")
+    ] = False,
+    timezone: Annotated[
+        str | None,
+        typer.Option(help="Time zone of times without an offset (default: the mapping's, or UTC)"),
+    ] = None,
+) -> None:
+    """Stream a Marketo, HubSpot or other MA export into the engagement topic, keyed by lead.
+
+    Rejected rows go to FILE.rejected.csv with the reason and line.
+    Event ids are stable: importing the same activities again counts them once.
+    See docs/importer.md.
+    """
+    from streams.importer import run_command
+
+    with user_errors():
+        settings = _settings()
+        known_types = load_rules(settings.rules).event_types
+    code = run_command(
+        path,
+        profile=profile,
+        mapping=mapping,
+        dry_run=dry_run,
+        timezone=timezone,
+        settings=settings,
+        known_types=known_types,
+        console=console,
+        out=out,
+    )
+    raise typer.Exit(code)
+
+
 def _print_handoff(h: MqlHandoff) -> None:
     reasons = escape("; ".join(f"{r.rule} {r.points:+.0f}" for r in h.reasons[:3]))
     out.print(
@@ -292,6 +354,22 @@ def _explain_time(at: datetime | None) -> str:
     return "-" if at is None else f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z"
 
 
+def _explain_span(start: datetime, end: datetime) -> str:
+    return format_duration(end.replace(microsecond=0) - start.replace(microsecond=0))
+
+
+def _explain_table(title: str, columns: list[str], rows: list[list[str]], empty: str) -> None:
+    if not rows:
+        out.print(f"[bold]{title}[/]: [dim]{empty}[/]")
+        return
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("points", "events") else "left")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
 def _print_explanation(e: LeadExplanation) -> None:
     to_mql = "" if e.points_to_mql is None else f", {e.points_to_mql:g} points to MQL"
     blocked = f" [yellow]({escape('; '.join(e.mql_blockers))})[/]" if e.mql_blockers else ""
@@ -306,45 +384,71 @@ def _print_explanation(e: LeadExplanation) -> None:
         + (f"; missing BANT {', '.join(e.missing_bant)}" if e.missing_bant else "")
         + "[/]"
     )
-    reasons = Table(title="reasons")
-    for column in ("kind", "rule", "points", "events"):
-        reasons.add_column(column, justify="right" if column in ("points", "events") else "left")
-    for r in e.reasons:
-        events = "" if r.events is None else str(r.events)
-        reasons.add_row(r.kind, escape(r.rule), _explain_points(r.points), events)
-    out.print(reasons)
-    recent = Table(title="recent events (points as counted, before decay)")
-    for column in ("occurred_at", "type", "event_id", "points"):
-        recent.add_column(column, justify="right" if column == "points" else "left")
-    for ev in e.recent_events:
-        recent.add_row(
-            _explain_time(ev.occurred_at),
-            escape(ev.type),
-            escape(ev.event_id),
-            _explain_points(ev.points),
-        )
-    out.print(recent)
-    deadlines = Table(title=f"open deadlines at {_explain_time(e.now)}")
-    for column in ("kind", "handoff", "due", "owner", ""):
-        deadlines.add_column(column)
+    _explain_table(
+        "reasons",
+        ["kind", "rule", "points", "events"],
+        [
+            [
+                r.kind,
+                escape(r.rule),
+                _explain_points(r.points),
+                "" if r.events is None else str(r.events),
+            ]
+            for r in e.reasons
+        ],
+        "nothing scores yet",
+    )
+    _explain_table(
+        "recent events (points as counted, before decay)",
+        ["occurred_at", "type", "event_id", "points"],
+        [
+            [
+                _explain_time(ev.occurred_at),
+                escape(ev.type),
+                escape(ev.event_id),
+                _explain_points(ev.points),
+            ]
+            for ev in e.recent_events
+        ],
+        "none",
+    )
+    rows = []
     for d in e.open_deadlines:
-        late = format_duration(e.now.replace(microsecond=0) - d.due_at.replace(microsecond=0))
-        mark = f"[bold red]OVERDUE[/] by {late}" if d.overdue else "open"
-        deadlines.add_row(
-            d.kind, d.handoff_id, _explain_time(d.due_at), escape(d.owner or "-"), mark
-        )
-    out.print(deadlines)
-    journey = Table(title="stage history")
-    for column in ("at", "from", "to", "reason"):
-        journey.add_column(column)
-    for j in e.journey:
-        journey.add_row(_explain_time(j.at), j.from_stage, j.to_stage, escape(j.reason or ""))
-    out.print(journey)
+        if d.overdue:
+            state = f"[bold red]OVERDUE[/] by {_explain_span(d.due_at, e.now)}"
+        else:
+            state = f"open, due in {_explain_span(e.now, d.due_at)}"
+        rows.append([d.kind, d.handoff_id, _explain_time(d.due_at), escape(d.owner or "-"), state])
+    for c in e.clocks:
+        if c.status == "open":
+            continue
+        state = f"{c.status} {_explain_time(c.ended_at)}"
+        if c.late_action_at is not None:
+            state += f", late action {_explain_time(c.late_action_at)}"
+        rows.append([c.kind, c.handoff_id, _explain_time(c.due_at), escape(c.owner or "-"), state])
+    _explain_table(
+        f"deadlines at {_explain_time(e.now)} (open first)",
+        ["kind", "handoff", "due", "owner", "status"],
+        rows,
+        "none",
+    )
+    _explain_table(
+        "stage history",
+        ["at", "from", "to", "reason"],
+        [
+            [_explain_time(j.at), j.from_stage, j.to_stage, escape(j.reason or "")]
+            for j in e.journey
+        ],
+        "no stage changes yet",
+    )
 
 
-async def _explain_read(settings: Settings, lead_id: str) -> Any:
+async def _explain_fetch(settings: Settings, lead_id: str) -> LeadExplanation | None:
+    """Read the lead from the live key space; explain it under that key space's rules."""
+    from streams.core.rules import parse_rules
     from streams.store import LeadStore
 
+    rules = load_rules(settings.rules)
     store = LeadStore.from_url(
         settings.redis_url,
         prefix=settings.redis_prefix,
@@ -352,9 +456,19 @@ async def _explain_read(settings: Settings, lead_id: str) -> Any:
         dedupe_ttl_seconds=settings.dedupe_ttl_days * 86400,
     )
     try:
-        return await store.read_lead(lead_id)
+        live = await store.active_generation()
+        state = await store.at_generation(live.number).read_lead(lead_id)
     finally:
         await store.close()
+    if state is None:
+        return None
+    if live.rules is not None and live.rules_version not in (None, rules.version):
+        console.print(
+            f"[yellow]note:[/] explained under the live rules {live.rules_version}, "
+            f"not the rules file {escape(str(settings.rules))} ({rules.version})"
+        )
+        rules = parse_rules(live.rules, origin="active generation")
+    return explain_lead(state, rules, datetime.now(UTC))
 
 
 @app.command("explain")
@@ -365,25 +479,26 @@ def explain_command(
     """Why a lead has its score: every contribution, recent events, deadlines, stage history.
 
     Reads the lead straight from Redis (LEADFLOW_REDIS_URL, LEADFLOW_NAMESPACE) and explains it
-    under the configured rules (LEADFLOW_RULES); no worker needs to run.
+    under the rules of the live lead states (those of LEADFLOW_RULES unless a rescore changed
+    them); no worker needs to run.
     """
     from redis.exceptions import RedisError
 
     with user_errors():
         settings = _settings()
-        rules = load_rules(settings.rules)
     problem = lead_id_problem(lead_id)
     if problem is not None:
         console.print(f"[bold red]error:[/] {problem}")
         raise typer.Exit(2)
     lead_id = lead_id.strip()
     try:
-        state = asyncio.run(_explain_read(settings, lead_id))
+        with user_errors():
+            explanation = asyncio.run(_explain_fetch(settings, lead_id))
     except (RedisError, OSError) as exc:
         failure = f"cannot read Redis (LEADFLOW_REDIS_URL): {exc}"
         console.print(f"[bold red]error:[/] {escape(failure)}")
         raise typer.Exit(3) from None
-    if state is None:
+    if explanation is None:
         namespace = settings.namespace or "(default, no namespace)"
         console.print(
             f"[bold red]error:[/] lead {escape(repr(lead_id))} is not known in namespace "
@@ -391,7 +506,6 @@ def explain_command(
             "that scored it"
         )
         raise typer.Exit(1)
-    explanation = explain_lead(state, rules, datetime.now(UTC))
     if as_json:
         sys.stdout.write(explanation.model_dump_json(indent=2) + "\n")
     else:
@@ -622,6 +736,54 @@ def report_command(
             charts=charts,
             as_json=as_json,
         )
+
+
+@app.command()
+def rescore(
+    rules_path: Annotated[Path, typer.Option("--rules", help="The new rules file")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation")] = False,
+    keep_previous: Annotated[
+        bool, typer.Option(help="Keep the previous key space in Redis (for inspection)")
+    ] = False,
+) -> None:
+    """Rebuild every lead under new rules from the engagement log and switch over atomically.
+
+    Workers keep running; they pause for the final catch-up, then continue on the new key space
+    with the new rules. Leads already handed off keep their stage and handoff; leads that
+    qualify only under the new rules are handed off after the switch.
+    """
+    from streams.rescore import RescoreError, run_rescore
+
+    with user_errors():
+        settings = load_settings()
+        rules = load_rules(rules_path)
+    if not yes:
+        typer.confirm(
+            f"Rebuild every lead in namespace '{settings.namespace}' under rules {rules.version} "
+            f"from {settings.engagement} and switch the live workers to it?",
+            abort=True,
+        )
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"replaying {settings.engagement}", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        try:
+            summary = run_rescore(settings, rules, advance, keep_previous)
+        except RescoreError as exc:
+            console.print(f"[bold red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(1) from None
+    out.print(
+        f"key space {summary.live_generation} -> {summary.new_generation}, rules "
+        f"{summary.old_rules_version} -> {summary.new_rules_version}: {summary.records} records "
+        f"replayed ({summary.invalid} invalid skipped, {summary.catch_up_records} caught up), "
+        f"{summary.leads_rebuilt} leads rebuilt, {summary.leads_kept} kept as they were, "
+        f"{summary.new_handoffs} new MQLs handed off, in {summary.seconds:.1f}s"
+    )
+
+
+app.command("backtest")(backtest_command)
 
 
 def main() -> None:
