@@ -142,6 +142,24 @@ class Metrics:
             ["quantile", "window"],
             registry=r,
         )
+        self.kpi_missing_bant = Gauge(
+            "leadflow_kpi_nurture_missing_bant",
+            kpi + "BANT criteria missing when leads went back to nurture.",
+            ["criterion", "window"],
+            registry=r,
+        )
+        self.kpi_clocks = Gauge(
+            "leadflow_kpi_sla_clocks",
+            kpi + "SLA clocks by outcome (met, breached, late, expired, closed).",
+            ["clock", "outcome", "window"],
+            registry=r,
+        )
+        self.kpi_breaches_by_owner = Gauge(
+            "leadflow_kpi_breaches_by_owner",
+            kpi + "breached clocks by the owner known at the time ('-' = none).",
+            ["owner", "window"],
+            registry=r,
+        )
         self.open_deadlines = Gauge(
             "leadflow_sla_open_deadlines",
             "Reminders waiting in Redis on this worker's partitions.",
@@ -198,6 +216,20 @@ class Metrics:
         self.kpi_sql_to_won.labels(window).set(_or_nan(kpis.sql_to_won))
         for clock, ratio in kpis.compliance.items():
             self.kpi_compliance.labels(clock, window).set(_or_nan(ratio))
+        for clock, c in kpis.sla.items():
+            outcomes = {
+                "met": c.met,
+                "breached": c.breached,
+                "late": c.late,
+                "expired": c.expired,
+                "closed": c.closed,
+            }
+            for outcome, count in outcomes.items():
+                self.kpi_clocks.labels(clock, outcome, window).set(count)
+        for criterion, count in kpis.missing_bant.items():
+            self.kpi_missing_bant.labels(criterion, window).set(count)
+        for owner, count in kpis.breaches_by_owner.items():
+            self.kpi_breaches_by_owner.labels(owner, window).set(count)
         for gauge, durations in (
             (self.kpi_time_to_contact, kpis.time_to_first_contact),
             (self.kpi_time_to_action, kpis.time_to_sales_action),

@@ -126,6 +126,9 @@ async def test_kpis_equal_independent_counts_after_a_kill_and_redelivery(
     )
     assert compliance == pytest.approx(met / (met + breached))
     assert second.metric("leadflow_kpi_time_to_contact_seconds", quantile="0.5", window="7d") == 1.0
+    missing = second.metric("leadflow_kpi_nurture_missing_bant", criterion="budget", window="7d")
+    assert missing == kinds[2]
+    assert second.metric("leadflow_kpi_breaches_by_owner", owner="-", window="7d") == kinds[4]
 
     # And the lifecycle topic agrees with the KPI flow counts (one event per stage change).
     moves = [
