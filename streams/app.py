@@ -142,9 +142,6 @@ def create_worker(settings: Settings, rules: Rules | None = None, generation: in
     def assigned(topic: str) -> list[int]:
         return [tp.partition for tp in app.consumer.assignment() if tp.topic == topic]
 
-    def assigned_partitions() -> list[int]:
-        return assigned(settings.engagement)
-
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def deliver_outbox() -> None:
         # Outputs whose Kafka write did not complete before a crash or rebalance.
@@ -182,7 +179,7 @@ def create_worker(settings: Settings, rules: Rules | None = None, generation: in
         body = {
             "status": "ok" if redis_ok else "degraded",
             "redis": redis_ok,
-            "assigned_partitions": sorted(assigned_partitions()),
+            "assigned_partitions": sorted(assigned(settings.engagement)),
             "rules_version": service.rules.version,
             "namespace": settings.namespace,
         }

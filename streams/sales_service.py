@@ -62,6 +62,7 @@ class SalesService(BatchWriter):
             )
             self._maybe_crash(fold)
             await self._deliver(fold.outbox, result.deadletters)
+        self._observe_clocks(fold)
         result.counted = fold.counted
         result.duplicates = sum(len(items) for items in by_lead.values()) - fold.counted
         result.outputs = fold.outputs
@@ -99,7 +100,6 @@ class SalesService(BatchWriter):
                 continue
             fold.change(before, state, transitions, self.rules)
             fold.reschedule(items[0][1], before.state, state)
-            self._observe_clocks(before.state, state)
         return fold
 
     # -- the sweeper --------------------------------------------------------------------------
@@ -126,6 +126,7 @@ class SalesService(BatchWriter):
                 {lead: [] for lead in by_lead}, partial(self._fire, by_lead, now)
             )
             await self._deliver(fold.outbox, [])
+        self._observe_clocks(fold)
         alerts = [o for o in fold.outputs if isinstance(o, SlaAlert)]
         for alert in alerts:
             self.metrics.sla_alerts.labels(alert.kind, alert.severity).inc()
@@ -159,7 +160,6 @@ class SalesService(BatchWriter):
             if state is not before.state:
                 fold.change(before, state, [], self.rules)
                 fold.reschedule(partition, before.state, state)
-                self._observe_clocks(before.state, state)
             # A reminder whose clock is no longer open (or gone) is dropped.
             live = {(r.clock_id, r.severity) for r in reminders(state)}
             fold.unschedule += [w for w in wakeups if (w.clock_id, w.severity) not in live]
@@ -168,7 +168,12 @@ class SalesService(BatchWriter):
     async def open_deadlines(self, partitions: Iterable[int]) -> int:
         return await self._retrying("redis", partial(self.store.count_wakeups, list(partitions)))
 
-    def _observe_clocks(self, before: LeadState, after: LeadState) -> None:
+    def _observe_clocks(self, fold: Fold) -> None:
+        """Once per written batch (a fold may run again after a version conflict)."""
+        for stored, after in fold.changes:
+            self._observe_clock_changes(stored.state, after)
+
+    def _observe_clock_changes(self, before: LeadState, after: LeadState) -> None:
         for clock in ended_clocks(before, after):
             self.metrics.sla_clocks.labels(clock.kind, clock.status).inc()
         for clock in late_actions(before, after):
