@@ -53,6 +53,7 @@ def expected_outcome(records: list[SampleRecord], rules: Rules, settings: Settin
 SALES_FIELDS = (
     "clocks",
     "last_contact_at",
+    "contact_times",
     "last_sales_action_at",
     "owner",
     "missing_bant",

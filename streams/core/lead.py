@@ -140,6 +140,7 @@ class LeadState:
     qualifications: int = 0
     clocks: tuple[Clock, ...] = ()
     last_contact_at: datetime | None = None
+    contact_times: tuple[datetime, ...] = ()  # recent contacts, for clocks that open late
     last_sales_action_at: datetime | None = None
     owner: str | None = None
     missing_bant: tuple[str, ...] = ()
@@ -172,6 +173,7 @@ class LeadState:
             "qualifications": self.qualifications,
             "clocks": [c.to_json() for c in self.clocks],
             "last_contact_at": _iso(self.last_contact_at),
+            "contact_times": [t.isoformat() for t in self.contact_times],
             "last_sales_action_at": _iso(self.last_sales_action_at),
             "owner": self.owner,
             "missing_bant": list(self.missing_bant),
@@ -206,6 +208,7 @@ class LeadState:
             qualifications=data.get("qualifications", 0),
             clocks=tuple(Clock.from_json(c) for c in data.get("clocks", ())),
             last_contact_at=_dt(data.get("last_contact_at")),
+            contact_times=tuple(datetime.fromisoformat(t) for t in data.get("contact_times", ())),
             last_sales_action_at=_dt(data.get("last_sales_action_at")),
             owner=data.get("owner"),
             missing_bant=tuple(data.get("missing_bant", ())),

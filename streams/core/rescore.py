@@ -24,6 +24,7 @@ SALES_SIDE = (
     "qualifications",
     "clocks",
     "last_contact_at",
+    "contact_times",
     "last_sales_action_at",
     "owner",
     "missing_bant",

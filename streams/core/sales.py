@@ -8,6 +8,7 @@ an action met a deadline; `now` decides only when an alert fires and what counts
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
@@ -106,9 +107,15 @@ def _new_clock(
     )
 
 
-def _settle_on_open(clock: Clock, action_at: datetime | None, now: datetime, rules: Rules) -> Clock:
-    """A clock seen late may already be decided: by an action we saw first, or by age."""
-    if action_at is not None and action_at >= clock.started_at:
+def _settle_on_open(
+    clock: Clock, actions: Sequence[datetime], now: datetime, rules: Rules
+) -> Clock:
+    """A clock seen late may already be decided: by an action we saw first, or by age.
+
+    The earliest action at or after the clock's start decides, as if it had arrived in order.
+    """
+    action_at = min((t for t in actions if t >= clock.started_at), default=None)
+    if action_at is not None:
         if action_at <= clock.due_at:
             return replace(clock, status="met", ended_at=action_at)
         # Late, as if it had arrived after the clock opened (see _meet): a late action.
@@ -158,7 +165,7 @@ def handoff_seen(state: LeadState, handoff: MqlHandoff, rules: Rules, now: datet
     if state.stage in CLOSED_STAGES or state.stage == "disqualified":
         clock = replace(clock, status="closed", ended_at=now)
     else:
-        clock = _settle_on_open(clock, state.last_contact_at, now, rules)
+        clock = _settle_on_open(clock, state.contact_times, now, rules)
     return replace(state, clocks=_replace_clock(state, clock))
 
 
@@ -187,6 +194,12 @@ def _close_open(clocks: tuple[Clock, ...], at: datetime) -> tuple[Clock, ...]:
         else c
         for c in clocks
     )
+
+
+def remember_time(times: tuple[datetime, ...], at: datetime, rules: Rules) -> tuple[datetime, ...]:
+    """Contact times, newest `history_limit` kept (in time order): a clock that opens late is
+    judged by the earliest contact after its start."""
+    return tuple(sorted({*times, at}))[-rules.history_limit :]
 
 
 def _latest(current: datetime | None, at: datetime) -> datetime:
@@ -228,6 +241,7 @@ def _apply_activity(
         state = replace(
             state,
             last_contact_at=_latest(state.last_contact_at, at),
+            contact_times=remember_time(state.contact_times, at, rules),
             clocks=_meet(state, "mql_first_contact", at),
         )
     if activity.type == "sales_action":
@@ -254,7 +268,8 @@ def _apply_activity(
             ]
             if earlier:
                 clock = replace(clock, round=max(c.round for c in earlier) + 1)
-            clock = _settle_on_open(clock, state.last_sales_action_at, now, rules)
+            actions = [state.last_sales_action_at] if state.last_sales_action_at else []
+            clock = _settle_on_open(clock, actions, now, rules)
             return replace(
                 state, stage="sql", missing_bant=(), clocks=_replace_clock(state, clock)
             ), [moved]
