@@ -27,7 +27,7 @@ from schemas.handoff import MqlHandoff
 from schemas.lifecycle import Stage
 from streams.core.kpi import KpiCount, kpi_changes
 from streams.core.lead import LeadState, apply_all
-from streams.core.rescore import rescore_lead
+from streams.core.rescore import SALES_SIDE, rescore_lead
 from streams.core.rules import Rules
 from streams.core.sales import mql_transition
 from streams.intake import RecordLocation, parse_engagement
@@ -52,6 +52,7 @@ class RescoreSummary:
     invalid: int = 0
     leads_rebuilt: int = 0
     leads_kept: int = 0
+    leads_merged: int = 0
     new_handoffs: int = 0
     catch_up_records: int = 0
     seconds: float = 0.0
@@ -73,6 +74,9 @@ class Rescore:
             settings.dedupe_ttl_days * 86400,
         )
         self.summary = RescoreSummary(new_rules_version=rules.version)
+        # Live version of each lead when the rescore read it: what sales changed afterwards is
+        # merged in while the workers are held at the switch.
+        self.read_versions: dict[str, int] = {}
 
     async def run(self, keep_previous: bool = False) -> RescoreSummary:
         started = time.monotonic()
@@ -112,6 +116,7 @@ class Rescore:
                 await self.live.switch("begin", s.live_generation, s.new_generation)
                 try:
                     await self._catch_up(consumer, parts, target)
+                    await self._merge_sales_changes(live, target)
                     await self.live.switch(
                         "finish",
                         s.live_generation,
@@ -126,7 +131,7 @@ class Rescore:
             finally:
                 await consumer.stop()
             if not keep_previous:
-                await self._drop_previous(live, rebuilt)
+                await self._drop_previous(live)
         finally:
             await self.live.close()
         s.seconds = time.monotonic() - started
@@ -170,6 +175,8 @@ class Rescore:
         leads = list(by_lead)
         for i in range(0, len(leads), CHUNK):
             chunk = leads[i : i + CHUNK]
+            # Versions first: a change after this read is merged at the switch.
+            self.read_versions.update(await live.versions(chunk))
             current = await live.read_live(chunk)
             states: list[LeadState] = []
             held: list[OutboxEntry] = []
@@ -222,11 +229,37 @@ class Rescore:
             counts += kpi_changes(base, after, [moved], self.rules)[0]
             self.summary.new_handoffs += 1
 
+    async def _merge_sales_changes(self, live: LeadStore, target: LeadStore) -> None:
+        """Leads that sales (or anything else) changed in the live key space after the rescore
+        read them: take their sales side from the live state. Runs while workers are held."""
+        ids = await live.live_lead_ids()
+        now = await live.versions(ids)
+        changed = [x for x in ids if now[x] != self.read_versions.get(x)]
+        for i in range(0, len(changed), CHUNK):
+            chunk = changed[i : i + CHUNK]
+            current = await live.read_live(chunk)
+            rebuilt = await target.read_live(chunk)
+            merged = []
+            for lead_id in chunk:
+                state, seen = current[lead_id]
+                if state is None:
+                    continue
+                mine, my_seen = rebuilt[lead_id]
+                if mine is None:
+                    merged.append(replace(state, seen_event_ids=seen))
+                    continue
+                sales = {name: getattr(state, name) for name in SALES_SIDE}
+                marks = {m for m in seen if m.startswith(("activity:", "handoff:"))}
+                merged.append(replace(mine, **sales, seen_event_ids=my_seen | marks))
+            await target.write_rebuilt(merged)
+            self.summary.leads_merged += len(merged)
+
     async def _keep_unlogged(self, live: LeadStore, target: LeadStore, rebuilt: set[str]) -> None:
         """Leads the log no longer has events for (sales-only leads) are carried over as is."""
         others = [x for x in await live.live_lead_ids() if x not in rebuilt]
         for i in range(0, len(others), CHUNK):
             chunk = others[i : i + CHUNK]
+            self.read_versions.update(await live.versions(chunk))
             current = await live.read_live(chunk)
             states = [
                 replace(state, seen_event_ids=seen)
@@ -269,7 +302,7 @@ class Rescore:
         self.summary.catch_up_records += applied
         return applied
 
-    async def _drop_previous(self, live: LeadStore, rebuilt: set[str]) -> None:
+    async def _drop_previous(self, live: LeadStore) -> None:
         if live.keys.generation:
             await live.drop_space()
         else:

@@ -217,6 +217,14 @@ class LeadStore:
             out[lead_id] = (state, marks)
         return out
 
+    async def versions(self, lead_ids: Sequence[str]) -> dict[str, int]:
+        """Each lead's current version (0 when it has no state)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for lead_id in lead_ids:
+            pipe.hget(self.keys.lead(lead_id), "v")
+        replies = await pipe.execute()
+        return {x: int(v or 0) for x, v in zip(lead_ids, replies, strict=True)}
+
     async def write_rebuilt(
         self,
         states: Sequence[LeadState],

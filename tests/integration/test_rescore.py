@@ -158,3 +158,49 @@ async def test_rescore_rebuilds_under_new_rules_and_switches_the_live_worker(
     )
     (late,) = [h for h in handoffs(fresh) if h.lead_id == "lead-after-switch"]
     assert (late.threshold, late.rules_version) == (80, new_rules.version)
+
+
+async def test_sales_changes_during_the_rescore_are_kept(
+    settings: Settings, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    """A lead that sales accepts while the rescore is building is an SQL after the switch."""
+    from streams.rescore import Rescore
+
+    records = generate(leads=60, events=600, seed=5, hot_share=1.0)
+    await produce(settings, [(r.key, r.value) for r in records])
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    workers.append(worker)
+    await worker.wait_ready()
+    await eventually(lambda: consumer_caught_up(settings), 120, "the backlog to be scored")
+    accepted = handoffs(await read_topic(settings, settings.handoff))[0].lead_id
+    bant = {"budget": True, "authority": True, "need": True, "timeframe": True}
+
+    class SalesActWhileBuilding(Rescore):
+        acted = False
+
+        async def _catch_up(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if not self.acted:  # the build is done, the switch has not begun
+                self.acted = True
+                sale = activity(accepted, "bant", "bant_assessed", datetime.now(UTC), bant=bant)
+                await produce(settings, [sale], topic=settings.activity)
+                await wait_for(
+                    settings,
+                    settings.lifecycle,
+                    lambda rs: any(
+                        LifecycleTransition.model_validate_json(r.value).to_stage == "sql"
+                        for r in rs
+                    ),
+                )
+            return await super()._catch_up(*args, **kwargs)
+
+    new_rules = load_rules(with_threshold(load_rules(settings.rules), 90, tmp_path / "r.yaml"))
+    summary = await SalesActWhileBuilding(settings, new_rules).run()
+    assert summary.leads_merged >= 1
+
+    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 60)
+    try:
+        state = await store.at_generation(1).read_lead(accepted)
+    finally:
+        await store.close()
+    assert state is not None and state.stage == "sql"
+    assert [c.kind for c in state.clocks if c.status == "open"] == ["sql_follow_up"]
