@@ -6,7 +6,9 @@ Parsed once at start-up; a bad file fails with a message naming the field that i
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -259,14 +261,22 @@ class Rules(_Frozen):
     def _strip_type_names(cls, value: dict[str, EngagementRule]) -> dict[str, EngagementRule]:
         return {name.strip(): rule for name, rule in value.items()}
 
-    @property
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Rules:
+        """A copy with changes: the cached version and event types are worked out again."""
+        copy = super().model_copy(update=update, deep=deep)
+        for cached in ("version", "event_types"):
+            copy.__dict__.pop(cached, None)
+        return copy
+
+    # Cached: the version is stamped on every handoff and the types are checked per batch.
+    @cached_property
     def version(self) -> str:
         canonical = orjson.dumps(
             self.model_dump(mode="json", by_alias=True), option=orjson.OPT_SORT_KEYS
         )
         return hashlib.sha256(canonical).hexdigest()[:12]
 
-    @property
+    @cached_property
     def event_types(self) -> frozenset[str]:
         """Types accepted on the engagement topic: the contract's plus those the rules score."""
         return KNOWN_EVENT_TYPES | frozenset(self.engagement)

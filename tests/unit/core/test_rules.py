@@ -307,3 +307,12 @@ def test_fit_matching(condition: dict[str, Any], value: AttributeValue, expected
 )
 def test_fit_rule_description(rule: dict[str, Any], description: str) -> None:
     assert fit(**rule).describe() == description
+
+
+def test_a_changed_copy_of_the_rules_has_its_own_version(example_rules_path: Path) -> None:
+    rules = load_rules(example_rules_path)
+    original = rules.version  # cached from here on
+    lowered = rules.model_copy(update={"mql": rules.mql.model_copy(update={"threshold": 50})})
+    assert lowered.version != original
+    assert lowered.version == parse_rules(lowered.model_dump(mode="json", by_alias=True)).version
+    assert rules.model_copy().version == original
