@@ -27,7 +27,7 @@ from schemas.handoff import MqlHandoff
 from schemas.lifecycle import Stage
 from streams.core.kpi import KpiCount, kpi_changes
 from streams.core.lead import LeadState, apply_all
-from streams.core.rescore import SALES_SIDE, rescore_lead
+from streams.core.rescore import rescore_lead, sales_marks, take_sales_side
 from streams.core.rules import Rules
 from streams.core.sales import mql_transition
 from streams.intake import RecordLocation, parse_engagement
@@ -183,8 +183,7 @@ class Rescore:
             counts: list[KpiCount] = []
             for lead_id in chunk:
                 state, seen = current[lead_id]
-                marks = frozenset(m for m in seen if m.startswith(("activity:", "handoff:")))
-                new, handoffs = rescore_lead(state, by_lead[lead_id], self.rules, marks)
+                new, handoffs = rescore_lead(state, by_lead[lead_id], self.rules, sales_marks(seen))
                 states.append(new)
                 previous: Stage = state.stage if state else "lead"
                 self._hold(tp.partition, previous, state, new, handoffs, held, counts)
@@ -247,10 +246,9 @@ class Rescore:
                 mine, my_seen = rebuilt[lead_id]
                 if mine is None:
                     merged.append(replace(state, seen_event_ids=seen))
-                    continue
-                sales = {name: getattr(state, name) for name in SALES_SIDE}
-                marks = {m for m in seen if m.startswith(("activity:", "handoff:"))}
-                merged.append(replace(mine, **sales, seen_event_ids=my_seen | marks))
+                else:
+                    mine = replace(mine, seen_event_ids=my_seen)
+                    merged.append(take_sales_side(mine, state, seen))
             await target.write_rebuilt(merged)
             self.summary.leads_merged += len(merged)
 

@@ -33,6 +33,20 @@ SALES_SIDE = (
 )
 
 
+SALES_MARKS = ("activity:", "handoff:")
+
+
+def sales_marks(seen: frozenset[str]) -> frozenset[str]:
+    """The dedupe markers of sales inputs among a lead's seen ids."""
+    return frozenset(m for m in seen if m.startswith(SALES_MARKS))
+
+
+def take_sales_side(rebuilt: LeadState, live: LeadState, live_seen: frozenset[str]) -> LeadState:
+    """The rebuilt lead with what sales did to the live one since (stage, clocks, history)."""
+    kept = {name: getattr(live, name) for name in SALES_SIDE}
+    return replace(rebuilt, **kept, seen_event_ids=rebuilt.seen_event_ids | sales_marks(live_seen))
+
+
 def last_recycled_at(state: LeadState) -> datetime | None:
     steps = [j.at for j in state.journey if j.to_stage == "nurture"]
     return max(steps) if steps else None

@@ -9,7 +9,7 @@ import pytest
 
 from schemas.engagement import EngagementEvent
 from streams.core.lead import JourneyStep, LeadState, apply_all
-from streams.core.rescore import rescore_lead
+from streams.core.rescore import rescore_lead, take_sales_side
 from streams.core.rules import parse_rules
 
 pytestmark = pytest.mark.unit
@@ -63,3 +63,13 @@ def test_a_rescore_of_a_plain_lead_does_not_depend_on_the_live_scores() -> None:
     live, _ = apply_all(LeadState(lead_id="L"), EVENTS[:1], RULES)
     stale = replace(live, events_counted=99)
     assert rescore_lead(stale, EVENTS, RULES) == rescore_lead(None, EVENTS, RULES)
+
+
+def test_taking_the_sales_side_keeps_the_rebuilt_scores_and_the_sales_markers() -> None:
+    rebuilt, _ = rescore_lead(None, EVENTS, RULES)
+    live = LeadState(lead_id="L", stage="sql", handoff_id="ho-live", owner="suzuki")
+    seen = frozenset({"e1", "activity:a9", "handoff:ho-live"})
+    merged = take_sales_side(rebuilt, live, seen)
+    assert (merged.stage, merged.handoff_id, merged.owner) == ("sql", "ho-live", "suzuki")
+    assert merged.engagement == rebuilt.engagement
+    assert merged.seen_event_ids == rebuilt.seen_event_ids | {"activity:a9", "handoff:ho-live"}
