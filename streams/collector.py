@@ -3,8 +3,9 @@
 `leadflow collector` runs this as its own process (docs/collector.md). The decisions - body into
 items, per-event validation, token check, rate bucket, response shape, CORS headers - are small
 pure functions at the top of this module; the aiohttp handlers below only do I/O around them.
-Events are validated exactly like the worker validates them (streams.intake.parse_engagement), so
-an event the collector accepts is never dead-lettered by the worker for its shape.
+Events are validated exactly like the worker validates them
+(streams.pipeline.intake.parse_engagement), so an event the collector accepts is never
+dead-lettered by the worker for its shape.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pydantic import SecretStr
 
 from schemas.deadletter import DeadLetterKind
 from schemas.engagement import EngagementEvent
-from streams.intake import DeadLetter, RecordLocation, parse_engagement
+from streams.pipeline.intake import DeadLetter, RecordLocation, parse_engagement
 from streams.settings import Settings, SettingsError
 
 log = structlog.get_logger("leadflow.collector")

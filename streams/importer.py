@@ -50,7 +50,7 @@ from pydantic import (
 )
 
 from schemas.engagement import EngagementEvent
-from streams.intake import DeadLetter, RecordLocation, parse_engagement
+from streams.pipeline.intake import DeadLetter, RecordLocation, parse_engagement
 
 if TYPE_CHECKING:
     from rich.console import Console

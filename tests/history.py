@@ -35,7 +35,7 @@ import orjson
 
 from schemas.engagement import KNOWN_EVENT_TYPES, EngagementEvent
 from streams.core.backtest import OUTCOME_KINDS, Outcome
-from streams.intake import RecordLocation, parse_engagement
+from streams.pipeline.intake import RecordLocation, parse_engagement
 
 START = datetime(2026, 1, 5, tzinfo=UTC)
 DAY = timedelta(days=1)

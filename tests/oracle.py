@@ -10,8 +10,8 @@ from schemas.engagement import EngagementEvent
 from schemas.handoff import MqlHandoff
 from streams.core.lead import LeadState, replay
 from streams.core.rules import Rules
-from streams.intake import DeadLetter, RecordLocation, parse_engagement
-from streams.sample import SampleRecord
+from streams.jobs.sample import SampleRecord
+from streams.pipeline.intake import DeadLetter, RecordLocation, parse_engagement
 from streams.settings import Settings
 
 

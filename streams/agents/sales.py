@@ -7,7 +7,7 @@ from typing import Any
 import faust
 
 from streams.agents.scoring import finish_even_if_cancelled, to_records
-from streams.sales_service import SalesService
+from streams.pipeline.sales import SalesService
 from streams.settings import Settings
 
 

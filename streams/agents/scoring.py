@@ -9,7 +9,8 @@ from typing import Any
 import faust
 
 from streams.observability import log
-from streams.service import InRecord, ScoringService
+from streams.pipeline.batch import InRecord
+from streams.pipeline.scoring import ScoringService
 from streams.settings import Settings
 
 # How long a batch already taken may keep running after the worker was asked to stop.

@@ -27,7 +27,7 @@ from rich.progress import Progress
 from schemas.engagement import EngagementEvent
 from streams.core.lead import replay
 from streams.core.rules import load_rules
-from streams.sample import generate
+from streams.jobs.sample import generate
 from tests.harness import (
     WorkerProcess,
     consumer_caught_up,

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.handoff import MqlHandoff
 from streams.core.rules import load_rules
-from streams.sample import generate
+from streams.jobs.sample import generate
 from streams.settings import Settings
 from streams.store import LeadStore
 from tests.harness import WorkerProcess, consumer_caught_up, eventually, produce, read_topic

@@ -17,7 +17,7 @@ from schemas.handoff import MqlHandoff
 from schemas.lifecycle import LifecycleTransition
 from streams.core.lead import LeadState
 from streams.core.rules import Rules, load_rules
-from streams.sample import generate
+from streams.jobs.sample import generate
 from streams.settings import Settings
 from streams.store import LeadStore
 from tests.harness import (
@@ -164,7 +164,7 @@ async def test_sales_changes_during_the_rescore_are_kept(
     settings: Settings, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
     """A lead that sales accepts while the rescore is building is an SQL after the switch."""
-    from streams.rescore import Rescore
+    from streams.jobs.rescore import Rescore
 
     records = generate(leads=60, events=600, seed=5, hot_share=1.0)
     await produce(settings, [(r.key, r.value) for r in records])

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemas.deadletter import DeadLetterHeaders
 from schemas.handoff import MqlHandoff
 from streams.core.rules import load_rules
-from streams.sample import generate
+from streams.jobs.sample import generate
 from streams.settings import Settings
 from streams.store import LeadStore
 from tests.harness import (

@@ -9,10 +9,10 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from streams.backtest_cli import human_duration, read_events, read_outcomes, short_duration
 from streams.cli import app
 from streams.core.backtest import Outcome
 from streams.core.rules import Rules
+from streams.jobs.backtest import human_duration, read_events, read_outcomes, short_duration
 from tests.history import History, generate
 
 pytestmark = pytest.mark.unit

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from schemas.engagement import EngagementEvent
 from streams.cli import app
 from streams.core.rules import Rules, load_rules
-from streams.intake import DeadLetter, RecordLocation, parse_engagement
-from streams.sample import generate
+from streams.jobs.sample import generate
+from streams.pipeline.intake import DeadLetter, RecordLocation, parse_engagement
 
 pytestmark = pytest.mark.unit
 

@@ -40,7 +40,7 @@ from streams.importer import (
     rejected_path,
     run_rows,
 )
-from streams.intake import DeadLetter, RecordLocation, parse_engagement
+from streams.pipeline.intake import DeadLetter, RecordLocation, parse_engagement
 from streams.settings import load_settings
 
 pytestmark = pytest.mark.unit

@@ -10,7 +10,7 @@ import pytest
 
 from schemas.deadletter import DEADLETTER_HEADERS, DeadLetterHeaders, DeadLetterKind
 from schemas.engagement import KNOWN_EVENT_TYPES, EngagementEvent
-from streams.intake import DeadLetter, RecordLocation, parse_engagement
+from streams.pipeline.intake import DeadLetter, RecordLocation, parse_engagement
 
 pytestmark = pytest.mark.unit
 

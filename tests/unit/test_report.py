@@ -16,11 +16,10 @@ from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
-from streams import report as report_module
 from streams.cli import app
 from streams.core.funnel import SERIES, Period
-from streams.observability import Metrics
-from streams.report import (
+from streams.jobs import report as report_module
+from streams.jobs.report import (
     KpiData,
     Report,
     build_report,
@@ -35,6 +34,7 @@ from streams.report import (
     today_in,
     write_charts,
 )
+from streams.observability import Metrics
 from streams.settings import Settings
 
 pytestmark = pytest.mark.unit

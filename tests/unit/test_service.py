@@ -16,8 +16,10 @@ from schemas.lifecycle import LifecycleTransition
 from streams.core.kpi import KpiCount, KpiSample
 from streams.core.lead import LeadState, apply_all
 from streams.core.rules import parse_rules
+from streams.kafka import OutRecord
 from streams.observability import Metrics
-from streams.service import InRecord, OutRecord, ScoringService
+from streams.pipeline.batch import InRecord
+from streams.pipeline.scoring import ScoringService
 from streams.settings import load_settings
 from streams.store import Conflict, OutboxEntry, StoredLead, Wakeup
 

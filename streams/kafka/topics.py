@@ -1,39 +1,20 @@
-"""Small Kafka helpers for the CLI and tools: client options, topic creation, readiness."""
+"""Topics: create leadflow's with explicit partition counts, wait for the cluster, list
+partitions. Faust never declares topics (it would invent them with broker defaults)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
 
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
-from streams.app import broker_credentials
+from streams.kafka.options import client_options
 from streams.settings import Settings
 
 TOPIC_ALREADY_EXISTS = 36
-
-
-def client_options(settings: Settings) -> dict[str, Any]:
-    """aiokafka keyword arguments for the configured cluster and security settings."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap,
-        "security_protocol": settings.kafka_security_protocol,
-    }
-    creds = broker_credentials(settings)
-    if settings.kafka_security_protocol.startswith("SASL"):
-        password = settings.kafka_sasl_password
-        options.update(
-            sasl_mechanism=settings.kafka_sasl_mechanism,
-            sasl_plain_username=settings.kafka_sasl_username,
-            sasl_plain_password=password.get_secret_value() if password else None,
-            ssl_context=getattr(creds, "ssl_context", None),
-        )
-    elif creds is not None:
-        options["ssl_context"] = creds
-    return options
 
 
 @dataclass(frozen=True)
@@ -98,3 +79,18 @@ async def create_topics(
             note = f"exists with {count} partitions, configured {settings.topic_partitions}; kept"
         out.append(TopicOutcome(name, count, code == 0, note))
     return out
+
+
+async def topic_partitions(settings: Settings, topic: str) -> list[TopicPartition]:
+    """The topic's partitions in order (empty when the topic does not exist)."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    found = [d for d in described if d.get("error_code", 0) == 0 and d["partitions"]]
+    return sorted(
+        (TopicPartition(topic, p["partition"]) for d in found for p in d["partitions"]),
+        key=lambda tp: tp.partition,
+    )

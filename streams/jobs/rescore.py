@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.engagement import EngagementEvent
 from schemas.handoff import MqlHandoff
@@ -30,8 +29,8 @@ from streams.core.lead import LeadState, apply_all
 from streams.core.rescore import rescore_lead, sales_marks, take_sales_side
 from streams.core.rules import Rules
 from streams.core.sales import mql_transition
-from streams.intake import RecordLocation, parse_engagement
-from streams.kafka import client_options
+from streams.kafka import client_options, topic_partitions
+from streams.pipeline.intake import RecordLocation, parse_engagement
 from streams.settings import Settings
 from streams.store import LeadStore, OutboxEntry
 
@@ -305,20 +304,6 @@ class Rescore:
             await live.drop_space()
         else:
             await live.drop_leads(await live.live_lead_ids())
-
-
-async def topic_partitions(settings: Settings, topic: str) -> list[TopicPartition]:
-    admin = AIOKafkaAdminClient(**client_options(settings))
-    await admin.start()
-    try:
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    found = [d for d in described if d.get("error_code", 0) == 0 and d["partitions"]]
-    return sorted(
-        (TopicPartition(topic, p["partition"]) for d in found for p in d["partitions"]),
-        key=lambda tp: tp.partition,
-    )
 
 
 def run_rescore(

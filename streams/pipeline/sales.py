@@ -27,9 +27,9 @@ from streams.core.sales import (
     late_actions,
     reminders,
 )
-from streams.intake import DeadLetter, RecordLocation, parse_record
 from streams.observability import log
-from streams.service import BatchResult, BatchWriter, Fold, InRecord
+from streams.pipeline.batch import BatchResult, BatchWriter, Fold, InRecord
+from streams.pipeline.intake import DeadLetter, RecordLocation, parse_record
 from streams.store import StoredLead, Wakeup
 
 SalesInput = MqlHandoff | SalesActivity

@@ -40,7 +40,7 @@ from streams.core.backtest import (
 )
 from streams.core.durations import parse_duration
 from streams.core.rules import Rules, RulesError, load_rules
-from streams.intake import DeadLetter, RecordLocation, parse_engagement
+from streams.pipeline.intake import DeadLetter, RecordLocation, parse_engagement
 from streams.settings import Settings
 
 console = Console(stderr=True)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,15 +19,14 @@ from aiokafka.errors import KafkaError
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 
-from schemas.engagement import EngagementEvent
-from schemas.handoff import MqlHandoff
 from schemas.lifecycle import LifecycleTransition
 from streams.core.kpi import KpiCount, KpiSample, kpi_changes
-from streams.core.lead import LeadState, apply_all
+from streams.core.lead import LeadState
 from streams.core.rules import Rules, parse_rules
-from streams.core.sales import mql_transition, reminders
-from streams.intake import DeadLetter, RecordLocation, parse_engagement
+from streams.core.sales import reminders
+from streams.kafka import OutRecord
 from streams.observability import Metrics, log
+from streams.pipeline.intake import DeadLetter
 from streams.settings import Settings
 from streams.store import Conflict, Fenced, LeadStore, OutboxEntry, StoredLead, Wakeup
 
@@ -45,14 +42,6 @@ class InRecord:
     topic: str
     partition: int
     offset: int
-
-
-@dataclass(frozen=True, slots=True)
-class OutRecord:
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 class Publisher(Protocol):
@@ -278,93 +267,4 @@ class BatchWriter:
                 topic=d.headers.source_topic,
                 partition=d.headers.source_partition,
                 offset=d.headers.source_offset,
-            )
-
-
-class ScoringService(BatchWriter):
-    """Engagement events in; lead scores, MQL handoffs and `mql` lifecycle events out."""
-
-    async def process(self, records: Sequence[InRecord]) -> BatchResult:
-        started = time.perf_counter()
-        result = BatchResult()
-        by_lead: dict[str, list[tuple[EngagementEvent, int]]] = defaultdict(list)
-        known_types = self.rules.event_types
-        for rec in records:
-            parsed = parse_engagement(
-                rec.key,
-                rec.value,
-                RecordLocation(rec.topic, rec.partition, rec.offset),
-                known_types,
-                self.settings.max_event_bytes,
-            )
-            if isinstance(parsed, DeadLetter):
-                result.deadletters.append(parsed)
-            else:
-                by_lead[parsed.lead_id].append((parsed, rec.partition))
-
-        wanted = {lead: [e.event_id for e, _ in items] for lead, items in by_lead.items()}
-        async with self._delivery:
-            fold = Fold()
-            if by_lead:
-                fold = await self._write(wanted, partial(self._fold, by_lead))
-            self._maybe_crash(fold)
-            await self._deliver(fold.outbox, result.deadletters)
-        result.counted = fold.counted
-        result.duplicates = sum(len(items) for items in by_lead.values()) - fold.counted
-        result.outputs = fold.outputs
-        self._observe(records, result, by_lead, time.perf_counter() - started)
-        return result
-
-    def _fold(
-        self,
-        by_lead: dict[str, list[tuple[EngagementEvent, int]]],
-        stored: dict[str, StoredLead],
-    ) -> Fold:
-        fold = Fold()
-        s = self.settings
-        for lead_id, items in by_lead.items():
-            before = stored[lead_id]
-            after, handoffs = apply_all(before.state, (e for e, _ in items), self.rules)
-            if after is before.state:
-                continue  # every event was a duplicate: nothing to write
-            fold.counted += after.events_counted - before.state.events_counted
-            # A lead's events all come from one partition (the key is lead_id).
-            partition = items[0][1]
-            transitions = []
-            for handoff in handoffs:
-                # At most one crossing per batch: only sales moves a lead back to nurture.
-                moved = mql_transition(before.state.stage, handoff)
-                fold.emit(partition, s.handoff, handoff.handoff_id, handoff, lead_id)
-                fold.emit(partition, s.lifecycle, moved.transition_id, moved, lead_id)
-                transitions.append(moved)
-            fold.change(before, after, transitions, self.rules)
-        return fold
-
-    def _observe(
-        self,
-        records: Sequence[InRecord],
-        result: BatchResult,
-        by_lead: dict[str, list[tuple[EngagementEvent, int]]],
-        seconds: float,
-    ) -> None:
-        m = self.metrics
-        m.batch_seconds.observe(seconds)
-        m.batch_size.observe(len(records))
-        m.events.labels("scored").inc(result.counted)
-        m.events.labels("duplicate").inc(result.duplicates)
-        self._observe_deadletters(result.deadletters)
-        handoffs = result.of_type(MqlHandoff)
-        m.handoffs.inc(len(handoffs))
-        self._observe_transitions(result)
-        newest = max((e.occurred_at for items in by_lead.values() for e, _ in items), default=None)
-        if newest is not None:
-            lag = self.now().timestamp() - newest.timestamp()
-            m.event_lag.set(max(lag, 0.0))
-        for handoff in handoffs:
-            log.info(
-                "lead handed off",
-                lead_id=handoff.lead_id,
-                handoff_id=handoff.handoff_id,
-                score=handoff.score,
-                qualified_at=handoff.qualified_at.isoformat(),
             )

@@ -27,12 +27,12 @@ from schemas.alert import SlaAlert
 from schemas.explain import LeadExplanation
 from schemas.handoff import MqlHandoff
 from schemas.lifecycle import LifecycleTransition
-from streams.backtest_cli import backtest_command
 from streams.core.durations import format_duration
 from streams.core.explain import explain as explain_lead
 from streams.core.explain import lead_id_problem
 from streams.core.rules import RulesError, load_rules
-from streams.sample import simulate_sales
+from streams.jobs.backtest import backtest_command
+from streams.jobs.sample import simulate_sales
 from streams.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -81,7 +81,7 @@ def worker() -> None:
     """Run a scoring worker (configured by LEADFLOW_* environment variables)."""
     import faust
 
-    from streams.app import create_worker, live_generation
+    from streams.bootstrap import build_worker, live_generation
     from streams.observability import configure_logging, log
 
     with user_errors():
@@ -98,7 +98,7 @@ def worker() -> None:
         web=f"http://{settings.web_host}:{settings.web_port}",
     )
     generation, rules = asyncio.run(live_generation(settings, rules))
-    built = create_worker(settings, rules, generation)
+    built = build_worker(settings, rules, generation)
     faust.Worker(
         built.app, loglevel="WARNING", quiet=True, redirect_stdouts=False
     ).execute_from_commandline()
@@ -187,7 +187,7 @@ def sample_generate(
     duplicate_every: Annotated[int, typer.Option(help="Re-send every Nth event")] = 50,
 ) -> None:
     """Write a deterministic, realistic engagement history (with some bad records)."""
-    from streams.sample import generate
+    from streams.jobs.sample import generate
 
     records = generate(
         leads, events, seed, invalid_every=invalid_every, duplicate_every=duplicate_every
@@ -526,7 +526,7 @@ def _wait_http(url: str, within: float) -> dict[str, object]:
     raise TimeoutError(f"worker at {url} was not ready within {within:.0f}s")
 
 
-DEMO_RULES = Path(__file__).resolve().parent.parent / "rules" / "demo.yaml"
+DEMO_RULES = Path(__file__).resolve().parents[2] / "rules" / "demo.yaml"
 
 
 class DemoRun:
@@ -720,7 +720,7 @@ def report_command(
     ),
 ) -> None:
     """Funnel KPIs from Redis: conversion, SLA compliance, time to contact (docs/kpis.md)."""
-    from streams.report import run_report
+    from streams.jobs.report import run_report
 
     with user_errors():
         settings = _settings()
@@ -752,7 +752,7 @@ def rescore(
     with the new rules. Leads already handed off keep their stage and handoff; leads that
     qualify only under the new rules are handed off after the switch.
     """
-    from streams.rescore import RescoreError, run_rescore
+    from streams.jobs.rescore import RescoreError, run_rescore
 
     with user_errors():
         settings = load_settings()
@@ -788,7 +788,3 @@ app.command("backtest")(backtest_command)
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,89 @@
+"""The one wiring point: settings in; the Redis store, the live rules and the worker out.
+
+The worker, the CLI commands and the tests build what they need here (cosmicpython's
+bootstrap), so a store is opened one way and "which rules are live" is decided in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from streams.core.rules import Rules, load_rules, parse_rules
+from streams.observability import log
+from streams.settings import Settings, load_settings
+from streams.store import Generation, LeadStore
+
+if TYPE_CHECKING:
+    from streams.app import Worker
+
+
+def checked_settings(**overrides: object) -> Settings:
+    """Settings from the environment, the rules file validated (fail fast, naming the field)."""
+    settings = load_settings(**overrides)
+    load_rules(settings.rules)
+    return settings
+
+
+def open_store(settings: Settings, source_topic: str | None = None) -> LeadStore:
+    """The one construction of the Redis adapter for this namespace."""
+    return LeadStore.from_url(
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        source_topic=source_topic or settings.engagement,
+        dedupe_ttl_seconds=settings.dedupe_ttl_days * 86400,
+    )
+
+
+class LiveRules:
+    """The rules the live lead states were built with. After `leadflow rescore` they win over
+    the rules file; parsed rules are kept by version."""
+
+    def __init__(self, rules_file: Rules) -> None:
+        self.rules_file = rules_file
+        self._parsed: dict[str, Rules] = {rules_file.version: rules_file}
+
+    def of(self, generation: Generation) -> Rules:
+        if generation.rules is None or generation.rules_version is None:
+            return self.rules_file
+        if generation.rules_version not in self._parsed:
+            self._parsed[generation.rules_version] = parse_rules(
+                generation.rules, origin="active generation"
+            )
+        return self._parsed[generation.rules_version]
+
+    def differs(self, generation: Generation) -> bool:
+        return generation.rules is not None and generation.rules_version != self.rules_file.version
+
+
+async def live_generation(settings: Settings, rules: Rules) -> tuple[int, Rules]:
+    """The generation to work on and its rules. The first worker records its rules; after a
+    `leadflow rescore` the rescored generation's rules win over a stale rules file."""
+    store = open_store(settings)
+    try:
+        generation = await store.ensure_generation(
+            rules.version, rules.model_dump(mode="json", by_alias=True)
+        )
+        while generation.state != "active":
+            log.info("waiting for a rescore to finish switching", generation=generation.number)
+            await asyncio.sleep(0.5)
+            generation = await store.active_generation()
+    finally:
+        await store.close()
+    live = LiveRules(rules)
+    if live.differs(generation):
+        log.warning(
+            "the rules file differs from the rules the live lead states were built with; "
+            "using the live ones. To change rules, run `leadflow rescore --rules FILE`",
+            rules_file=str(settings.rules),
+            rules_file_version=rules.version,
+            live_rules_version=generation.rules_version,
+        )
+    return generation.number, live.of(generation)
+
+
+def build_worker(settings: Settings, rules: Rules | None = None, generation: int = 0) -> Worker:
+    """The worker: Faust app, agents, timers and web views over one store and one producer."""
+    from streams.app import create_worker
+
+    return create_worker(settings, rules or load_rules(settings.rules), generation)

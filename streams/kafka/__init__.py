@@ -1,0 +1,19 @@
+"""Everything leadflow says to Kafka goes through here: client options (security included),
+topic creation and readiness, and the one producer (acks=all, idempotent)."""
+
+from streams.kafka.options import client_options, faust_credentials
+from streams.kafka.producer import KafkaUnavailable, OutRecord, Producer, new_producer
+from streams.kafka.topics import TopicOutcome, create_topics, topic_partitions, wait_for_kafka
+
+__all__ = [
+    "KafkaUnavailable",
+    "OutRecord",
+    "Producer",
+    "TopicOutcome",
+    "client_options",
+    "create_topics",
+    "faust_credentials",
+    "new_producer",
+    "topic_partitions",
+    "wait_for_kafka",
+]

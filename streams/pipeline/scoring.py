@@ -1,0 +1,107 @@
+"""The scoring side's shell: engagement batches in; lead scores, MQL handoffs and `mql`
+lifecycle events out. Every decision is the core's (streams.core.lead)."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from functools import partial
+
+from schemas.engagement import EngagementEvent
+from schemas.handoff import MqlHandoff
+from streams.core.lead import apply_all
+from streams.core.sales import mql_transition
+from streams.observability import log
+from streams.pipeline.batch import BatchResult, BatchWriter, Fold, InRecord
+from streams.pipeline.intake import DeadLetter, RecordLocation, parse_engagement
+from streams.store import StoredLead
+
+
+class ScoringService(BatchWriter):
+    """Engagement events in; lead scores, MQL handoffs and `mql` lifecycle events out."""
+
+    async def process(self, records: Sequence[InRecord]) -> BatchResult:
+        started = time.perf_counter()
+        result = BatchResult()
+        by_lead: dict[str, list[tuple[EngagementEvent, int]]] = defaultdict(list)
+        known_types = self.rules.event_types
+        for rec in records:
+            parsed = parse_engagement(
+                rec.key,
+                rec.value,
+                RecordLocation(rec.topic, rec.partition, rec.offset),
+                known_types,
+                self.settings.max_event_bytes,
+            )
+            if isinstance(parsed, DeadLetter):
+                result.deadletters.append(parsed)
+            else:
+                by_lead[parsed.lead_id].append((parsed, rec.partition))
+
+        wanted = {lead: [e.event_id for e, _ in items] for lead, items in by_lead.items()}
+        async with self._delivery:
+            fold = Fold()
+            if by_lead:
+                fold = await self._write(wanted, partial(self._fold, by_lead))
+            self._maybe_crash(fold)
+            await self._deliver(fold.outbox, result.deadletters)
+        result.counted = fold.counted
+        result.duplicates = sum(len(items) for items in by_lead.values()) - fold.counted
+        result.outputs = fold.outputs
+        self._observe(records, result, by_lead, time.perf_counter() - started)
+        return result
+
+    def _fold(
+        self,
+        by_lead: dict[str, list[tuple[EngagementEvent, int]]],
+        stored: dict[str, StoredLead],
+    ) -> Fold:
+        fold = Fold()
+        s = self.settings
+        for lead_id, items in by_lead.items():
+            before = stored[lead_id]
+            after, handoffs = apply_all(before.state, (e for e, _ in items), self.rules)
+            if after is before.state:
+                continue  # every event was a duplicate: nothing to write
+            fold.counted += after.events_counted - before.state.events_counted
+            # A lead's events all come from one partition (the key is lead_id).
+            partition = items[0][1]
+            transitions = []
+            for handoff in handoffs:
+                # At most one crossing per batch: only sales moves a lead back to nurture.
+                moved = mql_transition(before.state.stage, handoff)
+                fold.emit(partition, s.handoff, handoff.handoff_id, handoff, lead_id)
+                fold.emit(partition, s.lifecycle, moved.transition_id, moved, lead_id)
+                transitions.append(moved)
+            fold.change(before, after, transitions, self.rules)
+        return fold
+
+    def _observe(
+        self,
+        records: Sequence[InRecord],
+        result: BatchResult,
+        by_lead: dict[str, list[tuple[EngagementEvent, int]]],
+        seconds: float,
+    ) -> None:
+        m = self.metrics
+        m.batch_seconds.observe(seconds)
+        m.batch_size.observe(len(records))
+        m.events.labels("scored").inc(result.counted)
+        m.events.labels("duplicate").inc(result.duplicates)
+        self._observe_deadletters(result.deadletters)
+        handoffs = result.of_type(MqlHandoff)
+        m.handoffs.inc(len(handoffs))
+        self._observe_transitions(result)
+        newest = max((e.occurred_at for items in by_lead.values() for e, _ in items), default=None)
+        if newest is not None:
+            lag = self.now().timestamp() - newest.timestamp()
+            m.event_lag.set(max(lag, 0.0))
+        for handoff in handoffs:
+            log.info(
+                "lead handed off",
+                lead_id=handoff.lead_id,
+                handoff_id=handoff.handoff_id,
+                score=handoff.score,
+                qualified_at=handoff.qualified_at.isoformat(),
+            )
