@@ -9,8 +9,6 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
@@ -27,13 +25,14 @@ from schemas.alert import SlaAlert
 from schemas.explain import LeadExplanation
 from schemas.handoff import MqlHandoff
 from schemas.lifecycle import LifecycleTransition
+from streams.cli.errors import user_errors
 from streams.core.durations import format_duration
 from streams.core.explain import explain as explain_lead
 from streams.core.explain import lead_id_problem
-from streams.core.rules import RulesError, load_rules
+from streams.core.rules import load_rules
 from streams.jobs.backtest import backtest_command
 from streams.jobs.sample import simulate_sales
-from streams.settings import Settings, SettingsError, load_settings
+from streams.settings import Settings, load_settings
 
 app = typer.Typer(
     help="leadflow: real-time lead scoring, MQL handoff and sales SLA watching on Kafka + Redis.",
@@ -55,19 +54,6 @@ console = Console(stderr=True)
 out = Console()
 
 BUNDLED_SAMPLE = files("streams").joinpath("data/engagement-sample.ndjson")
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Configuration mistakes end with one clear line and exit code 2, not a traceback."""
-    try:
-        yield
-    except (SettingsError, RulesError) as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(2) from None
-    except TimeoutError as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(3) from None
 
 
 def _settings(**overrides: object) -> Settings:

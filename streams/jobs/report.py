@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -25,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from streams.bootstrap import open_store
 from streams.core.funnel import (
     CLOCKS,
     SERIES,
@@ -40,7 +40,6 @@ from streams.core.funnel import (
 )
 from streams.core.rules import Rules
 from streams.settings import Settings
-from streams.store import LeadStore
 
 DEFAULT_DAYS = 28
 MAX_DAYS = 3660  # ten years of days: one Redis pipeline of three reads per day
@@ -83,8 +82,6 @@ def check_period(period: str) -> Period:
 
 # -- reading -------------------------------------------------------------------------------
 
-_KPI_DAY = re.compile(r"kpi:(\d{4}-\d{2}-\d{2})$")
-
 
 @dataclass(frozen=True, slots=True)
 class KpiData:
@@ -100,22 +97,12 @@ class KpiData:
 
 
 async def read_kpi_data(settings: Settings, start: date, end: date) -> KpiData:
-    store = LeadStore.from_url(
-        settings.redis_url,
-        settings.redis_prefix,
-        settings.engagement,
-        settings.dedupe_ttl_days * 86400,
-    )
+    store = open_store(settings)
     try:
         counts, durations = await store.read_kpis(days_between(start, end), SERIES.values())
         data = KpiData(counts, durations, ())
         if data.empty:
-            found = set()
-            async for key in store.redis.scan_iter(match=f"{store.keys.prefix}kpi:*", count=1000):
-                match = _KPI_DAY.search(key.decode())
-                if match:
-                    found.add(date.fromisoformat(match.group(1)))
-            data = KpiData(counts, durations, tuple(sorted(found)))
+            data = KpiData(counts, durations, tuple(await store.kpi_days()))
         return data
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise TimeoutError(

@@ -449,6 +449,19 @@ class LeadStore:
         }
         return counts, durations
 
+    async def kpi_days(self) -> list[date]:
+        """Every day that has KPI counters (SCAN; for the report when a range is empty)."""
+        start = len(self.keys.kpi_prefix())
+        found = set()
+        async for key in self.redis.scan_iter(match=f"{self.keys.kpi_prefix()}*", count=1000):
+            day = key.decode()[start:]
+            if len(day) == 10:  # "YYYY-MM-DD"; sample keys carry ":<series>" after it
+                try:
+                    found.add(date.fromisoformat(day))
+                except ValueError:
+                    continue
+        return sorted(found)
+
     async def read_lead(self, lead_id: str) -> LeadState | None:
         raw = await self.redis.hget(self.keys.lead(lead_id), "s")
         return None if raw is None else LeadState.from_json(orjson.loads(raw))
