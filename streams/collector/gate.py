@@ -1,0 +1,178 @@
+"""The collector's way into Kafka: one producer, started in the background with retries, watched
+every second; its state and detail decide between accepting events and answering 503."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import structlog
+
+from streams.collector.metrics import CollectorMetrics
+from streams.kafka import KafkaUnavailable, new_producer
+from streams.settings import Settings
+
+log = structlog.get_logger("leadflow.collector")
+
+KafkaState = Literal["connecting", "ready", "unavailable", "stopped"]
+WATCH_INTERVAL = 1.0
+
+
+def _consume_exception(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def unavailable_detail(exc: KafkaUnavailable) -> str:
+    """What went wrong, as the 503 answer and the log say it (without the exception's name)."""
+    return str(exc.args[0]) if exc.args else ""
+
+
+class KafkaGate:
+    """The collector's one idempotent producer (acks=all): started in the background with
+    retries, watched every second, and the only way events reach Kafka."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: CollectorMetrics,
+        factory: Callable[[], Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topic = settings.engagement
+        self.metrics = metrics
+        self.factory = factory or self._new_producer
+        self.state: KafkaState = "connecting"
+        self.detail = "starting the producer"
+        self.since = datetime.now(UTC)
+        self._producer: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    def _new_producer(self) -> Any:
+        return new_producer(self.settings, client_id="leadflow-collector", linger_ms=2)
+
+    def _set(self, state: KafkaState, detail: str) -> None:
+        if state != self.state:
+            self.since = datetime.now(UTC)
+            logger = log.error if state == "unavailable" else log.info
+            logger(
+                "kafka " + state,
+                detail=detail,
+                previous=self.state,
+                kafka=self.settings.kafka_bootstrap,
+                topic=self.topic,
+            )
+        self.state = state
+        self.detail = detail
+        self.metrics.kafka_up.set(1 if state == "ready" else 0)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="collector-kafka")
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                backoff = await self._step(backoff)
+            except Exception as exc:  # a bug here must not leave the state frozen
+                log.exception("kafka watcher failed; retrying")
+                self._set("unavailable", f"watcher failed: {exc!r}")
+                await asyncio.sleep(WATCH_INTERVAL)
+
+    async def _step(self, backoff: float) -> float:
+        """One round of start-or-watch; returns the backoff for the next start attempt."""
+        if self._producer is None:
+            producer = self.factory()
+            try:
+                await producer.start()
+            except Exception as exc:  # KafkaError, OSError, ...: keep trying
+                await self._stop(producer, within=5)
+                self._set("unavailable", f"cannot reach Kafka: {exc}")
+                await asyncio.sleep(backoff)
+                return min(backoff * 2, 5.0)
+            self._producer = producer
+            self._set("ready", "producer connected")
+        elif self._broken():
+            old, self._producer = self._producer, None
+            self._set("unavailable", "producer failed; starting a new one")
+            await self._stop(old, within=5)
+            return 0.5
+        elif await self._connected():
+            self._set("ready", "producer connected")
+        else:
+            self._set("unavailable", "no Kafka broker answers")
+        await asyncio.sleep(WATCH_INTERVAL)
+        return 0.5
+
+    def _broken(self) -> bool:
+        sender = getattr(self._producer, "_sender", None)
+        task = getattr(sender, "sender_task", None)
+        return task is not None and task.done()
+
+    async def _connected(self) -> bool:
+        client = self._producer.client
+        for broker in client.cluster.brokers():
+            try:
+                if await asyncio.wait_for(client.ready(broker.nodeId), timeout=2):
+                    return True
+            except Exception:
+                continue
+        return False
+
+    async def produce(self, records: Sequence[tuple[bytes, bytes]], within: float) -> None:
+        """Return once Kafka acknowledged every record (acks=all); else KafkaUnavailable.
+
+        Records Kafka did not acknowledge in time may still arrive later (the idempotent producer
+        keeps retrying them); the client's retry may then add a duplicate, which the worker drops
+        by event_id. Nothing is reported as accepted that Kafka did not acknowledge.
+        """
+        producer = self._producer
+        if producer is None or self.state != "ready":
+            raise KafkaUnavailable(f"Kafka is {self.state}: {self.detail}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            async with asyncio.timeout(within):
+                for key, value in records:
+                    future = await producer.send(self.topic, value, key=key)
+                    future.add_done_callback(_consume_exception)
+                    futures.append(future)
+        except TimeoutError:
+            self._set("unavailable", f"Kafka did not take the events within {within:g}s")
+            raise KafkaUnavailable(self.detail) from None
+        except Exception as exc:
+            raise KafkaUnavailable(f"producing failed: {exc!r}") from exc
+        _, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
+        if pending:
+            self._set(
+                "unavailable",
+                f"Kafka acknowledged {len(futures) - len(pending)} of {len(futures)} events "
+                f"within {within:g}s",
+            )
+            raise KafkaUnavailable(self.detail)
+        for future in futures:
+            error = future.exception()
+            if error is not None:
+                raise KafkaUnavailable(f"Kafka refused an event: {error!r}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._producer is not None:
+            await self._stop(self._producer, within=self.settings.collector_ack_timeout + 5)
+            self._producer = None
+        self._set("stopped", "collector stopped")
+
+    @staticmethod
+    async def _stop(producer: Any, within: float) -> None:
+        # Whatever is still unacknowledged was answered 503, so giving up on it here is safe.
+        try:
+            await asyncio.wait_for(producer.stop(), timeout=within)
+        except Exception as exc:
+            log.warning("producer did not stop cleanly", error=repr(exc))
