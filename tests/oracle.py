@@ -13,6 +13,7 @@ from streams.core.rules import Rules
 from streams.jobs.sample import SampleRecord
 from streams.pipeline.intake import DeadLetter, RecordLocation, parse_engagement
 from streams.settings import Settings
+from streams.store.codec import lead_to_json
 
 
 @dataclass
@@ -63,4 +64,4 @@ SALES_FIELDS = (
 
 def comparable(state: LeadState) -> dict[str, object]:
     """A lead's scoring state as stored (dedupe markers live in a separate Redis set)."""
-    return {k: v for k, v in state.to_json().items() if k not in SALES_FIELDS}
+    return {k: v for k, v in lead_to_json(state).items() if k not in SALES_FIELDS}

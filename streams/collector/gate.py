@@ -26,11 +26,6 @@ def _consume_exception(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def unavailable_detail(exc: KafkaUnavailable) -> str:
-    """What went wrong, as the 503 answer and the log say it (without the exception's name)."""
-    return str(exc.args[0]) if exc.args else ""
-
-
 class KafkaGate:
     """The collector's one idempotent producer (acks=all): started in the background with
     retries, watched every second, and the only way events reach Kafka."""

@@ -35,7 +35,7 @@ from streams.collector.body import (
     parse_body,
     summarize,
 )
-from streams.collector.gate import KafkaGate, unavailable_detail
+from streams.collector.gate import KafkaGate
 from streams.collector.metrics import CollectorMetrics
 from streams.kafka import KafkaUnavailable
 from streams.settings import Settings
@@ -250,7 +250,7 @@ class Collector:
                 self.settings.collector_ack_timeout,
             )
         except KafkaUnavailable as exc:
-            detail = unavailable_detail(exc)
+            detail = str(exc)
             self.metrics.events_rejected.labels("kafka_unavailable").inc(len(accepted))
             log.error(
                 "kafka did not acknowledge; answering 503",

@@ -16,9 +16,9 @@ from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 from schemas.lifecycle import LifecycleTransition
+from streams.core.clocks import ended_clocks, late_actions
 from streams.core.lead import LeadState
 from streams.core.rules import Rules
-from streams.core.sales import ended_clocks, late_actions
 
 STAGES = ("mql", "sql", "nurture", "disqualified", "won", "lost")
 

@@ -12,18 +12,14 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal, TypeVar
 
 from schemas.engagement import AttributeValue, EngagementEvent
 from schemas.handoff import MqlHandoff, ScoreReason
 from schemas.lifecycle import Stage
 from streams.core.calendar import add_time
+from streams.core.clocks import Clock
+from streams.core.history import Contribution, JourneyStep, remember
 from streams.core.rules import Rules
-
-ClockKind = Literal["mql_first_contact", "sql_follow_up"]
-# open -> met (action in time) | breached (alert sent, or action late) | expired (already long
-# past when first seen: a backfill, no alert) | closed (the lead left the stage: no verdict)
-ClockStatus = Literal["open", "met", "breached", "expired", "closed"]
 
 # Stages a scoring crossing can qualify from (disqualified too, if the rules say so).
 QUALIFIABLE: frozenset[Stage] = frozenset({"lead", "nurture"})
@@ -47,80 +43,6 @@ class Tally:
 class Attribute:
     value: AttributeValue
     as_of: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Contribution:
-    """One event that changed the engagement score, for "why this score"."""
-
-    event_id: str
-    type: str
-    occurred_at: datetime
-    points: float  # as counted when it arrived (after the daily cap, before decay)
-
-
-@dataclass(frozen=True, slots=True)
-class JourneyStep:
-    """One stage change in the lead's history."""
-
-    at: datetime
-    from_stage: str
-    to_stage: str
-    handoff_id: str | None
-    reason: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Clock:
-    """One SLA deadline of one handoff: first contact after MQL, or sales action after SQL."""
-
-    kind: ClockKind
-    handoff_id: str
-    started_at: datetime
-    due_at: datetime
-    warn_at: datetime | None = None
-    status: ClockStatus = "open"
-    warned: bool = False
-    ended_at: datetime | None = None  # event time that met it, or detection time of a breach
-    late_action_at: datetime | None = None  # the action that came after a breach
-    owner: str | None = None
-    round: int = 0  # a lead that becomes an SQL again under the same handoff gets a new clock
-
-    @property
-    def clock_id(self) -> str:
-        base = f"{self.handoff_id}:{self.kind}"
-        return f"{base}:{self.round}" if self.round else base
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "handoff_id": self.handoff_id,
-            "started_at": self.started_at.isoformat(),
-            "due_at": self.due_at.isoformat(),
-            "warn_at": _iso(self.warn_at),
-            "status": self.status,
-            "warned": self.warned,
-            "ended_at": _iso(self.ended_at),
-            "late_action_at": _iso(self.late_action_at),
-            "owner": self.owner,
-            "round": self.round,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Clock:
-        return cls(
-            kind=data["kind"],
-            handoff_id=data["handoff_id"],
-            started_at=datetime.fromisoformat(data["started_at"]),
-            due_at=datetime.fromisoformat(data["due_at"]),
-            warn_at=_dt(data["warn_at"]),
-            status=data["status"],
-            warned=data["warned"],
-            ended_at=_dt(data["ended_at"]),
-            late_action_at=_dt(data["late_action_at"]),
-            owner=data["owner"],
-            round=data.get("round", 0),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,80 +78,6 @@ class LeadState:
         if self.fit_cache is not None and self.fit_cache[0] is rules:
             return self.fit_cache[1]
         return fit_points(self.attributes, rules)
-
-    def to_json(self) -> dict[str, Any]:
-        """State as stored in Redis (seen_event_ids are kept apart, see the store)."""
-        return {
-            "lead_id": self.lead_id,
-            "stage": self.stage,
-            "attributes": {k: [a.value, a.as_of.isoformat()] for k, a in self.attributes.items()},
-            "engagement": {k: [t.points, t.events] for k, t in self.engagement.items()},
-            "engagement_as_of": _iso(self.engagement_as_of),
-            "daily_points": dict(self.daily_points),
-            "events_counted": self.events_counted,
-            "handoff_id": self.handoff_id,
-            "qualified_at": _iso(self.qualified_at),
-            "last_event_at": _iso(self.last_event_at),
-            "qualifications": self.qualifications,
-            "clocks": [c.to_json() for c in self.clocks],
-            "last_contact_at": _iso(self.last_contact_at),
-            "contact_times": [t.isoformat() for t in self.contact_times],
-            "last_sales_action_at": _iso(self.last_sales_action_at),
-            "owner": self.owner,
-            "missing_bant": list(self.missing_bant),
-            "sql_at": _iso(self.sql_at),
-            "recent_events": [
-                [c.event_id, c.type, c.occurred_at.isoformat(), c.points]
-                for c in self.recent_events
-            ],
-            "journey": [
-                [j.at.isoformat(), j.from_stage, j.to_stage, j.handoff_id, j.reason]
-                for j in self.journey
-            ],
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any], seen_event_ids: Iterable[str] = ()) -> LeadState:
-        return cls(
-            lead_id=data["lead_id"],
-            stage=data["stage"],
-            attributes={
-                k: Attribute(v, datetime.fromisoformat(t))
-                for k, (v, t) in data["attributes"].items()
-            },
-            engagement={k: Tally(p, n) for k, (p, n) in data["engagement"].items()},
-            engagement_as_of=_dt(data["engagement_as_of"]),
-            daily_points=data["daily_points"],
-            seen_event_ids=frozenset(seen_event_ids),
-            events_counted=data["events_counted"],
-            handoff_id=data["handoff_id"],
-            qualified_at=_dt(data["qualified_at"]),
-            last_event_at=_dt(data["last_event_at"]),
-            qualifications=data.get("qualifications", 0),
-            clocks=tuple(Clock.from_json(c) for c in data.get("clocks", ())),
-            last_contact_at=_dt(data.get("last_contact_at")),
-            contact_times=tuple(datetime.fromisoformat(t) for t in data.get("contact_times", ())),
-            last_sales_action_at=_dt(data.get("last_sales_action_at")),
-            owner=data.get("owner"),
-            missing_bant=tuple(data.get("missing_bant", ())),
-            sql_at=_dt(data.get("sql_at")),
-            recent_events=tuple(
-                Contribution(e, t, datetime.fromisoformat(at), p)
-                for e, t, at, p in data.get("recent_events", ())
-            ),
-            journey=tuple(
-                JourneyStep(datetime.fromisoformat(at), f, t, h, r)
-                for at, f, t, h, r in data.get("journey", ())
-            ),
-        )
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
-def _dt(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,14 +138,6 @@ def qualifies(fit: float, engagement: float, rules: Rules) -> bool:
         and (mql.min_fit is None or fit >= mql.min_fit)
         and (mql.min_engagement is None or engagement >= mql.min_engagement)
     )
-
-
-H = TypeVar("H")
-
-
-def remember(history: tuple[H, ...], entry: H, rules: Rules) -> tuple[H, ...]:
-    """Append to a bounded history: the newest `rules.history_limit` entries are kept."""
-    return (*history, entry)[-rules.history_limit :]
 
 
 def can_qualify(stage: Stage, rules: Rules) -> bool:

@@ -11,17 +11,17 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Literal
 
 from schemas.activity import SalesActivity
 from schemas.alert import SlaAlert
 from schemas.handoff import MqlHandoff
 from schemas.lifecycle import BantCriterion, LifecycleTransition, Stage
 from streams.core.calendar import add_time
-from streams.core.lead import Clock, ClockKind, JourneyStep, LeadState, Tally, remember
+from streams.core.clocks import Clock, ClockKind, Severity
+from streams.core.history import JourneyStep, remember
+from streams.core.lead import LeadState, Tally
 from streams.core.rules import Rules
 
-Severity = Literal["warning", "breach"]
 BANT_CRITERIA: tuple[BantCriterion, ...] = ("budget", "authority", "need", "timeframe")
 CLOSED_STAGES: frozenset[Stage] = frozenset({"won", "lost"})
 CONTACT_TYPES = frozenset({"contacted", "bant_assessed", "sales_action"})
@@ -139,7 +139,9 @@ def handoff_mark(handoff: MqlHandoff) -> str:
     return f"handoff:{handoff.handoff_id}"
 
 
-def handoff_seen(state: LeadState, handoff: MqlHandoff, rules: Rules, now: datetime) -> LeadState:
+def open_first_contact_clock(
+    state: LeadState, handoff: MqlHandoff, rules: Rules, now: datetime
+) -> LeadState:
     """Start the first-contact clock of a handoff (once; a redelivered handoff is a no-op)."""
     mark = handoff_mark(handoff)
     if mark in state.seen_event_ids:
@@ -309,28 +311,7 @@ def _recycle(
     return recycled, [moved]
 
 
-@dataclass(frozen=True, slots=True)
-class Reminder:
-    """A moment at which a clock needs looking at: its warning or its due time."""
-
-    clock_id: str
-    severity: Severity
-    at: datetime
-
-
-def reminders(state: LeadState) -> list[Reminder]:
-    """What the sweeper must wake up for: every open clock's due time (and warning)."""
-    out = []
-    for c in state.clocks:
-        if c.status != "open":
-            continue
-        out.append(Reminder(c.clock_id, "breach", c.due_at))
-        if c.warn_at is not None and not c.warned:
-            out.append(Reminder(c.clock_id, "warning", c.warn_at))
-    return out
-
-
-def fire(
+def alert_if_due(
     state: LeadState, clock_id: str, severity: Severity, now: datetime
 ) -> tuple[LeadState, list[SlaAlert]]:
     """A reminder came due: alert if the clock is still open (exactly once per severity)."""
@@ -361,15 +342,3 @@ def fire(
     )
     clocks = tuple(updated if c.clock_id == clock_id else c for c in state.clocks)
     return replace(state, clocks=clocks), [alert]
-
-
-def ended_clocks(before: LeadState, after: LeadState) -> list[Clock]:
-    """Clocks that reached a verdict between two states (for metrics and KPIs)."""
-    was = {c.clock_id: c.status for c in before.clocks}
-    return [c for c in after.clocks if c.status != "open" and was.get(c.clock_id, "open") == "open"]
-
-
-def late_actions(before: LeadState, after: LeadState) -> list[Clock]:
-    """Breached clocks whose (late) action arrived between two states."""
-    was = {c.clock_id: c.late_action_at for c in before.clocks}
-    return [c for c in after.clocks if c.late_action_at is not None and was.get(c.clock_id) is None]

@@ -22,10 +22,8 @@ from streams.kafka.options import client_options
 from streams.settings import Settings
 
 
-class KafkaUnavailable(KafkaError):  # type: ignore[misc]
-    """Kafka did not take the records, or cannot be reached; the message says what to do.
-
-    A KafkaError, so the worker's retry loop treats it like any other broker outage."""
+class KafkaUnavailable(RuntimeError):
+    """Kafka did not take the records, or cannot be reached; the message says what to do."""
 
 
 @dataclass(frozen=True, slots=True)

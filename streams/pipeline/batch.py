@@ -20,15 +20,15 @@ from pydantic import BaseModel
 from redis.exceptions import RedisError
 
 from schemas.lifecycle import LifecycleTransition
+from streams.core.clocks import reminders
 from streams.core.kpi import KpiCount, KpiSample, kpi_changes
 from streams.core.lead import LeadState
 from streams.core.rules import Rules, parse_rules
-from streams.core.sales import reminders
-from streams.kafka import OutRecord
+from streams.kafka import KafkaUnavailable, OutRecord
 from streams.observability import Metrics, log
 from streams.pipeline.intake import DeadLetter
 from streams.settings import Settings
-from streams.store import Conflict, Fenced, LeadStore, OutboxEntry, StoredLead, Wakeup
+from streams.store import Conflict, Fenced, LeadStore, OutboxEntry, ReminderEntry, StoredLead
 
 T = TypeVar("T")
 
@@ -56,8 +56,8 @@ class Fold:
     counted: int = 0
     changes: list[tuple[StoredLead, LeadState]] = field(default_factory=list)
     outbox: list[OutboxEntry] = field(default_factory=list)
-    schedule: list[Wakeup] = field(default_factory=list)
-    unschedule: list[Wakeup] = field(default_factory=list)
+    schedule: list[ReminderEntry] = field(default_factory=list)
+    unschedule: list[ReminderEntry] = field(default_factory=list)
     outputs: list[BaseModel] = field(default_factory=list)
     counts: list[KpiCount] = field(default_factory=list)
     samples: list[KpiSample] = field(default_factory=list)
@@ -88,9 +88,9 @@ class Fold:
         for (clock_id, severity), at in new.items():
             if old.get((clock_id, severity)) != at:
                 ms = int(at.timestamp() * 1000)
-                self.schedule.append(Wakeup(partition, lead, clock_id, severity, ms))
+                self.schedule.append(ReminderEntry(partition, lead, clock_id, severity, ms))
         for clock_id, severity in old.keys() - new.keys():
-            self.unschedule.append(Wakeup(partition, lead, clock_id, severity))
+            self.unschedule.append(ReminderEntry(partition, lead, clock_id, severity))
 
 
 @dataclass(slots=True)
@@ -233,7 +233,7 @@ class BatchWriter:
         while True:
             try:
                 return await call()
-            except (TimeoutError, RedisError, KafkaError, OSError) as exc:
+            except (TimeoutError, RedisError, KafkaError, KafkaUnavailable, OSError) as exc:
                 self.metrics.retries.labels(operation).inc()
                 variable = "REDIS_URL" if operation == "redis" else "KAFKA_BOOTSTRAP"
                 log.error(

@@ -15,22 +15,19 @@ from schemas.activity import SalesActivity
 from schemas.alert import SlaAlert
 from schemas.handoff import MqlHandoff
 from schemas.lifecycle import LifecycleTransition
+from streams.core.clocks import Severity, ended_clocks, late_actions, reminders
 from streams.core.lead import LeadState
 from streams.core.sales import (
-    Severity,
     activity_mark,
+    alert_if_due,
     apply_activity,
-    ended_clocks,
-    fire,
     handoff_mark,
-    handoff_seen,
-    late_actions,
-    reminders,
+    open_first_contact_clock,
 )
 from streams.observability import log
 from streams.pipeline.batch import BatchResult, BatchWriter, Fold, InRecord
 from streams.pipeline.intake import DeadLetter, RecordLocation, parse_record
-from streams.store import StoredLead, Wakeup
+from streams.store import ReminderEntry, StoredLead
 
 SalesInput = MqlHandoff | SalesActivity
 
@@ -86,7 +83,7 @@ class SalesService(BatchWriter):
             for item, _ in items:
                 moved: list[LifecycleTransition] = []
                 if isinstance(item, MqlHandoff):
-                    after = handoff_seen(state, item, self.rules, now)
+                    after = open_first_contact_clock(state, item, self.rules, now)
                 else:
                     after, moved = apply_activity(state, item, self.rules, now)
                 if after is state:
@@ -118,7 +115,7 @@ class SalesService(BatchWriter):
         if not due:
             return 0
         started = time.perf_counter()
-        by_lead: dict[str, list[Wakeup]] = defaultdict(list)
+        by_lead: dict[str, list[ReminderEntry]] = defaultdict(list)
         for w in due:
             by_lead[w.lead_id].append(w)
         async with self._delivery:
@@ -145,16 +142,16 @@ class SalesService(BatchWriter):
         return len(alerts)
 
     def _fire(
-        self, by_lead: dict[str, list[Wakeup]], now: datetime, stored: dict[str, StoredLead]
+        self, by_lead: dict[str, list[ReminderEntry]], now: datetime, stored: dict[str, StoredLead]
     ) -> Fold:
         fold = Fold()
-        for lead_id, wakeups in by_lead.items():
+        for lead_id, entries in by_lead.items():
             before = stored[lead_id]
             state = before.state
-            partition = wakeups[0].partition
-            for w in wakeups:
+            partition = entries[0].partition
+            for w in entries:
                 severity: Severity = "warning" if w.severity == "warning" else "breach"
-                state, alerts = fire(state, w.clock_id, severity, now)
+                state, alerts = alert_if_due(state, w.clock_id, severity, now)
                 for alert in alerts:
                     fold.emit(partition, self.settings.alerts, alert.alert_id, alert, lead_id)
             if state is not before.state:
@@ -162,7 +159,7 @@ class SalesService(BatchWriter):
                 fold.reschedule(partition, before.state, state)
             # A reminder whose clock is no longer open (or gone) is dropped.
             live = {(r.clock_id, r.severity) for r in reminders(state)}
-            fold.unschedule += [w for w in wakeups if (w.clock_id, w.severity) not in live]
+            fold.unschedule += [w for w in entries if (w.clock_id, w.severity) not in live]
         return fold
 
     async def open_deadlines(self, partitions: Iterable[int]) -> int:

@@ -6,8 +6,8 @@ from streams.store.redis_store import (
     Generation,
     LeadStore,
     OutboxEntry,
+    ReminderEntry,
     StoredLead,
-    Wakeup,
 )
 
 __all__ = [
@@ -16,6 +16,6 @@ __all__ = [
     "Generation",
     "LeadStore",
     "OutboxEntry",
+    "ReminderEntry",
     "StoredLead",
-    "Wakeup",
 ]

@@ -19,6 +19,7 @@ from redis.commands.core import AsyncScript
 
 from streams.core.kpi import KpiCount, KpiSample
 from streams.core.lead import LeadState
+from streams.store.codec import decode_lead, encode_lead
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,7 @@ class OutboxEntry:
 
 
 @dataclass(frozen=True, slots=True)
-class Wakeup:
+class ReminderEntry:
     """A reminder in the sweeper's sorted set: look at this lead's clock at this time."""
 
     partition: int
@@ -66,7 +67,7 @@ class Wakeup:
         return f"{self.lead_id}\x1f{self.clock_id}\x1f{self.severity}"
 
     @classmethod
-    def parse(cls, partition: int, member: bytes, at_ms: int = 0) -> Wakeup:
+    def parse(cls, partition: int, member: bytes, at_ms: int = 0) -> ReminderEntry:
         lead_id, clock_id, severity = member.decode().split("\x1f")
         return cls(partition, lead_id, clock_id, severity, at_ms)
 
@@ -135,7 +136,8 @@ class Keys:
     def outbox(self, source_topic: str, partition: int) -> str:
         return f"{self.prefix}outbox:{source_topic}:{partition}"
 
-    def wakeups(self, source_topic: str, partition: int) -> str:
+    def reminders(self, source_topic: str, partition: int) -> str:
+        # The key keeps its v0.1 name so that open deadlines survive an upgrade.
         return f"{self.prefix}wakeups:{source_topic}:{partition}"
 
     def kpi(self, day: date) -> str:
@@ -213,7 +215,7 @@ class LeadStore:
         for i, lead_id in enumerate(lead_ids):
             raw, seen = replies[2 * i], replies[2 * i + 1]
             marks = frozenset(m.decode() for m in seen if m.startswith((b"activity:", b"handoff:")))
-            state = None if raw is None else LeadState.from_json(orjson.loads(raw))
+            state = None if raw is None else decode_lead(raw)
             out[lead_id] = (state, marks)
         return out
 
@@ -235,7 +237,7 @@ class LeadStore:
         pipe = self.redis.pipeline(transaction=False)
         for state in states:
             pipe.hincrby(self.keys.lead(state.lead_id), "v", 1)
-            pipe.hset(self.keys.lead(state.lead_id), "s", orjson.dumps(state.to_json()))
+            pipe.hset(self.keys.lead(state.lead_id), "s", encode_lead(state))
             if state.seen_event_ids:
                 pipe.sadd(self.keys.seen(state.lead_id), *state.seen_event_ids)
                 pipe.expire(self.keys.seen(state.lead_id), self.dedupe_ttl_seconds)
@@ -333,17 +335,15 @@ class LeadStore:
                     0, LeadState(lead_id=lead_id, seen_event_ids=frozenset(seen))
                 )
             else:
-                out[lead_id] = StoredLead(
-                    int(version), LeadState.from_json(orjson.loads(state), seen)
-                )
+                out[lead_id] = StoredLead(int(version), decode_lead(state, seen))
         return out
 
     async def commit(
         self,
         changes: Sequence[tuple[StoredLead, LeadState]],
         outbox: Iterable[OutboxEntry] = (),
-        schedule: Iterable[Wakeup] = (),
-        unschedule: Iterable[Wakeup] = (),
+        schedule: Iterable[ReminderEntry] = (),
+        unschedule: Iterable[ReminderEntry] = (),
         counts: Iterable[KpiCount] = (),
         samples: Iterable[KpiSample] = (),
     ) -> None:
@@ -353,8 +353,8 @@ class LeadStore:
         keys = [self.keys.lead(new.lead_id) for _, new in changes]
         keys += [self.keys.seen(new.lead_id) for _, new in changes]
         keys += [self.keys.outbox(self.source_topic, e.partition) for e in entries]
-        keys += [self.keys.wakeups(self.source_topic, w.partition) for w in adds]
-        keys += [self.keys.wakeups(self.source_topic, w.partition) for w in removes]
+        keys += [self.keys.reminders(self.source_topic, w.partition) for w in adds]
+        keys += [self.keys.reminders(self.source_topic, w.partition) for w in removes]
         keys += [self.keys.kpi(c.day) for c in kpis]
         keys += [self.keys.kpi_samples(m.day, m.series) for m in measured]
         keys.append(self.keys.generation_record())
@@ -364,7 +364,7 @@ class LeadStore:
             "leads": [
                 {
                     "v": old.version,
-                    "s": orjson.dumps(new.to_json()).decode(),
+                    "s": encode_lead(new).decode(),
                     "seen": sorted(new.seen_event_ids - old.state.seen_event_ids),
                 }
                 for old, new in changes
@@ -399,13 +399,15 @@ class LeadStore:
             pipe.hdel(self.keys.outbox(self.source_topic, e.partition), e.output_id)
         await pipe.execute()
 
-    async def due_wakeups(self, partitions: Iterable[int], now_ms: int, limit: int) -> list[Wakeup]:
+    async def due_wakeups(
+        self, partitions: Iterable[int], now_ms: int, limit: int
+    ) -> list[ReminderEntry]:
         """Reminders due at or before now, oldest first (an index range, never a scan)."""
         parts = list(partitions)
         pipe = self.redis.pipeline(transaction=False)
         for p in parts:
             pipe.zrangebyscore(
-                self.keys.wakeups(self.source_topic, p),
+                self.keys.reminders(self.source_topic, p),
                 "-inf",
                 now_ms,
                 start=0,
@@ -414,7 +416,7 @@ class LeadStore:
             )
         replies = await pipe.execute()
         return [
-            Wakeup.parse(p, member, int(score))
+            ReminderEntry.parse(p, member, int(score))
             for p, due in zip(parts, replies, strict=True)
             for member, score in due
         ]
@@ -422,7 +424,7 @@ class LeadStore:
     async def count_wakeups(self, partitions: Iterable[int]) -> int:
         pipe = self.redis.pipeline(transaction=False)
         for p in partitions:
-            pipe.zcard(self.keys.wakeups(self.source_topic, p))
+            pipe.zcard(self.keys.reminders(self.source_topic, p))
         return int(sum(await pipe.execute()))
 
     async def read_kpis(
@@ -464,7 +466,7 @@ class LeadStore:
 
     async def read_lead(self, lead_id: str) -> LeadState | None:
         raw = await self.redis.hget(self.keys.lead(lead_id), "s")
-        return None if raw is None else LeadState.from_json(orjson.loads(raw))
+        return None if raw is None else decode_lead(raw)
 
     async def read_all_leads(self, count: int = 1000) -> dict[str, LeadState]:
         """Every lead in this namespace (SCAN; for tests, reports and tools, not the hot path)."""
@@ -472,6 +474,6 @@ class LeadStore:
         async for key in self.redis.scan_iter(match=self.keys.lead_pattern(), count=count):
             raw = await self.redis.hget(key, "s")
             if raw is not None:
-                state = LeadState.from_json(orjson.loads(raw))
+                state = decode_lead(raw)
                 out[state.lead_id] = state
         return out

@@ -30,7 +30,7 @@ from schemas.lifecycle import LifecycleTransition
 from streams.core.explain import explain
 from streams.core.lead import LeadState, apply
 from streams.core.rules import load_rules
-from streams.core.sales import apply_activity, handoff_seen
+from streams.core.sales import apply_activity, open_first_contact_clock
 from streams.settings import Settings
 from streams.store import LeadStore
 from tests.harness import (
@@ -168,7 +168,7 @@ async def test_explain_over_http_and_the_command_say_what_the_core_says(
     for _, value in records:
         state, _ = apply(state, EngagementEvent.model_validate_json(value), rules)
     scored = explain(state, rules, datetime.now(UTC))
-    state = handoff_seen(state, handoff, rules, bant_at)
+    state = open_first_contact_clock(state, handoff, rules, bant_at)
     state, _ = apply_activity(state, SalesActivity.model_validate_json(bant[1]), rules, bant_at)
     expected = explain(state, rules, datetime.now(UTC))
     assert (expected.score, expected.reasons) == (scored.score, scored.reasons)

@@ -20,6 +20,7 @@ from streams.core.rules import Rules, load_rules
 from streams.jobs.sample import generate
 from streams.settings import Settings
 from streams.store import LeadStore
+from streams.store.codec import lead_to_json
 from tests.harness import (
     WorkerProcess,
     activity,
@@ -46,7 +47,7 @@ SCORING = (
 
 
 def scoring_part(state: LeadState) -> dict[str, object]:
-    data = state.to_json()
+    data = lead_to_json(state)
     return {k: data[k] for k in SCORING}
 
 

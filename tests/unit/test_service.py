@@ -21,7 +21,8 @@ from streams.observability import Metrics
 from streams.pipeline.batch import InRecord
 from streams.pipeline.scoring import ScoringService
 from streams.settings import load_settings
-from streams.store import Conflict, OutboxEntry, StoredLead, Wakeup
+from streams.store import Conflict, OutboxEntry, ReminderEntry, StoredLead
+from streams.store.codec import lead_from_json, lead_to_json
 
 pytestmark = pytest.mark.unit
 
@@ -37,7 +38,7 @@ class MemoryStore:
         self.outbox: dict[tuple[int, str], bytes] = {}
         self.fail_next = 0
         self.outbox_read_delay = 0.0
-        self.wakeups: dict[str, int] = {}
+        self.reminders_of: dict[str, int] = {}
         self.kpis: dict[tuple[object, str], int] = {}
 
     def _maybe_fail(self) -> None:
@@ -52,7 +53,7 @@ class MemoryStore:
             seen = [i for i in ids if i in self.seen.get(lead, set())]
             if lead in self.states:
                 version, data = self.states[lead]
-                out[lead] = StoredLead(version, LeadState.from_json(data, seen))
+                out[lead] = StoredLead(version, lead_from_json(data, seen))
             else:
                 out[lead] = StoredLead(0, LeadState(lead_id=lead, seen_event_ids=frozenset(seen)))
         return out
@@ -61,8 +62,8 @@ class MemoryStore:
         self,
         changes: Sequence[tuple[StoredLead, LeadState]],
         outbox: Iterable[OutboxEntry] = (),
-        schedule: Iterable[Wakeup] = (),
-        unschedule: Iterable[Wakeup] = (),
+        schedule: Iterable[ReminderEntry] = (),
+        unschedule: Iterable[ReminderEntry] = (),
         counts: Iterable[KpiCount] = (),
         samples: Iterable[KpiSample] = (),
     ) -> None:
@@ -75,14 +76,17 @@ class MemoryStore:
         if stale:
             raise Conflict(stale)
         for old, new in changes:
-            self.states[new.lead_id] = (old.version + 1, orjson.loads(orjson.dumps(new.to_json())))
+            self.states[new.lead_id] = (
+                old.version + 1,
+                orjson.loads(orjson.dumps(lead_to_json(new))),
+            )
             self.seen.setdefault(new.lead_id, set()).update(new.seen_event_ids)
         for e in outbox:
             self.outbox[(e.partition, e.output_id)] = e.encode()
         for w in schedule:
-            self.wakeups[w.member] = w.at_ms
+            self.reminders_of[w.member] = w.at_ms
         for w in unschedule:
-            self.wakeups.pop(w.member, None)
+            self.reminders_of.pop(w.member, None)
         for c in counts:
             self.kpis[(c.day, c.field)] = self.kpis.get((c.day, c.field), 0) + c.amount
 

@@ -19,7 +19,8 @@ from schemas.handoff import MqlHandoff
 from streams.core.explain import MAX_LEAD_ID, explain, lead_id_problem
 from streams.core.lead import SCORE_DIGITS, LeadState, apply, score
 from streams.core.rules import Rules, parse_rules
-from streams.core.sales import apply_activity, fire, handoff_seen
+from streams.core.sales import alert_if_due, apply_activity, open_first_contact_clock
+from streams.store.codec import lead_from_json, lead_to_json
 
 pytestmark = pytest.mark.unit
 
@@ -329,7 +330,7 @@ def test_journey_is_bounded_by_history_limit() -> None:
 
 def test_stage_history_and_an_sql_follow_up_deadline() -> None:
     state, handoff, at = qualified()
-    state = handoff_seen(state, handoff, RULES, at)
+    state = open_first_contact_clock(state, handoff, RULES, at)
     contact_at = at + 2 * HOUR
     state, _ = apply_activity(
         state, activity("contacted", contact_at, owner="rep-7"), RULES, contact_at
@@ -360,7 +361,7 @@ def test_stage_history_and_an_sql_follow_up_deadline() -> None:
 
 def test_an_open_deadline_is_overdue_from_its_due_time_at_now() -> None:
     state, handoff, at = qualified()
-    state = handoff_seen(state, handoff, RULES, at)
+    state = open_first_contact_clock(state, handoff, RULES, at)
     due = at + RULES.sla.mql_first_contact
     assert handoff.first_contact_due_at == due
 
@@ -372,7 +373,7 @@ def test_an_open_deadline_is_overdue_from_its_due_time_at_now() -> None:
     assert explain(state, RULES, (due + HOUR).astimezone(JST)).open_deadlines[0].overdue
 
     # Once the sweeper has fired, the clock is breached: no longer an open deadline.
-    breached, alerts = fire(state, state.clocks[0].clock_id, "breach", due + MINUTE)
+    breached, alerts = alert_if_due(state, state.clocks[0].clock_id, "breach", due + MINUTE)
     assert alerts
     e = explain(breached, RULES, due + HOUR)
     assert e.open_deadlines == []
@@ -386,7 +387,7 @@ def test_an_open_deadline_is_overdue_from_its_due_time_at_now() -> None:
 
 def test_recycled_to_nurture_the_lead_can_qualify_again() -> None:
     state, handoff, at = qualified()
-    state = handoff_seen(state, handoff, RULES, at)
+    state = open_first_contact_clock(state, handoff, RULES, at)
     state, moved = apply_activity(
         state, activity("bant_assessed", at + HOUR, bant=FAILING), RULES, at + HOUR
     )
@@ -415,12 +416,12 @@ def test_disqualified_cannot_requalify_unless_the_rules_say_so() -> None:
 
 def test_the_explanation_survives_json_and_the_stored_state() -> None:
     state, handoff, at = qualified()
-    state = handoff_seen(state, handoff, RULES, at)
+    state = open_first_contact_clock(state, handoff, RULES, at)
     e = explain(state, RULES, at + HOUR)
 
     assert LeadExplanation.model_validate_json(e.model_dump_json()) == e
     # As the worker and the CLI see it: the state read back from its Redis form.
-    stored = LeadState.from_json(orjson.loads(orjson.dumps(state.to_json())))
+    stored = lead_from_json(orjson.loads(orjson.dumps(lead_to_json(state))))
     assert explain(stored, RULES, at + HOUR) == e
     body = orjson.loads(e.model_dump_json())
     assert body["reasons"][0] == {"kind": "engagement", "rule": "pricing_page_view", "points": 25.0,
@@ -481,11 +482,11 @@ def test_the_command_view_marks_overdue_deadlines_and_shows_every_part(
 ) -> None:
     from rich.console import Console
 
-    from streams import cli
+    from streams.cli import render_explain as cli
 
     monkeypatch.setattr(cli, "out", Console(width=200, no_color=True))
     state, handoff, at = qualified()
-    state = handoff_seen(state, handoff, RULES, at)
+    state = open_first_contact_clock(state, handoff, RULES, at)
     due = at + RULES.sla.mql_first_contact
     e = explain(state, RULES, due + 90 * MINUTE)
     with cli.out.capture() as captured:

@@ -22,7 +22,7 @@ from streams.core.funnel import (
 from streams.core.kpi import kpi_changes
 from streams.core.lead import LeadState
 from streams.core.rules import parse_rules
-from streams.core.sales import apply_activity, handoff_seen
+from streams.core.sales import apply_activity, open_first_contact_clock
 
 pytestmark = pytest.mark.unit
 
@@ -298,7 +298,7 @@ def handed_off() -> LeadState:
         first_contact_due_at=T0 + 24 * HOUR,
     )
     state = LeadState("lead-1", stage="mql", handoff_id="ho-1", qualified_at=T0)
-    return handoff_seen(state, handoff, RULES, T0)
+    return open_first_contact_clock(state, handoff, RULES, T0)
 
 
 def sales(n: int, kind: str, at: datetime, **extra: object) -> SalesActivity:

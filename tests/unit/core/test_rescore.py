@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from schemas.engagement import EngagementEvent
-from streams.core.lead import JourneyStep, LeadState, apply_all
+from streams.core.history import JourneyStep
+from streams.core.lead import LeadState, apply_all
 from streams.core.rescore import rescore_lead, take_sales_side
 from streams.core.rules import parse_rules
 

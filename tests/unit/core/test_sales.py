@@ -14,18 +14,14 @@ from schemas.activity import ActivityType, Bant, SalesActivity
 from schemas.engagement import EngagementEvent
 from schemas.handoff import MqlHandoff
 from schemas.lifecycle import BantCriterion, LifecycleTransition, Stage
-from streams.core.lead import Clock, LeadState, Tally, apply, apply_all, handoff_id_for
+from streams.core.clocks import Clock, Reminder, Severity, ended_clocks, late_actions, reminders
+from streams.core.lead import LeadState, Tally, apply, apply_all, handoff_id_for
 from streams.core.rules import Rules, parse_rules
 from streams.core.sales import (
-    Reminder,
-    Severity,
     alert_id_for,
+    alert_if_due,
     apply_activity,
-    ended_clocks,
-    fire,
-    handoff_seen,
-    late_actions,
-    reminders,
+    open_first_contact_clock,
     transition_id_for,
 )
 
@@ -126,7 +122,7 @@ def event(type_: str, at: datetime, *, id: str | None = None) -> EngagementEvent
 
 def opened(rules: Rules = RULES, *, at: datetime = T0, now: datetime | None = None) -> LeadState:
     """An unknown lead whose handoff (qualified at `at`) the sales side has just seen."""
-    return handoff_seen(LeadState(lead_id=LEAD), handoff(at), rules, now or at)
+    return open_first_contact_clock(LeadState(lead_id=LEAD), handoff(at), rules, now or at)
 
 
 def act(
@@ -180,7 +176,7 @@ def test_handoff_for_an_unknown_lead_opens_the_first_contact_clock_and_adopts_it
 def test_handoff_of_a_lead_scored_here_opens_its_clock_without_counting_it_twice() -> None:
     scored, h = qualified()
     assert (scored.stage, scored.qualifications, scored.clocks) == ("mql", 1, ())
-    state = handoff_seen(scored, h, RULES, T0 + MINUTE)
+    state = open_first_contact_clock(scored, h, RULES, T0 + MINUTE)
     assert state.stage == "mql"
     assert state.handoff_id == h.handoff_id
     assert state.qualifications == 1
@@ -193,15 +189,15 @@ def test_handoff_of_a_lead_scored_here_opens_its_clock_without_counting_it_twice
 def test_redelivered_handoff_is_a_noop() -> None:
     state = opened()
     later = DUE - HOUR
-    assert handoff_seen(state, handoff(), RULES, later) is state
+    assert open_first_contact_clock(state, handoff(), RULES, later) is state
     # Even a redelivery long past the deadline neither restarts nor expires the clock.
-    assert handoff_seen(state, handoff(), RULES, DUE + 10 * DAY) is state
+    assert open_first_contact_clock(state, handoff(), RULES, DUE + 10 * DAY) is state
 
 
 def test_redelivered_handoff_after_its_dedupe_marker_expired_keeps_the_clock() -> None:
     state = opened()
     forgotten = replace(state, seen_event_ids=frozenset())
-    again = handoff_seen(forgotten, handoff(), RULES, DUE + 10 * DAY)
+    again = open_first_contact_clock(forgotten, handoff(), RULES, DUE + 10 * DAY)
     assert again.clocks == state.clocks
     assert f"handoff:{HANDOFF}" in again.seen_event_ids
 
@@ -220,7 +216,7 @@ def test_contact_seen_before_the_handoff_settles_the_clock_when_it_opens(
     contacted_at: datetime, status: str, late_at: datetime | None
 ) -> None:
     lead, _ = act(LeadState(lead_id=LEAD), [activity("contacted", contacted_at)])
-    state = handoff_seen(lead, handoff(), RULES, contacted_at + MINUTE)
+    state = open_first_contact_clock(lead, handoff(), RULES, contacted_at + MINUTE)
     c = clock(state)
     assert c.status == status
     assert c.ended_at == contacted_at
@@ -232,7 +228,7 @@ def test_contact_seen_before_the_handoff_settles_the_clock_when_it_opens(
 
 def test_contact_from_before_the_qualification_does_not_meet_the_new_clock() -> None:
     lead, _ = act(LeadState(lead_id=LEAD), [activity("contacted", T0 - MINUTE)])
-    state = handoff_seen(lead, handoff(), RULES, T0)
+    state = open_first_contact_clock(lead, handoff(), RULES, T0)
     assert clock(state).status == "open"
     assert [r.severity for r in reminders(state)] == ["breach"]
 
@@ -253,7 +249,7 @@ def test_handoff_seen_late_expires_only_beyond_the_backfill_grace(
     state = opened(now=now)
     c = clock(state)
     assert c.status == status
-    alerted_state, alerts = fire(state, c.clock_id, "breach", max(now, DUE))
+    alerted_state, alerts = alert_if_due(state, c.clock_id, "breach", max(now, DUE))
     if status == "expired":
         assert c.ended_at == now
         assert reminders(state) == []
@@ -265,7 +261,7 @@ def test_handoff_seen_late_expires_only_beyond_the_backfill_grace(
 
 def test_backfilled_handoff_with_a_contact_in_time_is_met_not_expired() -> None:
     lead, _ = act(LeadState(lead_id=LEAD), [activity("contacted", T0 + HOUR)])
-    state = handoff_seen(lead, handoff(), RULES, DUE + 30 * DAY)
+    state = open_first_contact_clock(lead, handoff(), RULES, DUE + 30 * DAY)
     assert clock(state).status == "met"
 
 
@@ -275,18 +271,18 @@ def test_handoff_of_a_lead_already_closed_opens_a_closed_clock(final: ActivityTy
     scored, h = qualified()
     for lead in (scored, LeadState(lead_id=LEAD)):  # scored here, and unknown to scoring
         closed, _ = act(lead, [activity(final, T0 + HOUR)])
-        state = handoff_seen(closed, h, RULES, now)
+        state = open_first_contact_clock(closed, h, RULES, now)
         c = clock(state, handoff_id=h.handoff_id)
         assert (c.status, c.ended_at) == ("closed", now)
         assert state.stage == final
         assert reminders(state) == []
-        assert fire(state, c.clock_id, "breach", DUE + HOUR) == (state, [])
+        assert alert_if_due(state, c.clock_id, "breach", DUE + HOUR) == (state, [])
 
 
 def test_handoff_arriving_after_the_bant_keeps_the_lead_sql() -> None:
     lead, moved = act(LeadState(lead_id=LEAD), [activity("bant_assessed", T0 + HOUR)])
     assert [t.to_stage for t in moved] == ["sql"]
-    state = handoff_seen(lead, handoff(), RULES, T0 + 2 * HOUR)
+    state = open_first_contact_clock(lead, handoff(), RULES, T0 + 2 * HOUR)
     assert state.stage == "sql"
     assert clock(state).status == "met"  # the assessment was a contact
 
@@ -332,13 +328,13 @@ def test_contact_decides_the_first_contact_clock_by_event_time(
     assert late_actions(before, state) == ([c] if late_at else [])
     # Decided: nothing left for the sweeper, and a (stale) reminder alerts nobody.
     assert all(r.clock_id != c.clock_id for r in reminders(state))
-    assert fire(state, c.clock_id, "breach", DUE + HOUR) == (state, [])
+    assert alert_if_due(state, c.clock_id, "breach", DUE + HOUR) == (state, [])
 
 
 def test_contact_after_the_breach_alert_is_recorded_once_and_the_clock_stays_breached() -> None:
     state = opened()
     detected = DUE + 10 * MINUTE
-    alerted, alerts = fire(state, clock(state).clock_id, "breach", detected)
+    alerted, alerts = alert_if_due(state, clock(state).clock_id, "breach", detected)
     assert len(alerts) == 1
     first_late, second_late = DUE + 2 * HOUR, DUE + 3 * HOUR
     late, _ = act(alerted, [activity("contacted", first_late)])
@@ -443,7 +439,7 @@ def test_second_passing_bant_of_an_sql_changes_no_stage_and_keeps_the_clock() ->
 
 def test_failing_bant_recycles_to_nurture_resetting_engagement() -> None:
     scored, h = qualified()
-    state = handoff_seen(scored, h, RULES, T0)
+    state = open_first_contact_clock(scored, h, RULES, T0)
     counts = {k: t.events for k, t in state.engagement.items()}
     assert sum(t.points for t in state.engagement.values()) > 0
     at = T0 + 3 * HOUR
@@ -471,7 +467,7 @@ def test_failing_bant_recycles_to_nurture_resetting_engagement() -> None:
 def test_failing_bant_keeps_the_share_of_engagement_the_rules_say() -> None:
     rules = make_rules(recycle={"engagement_factor": 0.25})
     scored, h = qualified(rules)
-    state = handoff_seen(scored, h, rules, T0)
+    state = open_first_contact_clock(scored, h, rules, T0)
     recycled, _ = act(state, [activity("bant_assessed", T0 + HOUR, assessed=FAILING)], rules)
     assert recycled.engagement == {
         k: Tally(t.points * rules.recycle.engagement_factor, t.events)
@@ -564,7 +560,7 @@ def test_backfilled_bant_opens_an_expired_follow_up_clock() -> None:
     sql, _ = act(opened(), [activity("bant_assessed", SQL_AT)], now=SQL_DUE + GRACE + MINUTE)
     c = clock(sql, "sql_follow_up")
     assert (c.status, c.ended_at) == ("expired", SQL_DUE + GRACE + MINUTE)
-    assert fire(sql, c.clock_id, "breach", SQL_DUE + 2 * GRACE)[1] == []
+    assert alert_if_due(sql, c.clock_id, "breach", SQL_DUE + 2 * GRACE)[1] == []
 
 
 # --- closing --------------------------------------------------------------------------------------
@@ -660,15 +656,15 @@ def test_owner_follows_the_latest_activity_that_names_one() -> None:
 def test_breach_alert_goes_to_the_owner_known_when_it_fires() -> None:
     # An old call names the rep but does not meet the clock (it predates the qualification).
     state, _ = act(opened(), [activity("contacted", T0 - HOUR, owner="rep-a")])
-    _, alerts = fire(state, clock(state).clock_id, "breach", DUE)
+    _, alerts = alert_if_due(state, clock(state).clock_id, "breach", DUE)
     assert [a.owner for a in alerts] == ["rep-a"]
 
 
 def test_clock_opened_for_an_owned_lead_alerts_that_owner() -> None:
     owned, _ = act(LeadState(lead_id=LEAD), [activity("contacted", T0 - DAY, owner="rep-a")])
-    state = handoff_seen(owned, handoff(), RULES, T0)
+    state = open_first_contact_clock(owned, handoff(), RULES, T0)
     assert clock(state).owner == "rep-a"
-    _, alerts = fire(state, clock(state).clock_id, "breach", DUE)
+    _, alerts = alert_if_due(state, clock(state).clock_id, "breach", DUE)
     assert [a.owner for a in alerts] == ["rep-a"]
 
 
@@ -682,7 +678,7 @@ def crossing(start: datetime) -> list[EngagementEvent]:
 
 def test_lead_recycled_to_nurture_qualifies_again_with_a_new_handoff() -> None:
     scored, first = qualified()
-    state = handoff_seen(scored, first, RULES, T0)
+    state = open_first_contact_clock(scored, first, RULES, T0)
     state, _ = act(state, [activity("bant_assessed", T0 + HOUR, assessed=FAILING)])
     assert state.stage == "nurture"
 
@@ -696,7 +692,7 @@ def test_lead_recycled_to_nurture_qualifies_again_with_a_new_handoff() -> None:
     assert (state.stage, state.qualifications, state.handoff_id) == ("mql", 2, second.handoff_id)
     assert state.missing_bant == ()
 
-    state = handoff_seen(state, second, RULES, again[1].occurred_at)
+    state = open_first_contact_clock(state, second, RULES, again[1].occurred_at)
     new_clock = clock(state, handoff_id=second.handoff_id)
     assert (new_clock.status, new_clock.due_at) == ("open", again[1].occurred_at + WINDOW)
     assert clock(state, handoff_id=first.handoff_id).status == "met"  # history kept
@@ -708,7 +704,7 @@ def test_disqualified_lead_qualifies_again_only_if_the_rules_allow(
 ) -> None:
     rules = make_rules(recycle={"disqualified_can_requalify": can_requalify})
     scored, first = qualified(rules)
-    state = handoff_seen(scored, first, rules, T0)
+    state = open_first_contact_clock(scored, first, rules, T0)
     state, _ = act(state, [activity("disqualified", T0 + HOUR)], rules)
     state, handoffs = apply_all(state, crossing(T0 + DAY), rules)
     assert len(handoffs) == expected
@@ -732,14 +728,14 @@ def test_no_new_handoff_from_mql_sql_won_or_lost(
 ) -> None:
     rules = make_rules(recycle={"disqualified_can_requalify": True})
     scored, first = qualified(rules)
-    state, _ = act(handoff_seen(scored, first, rules, T0), activities, rules)
+    state, _ = act(open_first_contact_clock(scored, first, rules, T0), activities, rules)
     assert state.stage == stage
     state, handoffs = apply_all(state, crossing(T0 + DAY) + crossing(T0 + 2 * DAY), rules)
     assert handoffs == []
     assert (state.stage, state.qualifications, state.handoff_id) == (stage, 1, first.handoff_id)
 
 
-# --- reminders and fire ---------------------------------------------------------------------------
+# --- reminders and alert_if_due -----------------------------------------------------------------
 
 
 def test_reminders_of_an_open_clock() -> None:
@@ -754,15 +750,15 @@ def test_reminders_of_an_open_clock() -> None:
         Reminder(c.clock_id, "warning", T0 + 18 * HOUR),
         Reminder(c.clock_id, "breach", DUE),
     ]
-    after_warning, _ = fire(warned, c.clock_id, "warning", T0 + 18 * HOUR)
+    after_warning, _ = alert_if_due(warned, c.clock_id, "warning", T0 + 18 * HOUR)
     assert reminders(after_warning) == [Reminder(c.clock_id, "breach", DUE)]
 
 
 def test_breach_fires_once_at_the_deadline() -> None:
     state = opened()
     clock_id = clock(state).clock_id
-    assert fire(state, clock_id, "breach", DUE - SECOND) == (state, [])  # not yet
-    breached, alerts = fire(state, clock_id, "breach", DUE)  # exactly due: it fires
+    assert alert_if_due(state, clock_id, "breach", DUE - SECOND) == (state, [])  # not yet
+    breached, alerts = alert_if_due(state, clock_id, "breach", DUE)  # exactly due: it fires
     (alert,) = alerts
     assert alert.alert_id == alert_id_for(HANDOFF, "mql_first_contact", "breach")
     assert (alert.lead_id, alert.handoff_id, alert.kind, alert.severity) == (
@@ -777,15 +773,18 @@ def test_breach_fires_once_at_the_deadline() -> None:
     assert ended_clocks(state, breached) == [c]
     assert reminders(breached) == []
     # The sweeper retrying (or a second replica) gets nothing more.
-    assert fire(breached, clock_id, "breach", DUE + HOUR) == (breached, [])
+    assert alert_if_due(breached, clock_id, "breach", DUE + HOUR) == (breached, [])
 
 
 def test_breach_alert_id_is_stable_per_handoff_clock_and_severity() -> None:
-    first = fire(opened(), f"{HANDOFF}:mql_first_contact", "breach", DUE + HOUR)[1]
-    replayed = fire(opened(), f"{HANDOFF}:mql_first_contact", "breach", DUE + 2 * HOUR)[1]
+    first = alert_if_due(opened(), f"{HANDOFF}:mql_first_contact", "breach", DUE + HOUR)[1]
+    replayed = alert_if_due(opened(), f"{HANDOFF}:mql_first_contact", "breach", DUE + 2 * HOUR)[1]
     assert [a.alert_id for a in first] == [a.alert_id for a in replayed]
-    other = handoff_seen(LeadState(lead_id=LEAD), handoff(id="ho-2"), RULES, T0)
-    assert fire(other, "ho-2:mql_first_contact", "breach", DUE)[1][0].alert_id != first[0].alert_id
+    other = open_first_contact_clock(LeadState(lead_id=LEAD), handoff(id="ho-2"), RULES, T0)
+    assert (
+        alert_if_due(other, "ho-2:mql_first_contact", "breach", DUE)[1][0].alert_id
+        != first[0].alert_id
+    )
     assert alert_id_for(HANDOFF, "mql_first_contact", "warning") != first[0].alert_id
     assert alert_id_for(HANDOFF, "sql_follow_up", "breach") != first[0].alert_id
 
@@ -805,51 +804,51 @@ def test_decided_clock_never_alerts(
     state, _ = act(opened(WARNED, now=seen_at), activities, WARNED)
     assert clock(state).status != "open"
     for now in (T0 + 20 * HOUR, DUE, DUE + 10 * DAY):
-        assert fire(state, clock(state).clock_id, severity, now) == (state, [])
+        assert alert_if_due(state, clock(state).clock_id, severity, now) == (state, [])
 
 
 def test_warning_fires_once_and_leaves_the_clock_open() -> None:
     state = opened(WARNED)
     c = clock(state)
     assert c.warn_at is not None
-    assert fire(state, c.clock_id, "warning", c.warn_at - SECOND) == (state, [])
-    warned, alerts = fire(state, c.clock_id, "warning", c.warn_at)
+    assert alert_if_due(state, c.clock_id, "warning", c.warn_at - SECOND) == (state, [])
+    warned, alerts = alert_if_due(state, c.clock_id, "warning", c.warn_at)
     (warning,) = alerts
     assert warning.severity == "warning"
     assert warning.alert_id == alert_id_for(HANDOFF, "mql_first_contact", "warning")
     assert (warning.due_at, warning.detected_at) == (DUE, c.warn_at)
     assert (clock(warned).status, clock(warned).warned) == ("open", True)
     assert ended_clocks(state, warned) == []
-    assert fire(warned, c.clock_id, "warning", c.warn_at + HOUR) == (warned, [])
+    assert alert_if_due(warned, c.clock_id, "warning", c.warn_at + HOUR) == (warned, [])
     # The breach still comes, under its own id.
-    _, breaches = fire(warned, c.clock_id, "breach", DUE)
+    _, breaches = alert_if_due(warned, c.clock_id, "breach", DUE)
     assert [a.severity for a in breaches] == ["breach"]
     assert breaches[0].alert_id != warning.alert_id
 
 
 def test_warning_without_early_warning_never_fires() -> None:
     state = opened()
-    assert fire(state, clock(state).clock_id, "warning", DUE + HOUR) == (state, [])
+    assert alert_if_due(state, clock(state).clock_id, "warning", DUE + HOUR) == (state, [])
 
 
 def test_contact_after_the_warning_meets_the_clock() -> None:
     state = opened(WARNED)
-    warned, _ = fire(state, clock(state).clock_id, "warning", T0 + 18 * HOUR)
+    warned, _ = alert_if_due(state, clock(state).clock_id, "warning", T0 + 18 * HOUR)
     met, _ = act(warned, [activity("contacted", T0 + 20 * HOUR)], WARNED)
     assert clock(met).status == "met"
-    assert fire(met, clock(met).clock_id, "breach", DUE) == (met, [])
+    assert alert_if_due(met, clock(met).clock_id, "breach", DUE) == (met, [])
 
 
 def test_fire_for_an_unknown_clock_does_nothing() -> None:
     state = opened()
-    assert fire(state, "ho-unknown:mql_first_contact", "breach", DUE + DAY) == (state, [])
-    assert fire(state, f"{HANDOFF}:sql_follow_up", "breach", DUE + 10 * DAY) == (state, [])
+    assert alert_if_due(state, "ho-unknown:mql_first_contact", "breach", DUE + DAY) == (state, [])
+    assert alert_if_due(state, f"{HANDOFF}:sql_follow_up", "breach", DUE + 10 * DAY) == (state, [])
 
 
 def test_follow_up_breach_alert() -> None:
     sql, _ = act(opened(), [activity("bant_assessed", SQL_AT, owner="rep-a")])
     c = clock(sql, "sql_follow_up")
-    _, alerts = fire(sql, c.clock_id, "breach", SQL_DUE + MINUTE)
+    _, alerts = alert_if_due(sql, c.clock_id, "breach", SQL_DUE + MINUTE)
     assert [(a.kind, a.due_at, a.detected_at, a.owner) for a in alerts] == [
         ("sql_follow_up", SQL_DUE, SQL_DUE + MINUTE, "rep-a")
     ]
@@ -861,12 +860,12 @@ def test_follow_up_breach_alert() -> None:
 
 def test_ended_clocks_and_late_actions_report_each_clock_once() -> None:
     start = LeadState(lead_id=LEAD)
-    opened_state = handoff_seen(start, handoff(), RULES, T0)
+    opened_state = open_first_contact_clock(start, handoff(), RULES, T0)
     assert ended_clocks(start, opened_state) == []  # a new open clock has not ended
     sql, _ = act(opened_state, [activity("bant_assessed", SQL_AT)])
     assert [c.kind for c in ended_clocks(opened_state, sql)] == ["mql_first_contact"]
     assert late_actions(opened_state, sql) == []
-    breached, _ = fire(sql, clock(sql, "sql_follow_up").clock_id, "breach", SQL_DUE)
+    breached, _ = alert_if_due(sql, clock(sql, "sql_follow_up").clock_id, "breach", SQL_DUE)
     assert [c.kind for c in ended_clocks(sql, breached)] == ["sql_follow_up"]
     assert late_actions(sql, breached) == []  # an alert is not an action
     late, _ = act(breached, [activity("sales_action", SQL_DUE + HOUR)])
@@ -881,7 +880,7 @@ def test_ended_clocks_and_late_actions_report_each_clock_once() -> None:
 
 def test_ended_clocks_include_a_clock_settled_when_it_opened() -> None:
     start = LeadState(lead_id=LEAD)
-    expired = handoff_seen(start, handoff(), RULES, DUE + DAY)
+    expired = open_first_contact_clock(start, handoff(), RULES, DUE + DAY)
     assert [(c.clock_id, c.status) for c in ended_clocks(start, expired)] == [
         (f"{HANDOFF}:mql_first_contact", "expired")
     ]
@@ -913,7 +912,7 @@ def test_calendar_deadline_counts_only_working_time() -> None:
     assert c.warn_at == datetime(2026, 3, 10, 17, 0, tzinfo=JST)
 
     # 24 wall-clock hours later (Saturday 17:00) nothing is due yet...
-    assert fire(state, c.clock_id, "breach", FRIDAY_5PM + 24 * HOUR) == (state, [])
+    assert alert_if_due(state, c.clock_id, "breach", FRIDAY_5PM + 24 * HOUR) == (state, [])
     # ...and a call on Tuesday evening, four days later, is still in time.
     tuesday_evening = datetime(2026, 3, 10, 18, 0, tzinfo=JST)
     met, _ = act(state, [activity("contacted", tuesday_evening)], CALENDAR_RULES)
@@ -942,7 +941,7 @@ def test_earliest_of_several_contacts_seen_before_the_handoff_decides_the_clock(
         [activity("contacted", T0 + HOUR), activity("contacted", DUE + 6 * HOUR)],
     )
     in_order, _ = act(opened(), [activity("contacted", T0 + HOUR)])
-    state = handoff_seen(lead, handoff(), RULES, DUE + 6 * HOUR)
+    state = open_first_contact_clock(lead, handoff(), RULES, DUE + 6 * HOUR)
     assert clock(in_order).status == "met"
     assert clock(state).status == "met"  # the first call was in time
 
@@ -950,7 +949,7 @@ def test_earliest_of_several_contacts_seen_before_the_handoff_decides_the_clock(
 def test_follow_up_clock_of_a_handoff_alerts_at_most_once() -> None:
     sql, _ = act(opened(), [activity("bant_assessed", SQL_AT)])
     clock_id = clock(sql, "sql_follow_up").clock_id
-    state, first = fire(sql, clock_id, "breach", SQL_DUE)
+    state, first = alert_if_due(sql, clock_id, "breach", SQL_DUE)
     state, _ = act(state, [activity("bant_assessed", SQL_DUE + HOUR, assessed=FAILING)])
     state, _ = act(state, [activity("bant_assessed", SQL_DUE + 2 * HOUR)])
     assert state.stage == "sql"
@@ -958,8 +957,8 @@ def test_follow_up_clock_of_a_handoff_alerts_at_most_once() -> None:
     assert by_id[clock_id].status == "breached"  # the decided clock keeps its verdict
     (renewed,) = [c for c in by_id.values() if c.clock_id != clock_id]
     assert (renewed.status, renewed.started_at) == ("open", SQL_DUE + 2 * HOUR)
-    _, second = fire(state, clock_id, "breach", SQL_DUE + 10 * DAY)
+    _, second = alert_if_due(state, clock_id, "breach", SQL_DUE + 10 * DAY)
     assert len(first) == 1
     assert second == []
-    _, third = fire(state, renewed.clock_id, "breach", SQL_DUE + 10 * DAY)
+    _, third = alert_if_due(state, renewed.clock_id, "breach", SQL_DUE + 10 * DAY)
     assert [a.alert_id for a in third] != [a.alert_id for a in first]  # a new deadline

@@ -1,7 +1,7 @@
 """Properties of the sales fold that must hold for any activity history (hypothesis).
 
 A scenario is one handoff, then sales activities (any type, any event time, re-sent copies)
-interleaved with sweeper calls to `fire` at arbitrary processing times.
+interleaved with sweeper calls to `alert_if_due` at arbitrary processing times.
 """
 
 from __future__ import annotations
@@ -19,15 +19,10 @@ from hypothesis import strategies as st
 from schemas.activity import ActivityType, Bant, SalesActivity
 from schemas.alert import SlaAlert
 from schemas.handoff import MqlHandoff
+from streams.core.clocks import Severity, ended_clocks
 from streams.core.lead import LeadState
 from streams.core.rules import Rules, parse_rules
-from streams.core.sales import (
-    Severity,
-    apply_activity,
-    ended_clocks,
-    fire,
-    handoff_seen,
-)
+from streams.core.sales import alert_if_due, apply_activity, open_first_contact_clock
 
 pytestmark = pytest.mark.unit
 
@@ -182,7 +177,9 @@ class Record:
 def play(scenario: Scenario) -> tuple[LeadState, list[Record]]:
     """Run a scenario; returns the state after the handoff and one record per step run."""
     rules = scenario.rules
-    start = handoff_seen(LeadState(lead_id=LEAD), HANDOFF_EVENT, rules, scenario.handoff_now)
+    start = open_first_contact_clock(
+        LeadState(lead_id=LEAD), HANDOFF_EVENT, rules, scenario.handoff_now
+    )
     state, records = start, []
     for step in scenario.steps:
         if isinstance(step, Act):
@@ -191,7 +188,7 @@ def play(scenario: Scenario) -> tuple[LeadState, list[Record]]:
         else:
             ids = [*sorted(c.clock_id for c in state.clocks), "ho-unknown:sql_follow_up"]
             clock_id = ids[step.pick % len(ids)]
-            after, alerts = fire(state, clock_id, step.severity, step.now)
+            after, alerts = alert_if_due(state, clock_id, step.severity, step.now)
             records.append(Record(state, step, after, alerts, clock_id))
         state = after
     return start, records
@@ -231,7 +228,7 @@ def test_every_clock_ends_at_most_once_and_alerts_at_most_once(scenario: Scenari
 def test_applying_an_activity_twice_equals_applying_it_once(data: st.DataObject) -> None:
     rules = data.draw(st.sampled_from(RULESETS))
     originals = data.draw(activity_lists())
-    start = handoff_seen(LeadState(lead_id=LEAD), HANDOFF_EVENT, rules, T0)
+    start = open_first_contact_clock(LeadState(lead_id=LEAD), HANDOFF_EVENT, rules, T0)
 
     def fold(activities: Sequence[SalesActivity]) -> tuple[LeadState, list[Any]]:
         state, moved = start, []
