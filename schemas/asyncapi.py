@@ -2,7 +2,7 @@
 
 Nothing here describes a payload by hand: every message payload (and the dead-letter headers)
 comes from a pydantic model's ``model_json_schema()``, and the topic of each model comes from
-``schemas.generate.SCHEMAS``, the same registry the JSON Schema files in schemas/json/ use.
+``schemas.catalog.SCHEMAS``, the same registry the JSON Schema files in schemas/json/ use.
 
 Payloads are emitted as Multi Format Schema Objects in JSON Schema draft-07
 (``application/schema+json;version=draft-07``, a format every AsyncAPI tool must support).
@@ -21,10 +21,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel
 
-import streams
+from schemas.catalog import DEFAULT_KAFKA_BOOTSTRAP, SCHEMAS, TOPIC_VARIABLES, package_version
 from schemas.deadletter import DEADLETTER_HEADERS, DeadLetterHeaders
-from schemas.generate import SCHEMAS
-from streams.settings import Settings
 
 ASYNCAPI_FILE = Path(__file__).resolve().parent / "asyncapi.yaml"
 ASYNCAPI_VERSION = "3.0.0"
@@ -180,11 +178,8 @@ def _channel_id(topic: str) -> str:
 
 
 def _topic_variable(topic: str) -> str | None:
-    """The LEADFLOW_* variable whose default is this topic name, if Settings has one."""
-    for name, field in Settings.model_fields.items():
-        if name.endswith("_topic") and field.default == topic:
-            return f"LEADFLOW_{name.upper()}"
-    return None
+    """The LEADFLOW_* variable that renames this topic, if there is one."""
+    return TOPIC_VARIABLES.get(topic)
 
 
 def _multi_format(schema: dict[str, Any]) -> dict[str, Any]:
@@ -280,12 +275,12 @@ def build_document() -> dict[str, Any]:
             "messages": [{"$ref": f"#/channels/{channel_id}/messages/{message_id}"}],
         }
 
-    bootstrap = Settings.model_fields["kafka_bootstrap"].default
+    bootstrap = DEFAULT_KAFKA_BOOTSTRAP
     return {
         "asyncapi": ASYNCAPI_VERSION,
         "info": {
             "title": "leadflow",
-            "version": streams.__version__,
+            "version": package_version(),
             "description": (
                 "Event-driven lead scoring, MQL handoff and sales SLA watching on Kafka. "
                 "leadflow receives engagement events and sales activity, and sends MQL handoffs, "

@@ -1,4 +1,5 @@
-"""Generate the checked-in JSON Schema files from the pydantic models."""
+"""Generate the checked-in JSON Schema files (and, through schemas.asyncapi, the AsyncAPI
+document) from the pydantic models listed in schemas.catalog."""
 
 from __future__ import annotations
 
@@ -7,28 +8,12 @@ from pathlib import Path
 import orjson
 from pydantic import BaseModel
 
-from schemas.activity import SalesActivity
-from schemas.alert import SlaAlert
-from schemas.deadletter import DeadLetterHeaders
-from schemas.engagement import EngagementEvent
-from schemas.handoff import MqlHandoff
-from schemas.lifecycle import LifecycleTransition
+from schemas.asyncapi import ASYNCAPI_FILE, write_document
+from schemas.catalog import SCHEMAS
 
 JSON_DIR = Path(__file__).resolve().parent / "json"
 
-# file name -> (model, topic, what the schema describes)
-SCHEMAS: dict[str, tuple[type[BaseModel], str, str]] = {
-    "engagement.v1.schema.json": (EngagementEvent, "leads.engagement", "record value"),
-    "handoff.v1.schema.json": (MqlHandoff, "leads.handoff", "record value"),
-    "activity.v1.schema.json": (SalesActivity, "sales.activity", "record value"),
-    "lifecycle.v1.schema.json": (LifecycleTransition, "leads.lifecycle", "record value"),
-    "alert.v1.schema.json": (SlaAlert, "alerts.sla", "record value"),
-    "deadletter-headers.v1.schema.json": (
-        DeadLetterHeaders,
-        "leads.deadletter",
-        "record headers (the value and key are the original bytes)",
-    ),
-}
+__all__ = ["JSON_DIR", "SCHEMAS", "render", "write_all"]
 
 
 def render(model: type[BaseModel], topic: str, what: str) -> bytes:
@@ -51,8 +36,6 @@ def write_all(
     The AsyncAPI document (schemas/asyncapi.yaml) is covered too when writing the default
     directory, or at asyncapi_file when one is given.
     """
-    from schemas.asyncapi import ASYNCAPI_FILE, write_document  # it imports SCHEMAS from here
-
     stale = []
     directory.mkdir(parents=True, exist_ok=True)
     for name, (model, topic, what) in SCHEMAS.items():

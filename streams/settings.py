@@ -10,6 +10,8 @@ import orjson
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from schemas import catalog
+
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules" / "example.yaml"
 
 
@@ -21,7 +23,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEADFLOW_", frozen=True, extra="ignore")
 
     # Where things are
-    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_bootstrap: str = catalog.DEFAULT_KAFKA_BOOTSTRAP
     redis_url: str = "redis://127.0.0.1:6379/0"
     rules: Path = DEFAULT_RULES
     namespace: str = Field(
@@ -31,12 +33,12 @@ class Settings(BaseSettings):
     )
 
     # Topics (names before the namespace prefix) and their layout
-    engagement_topic: str = "leads.engagement"
-    handoff_topic: str = "leads.handoff"
-    deadletter_topic: str = "leads.deadletter"
-    activity_topic: str = "sales.activity"
-    lifecycle_topic: str = "leads.lifecycle"
-    alerts_topic: str = "alerts.sla"
+    engagement_topic: str = catalog.ENGAGEMENT_TOPIC
+    handoff_topic: str = catalog.HANDOFF_TOPIC
+    deadletter_topic: str = catalog.DEADLETTER_TOPIC
+    activity_topic: str = catalog.ACTIVITY_TOPIC
+    lifecycle_topic: str = catalog.LIFECYCLE_TOPIC
+    alerts_topic: str = catalog.ALERTS_TOPIC
     topic_partitions: int = Field(default=8, ge=1)
     topic_replication: int = Field(default=1, ge=1)
 

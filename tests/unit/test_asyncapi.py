@@ -434,3 +434,14 @@ def test_ref_siblings_survive_inlining() -> None:
     assert inline_refs(schema) == {
         "properties": {"k": {"type": "string", "enum": ["a"], "description": "outer"}}
     }
+
+
+def test_every_topic_variable_renames_the_topic_it_names() -> None:
+    """The catalogue's LEADFLOW_*_TOPIC names are real settings whose default is that topic."""
+    from schemas.catalog import TOPIC_VARIABLES
+    from streams.settings import Settings
+
+    for topic, variable in TOPIC_VARIABLES.items():
+        field = Settings.model_fields[variable.removeprefix("LEADFLOW_").lower()]
+        assert field.default == topic
+    assert set(TOPIC_VARIABLES) == {topic for _, topic, _ in SCHEMAS.values()}
