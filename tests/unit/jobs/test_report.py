@@ -17,6 +17,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from streams.cli import app
+from streams.cli.charts import write_report_charts as write_charts
+from streams.cli.report import notes, render_tables
 from streams.core.funnel import SERIES, Period
 from streams.jobs import report as report_module
 from streams.jobs.report import (
@@ -24,15 +26,12 @@ from streams.jobs.report import (
     Report,
     build_report,
     humanize,
-    notes,
     percent,
     period_from_json,
     period_to_json,
-    render_tables,
     report_to_json,
     resolve_range,
     today_in,
-    write_charts,
 )
 from streams.observability import Metrics
 from streams.settings import Settings
@@ -353,7 +352,7 @@ def test_charts_of_a_long_range_and_of_no_data(tmp_path: Path) -> None:
 
 # -- the Grafana dashboard -------------------------------------------------------------------
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "ops" / "grafana" / "leadflow-dashboard.json"
+DASHBOARD = Path(__file__).resolve().parents[3] / "ops" / "grafana" / "leadflow-dashboard.json"
 
 # Gauges the KPI exporter publishes (name -> labels); `window` is "7d" or "28d".
 KPI_GAUGES: dict[str, set[str]] = {
