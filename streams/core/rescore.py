@@ -13,8 +13,9 @@ from datetime import datetime
 
 from schemas.engagement import EngagementEvent
 from schemas.handoff import MqlHandoff
-from streams.core.lead import LeadState, Tally, apply_all
+from streams.core.lead import LeadState, apply_all
 from streams.core.rules import Rules
+from streams.core.sales import recycled_engagement, sales_marks
 
 # Kept from the live state; everything else is rebuilt from the log.
 SALES_SIDE = (
@@ -31,14 +32,6 @@ SALES_SIDE = (
     "sql_at",
     "journey",
 )
-
-
-SALES_MARKS = ("activity:", "handoff:")
-
-
-def sales_marks(seen: frozenset[str]) -> frozenset[str]:
-    """The dedupe markers of sales inputs among a lead's seen ids."""
-    return frozenset(m for m in seen if m.startswith(SALES_MARKS))
 
 
 def take_sales_side(rebuilt: LeadState, live: LeadState, live_seen: frozenset[str]) -> LeadState:
@@ -89,10 +82,5 @@ def _rebuild(
     before = [e for e in events if e.occurred_at <= recycled_at]
     after = [e for e in events if e.occurred_at > recycled_at]
     state, _ = apply_all(LeadState(lead_id=lead_id, stage="mql"), before, rules)
-    factor = rules.recycle.engagement_factor
-    state = replace(
-        state,
-        **kept,
-        engagement={k: Tally(t.points * factor, t.events) for k, t in state.engagement.items()},
-    )
+    state = replace(state, **kept, engagement=recycled_engagement(state.engagement, rules))
     return apply_all(state, after, rules)

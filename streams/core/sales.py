@@ -8,7 +8,7 @@ an action met a deadline; `now` decides only when an alert fires and what counts
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -134,9 +134,20 @@ def _replace_clock(state: LeadState, clock: Clock) -> tuple[Clock, ...]:
 MAX_CLOCKS = 20
 
 
+# Sales inputs are deduplicated with markers kept beside the lead's seen event ids.
+HANDOFF_MARK = "handoff:"
+ACTIVITY_MARK = "activity:"
+SALES_MARKS = (HANDOFF_MARK, ACTIVITY_MARK)
+
+
+def sales_marks(seen: frozenset[str]) -> frozenset[str]:
+    """The dedupe markers of sales inputs among a lead's seen ids."""
+    return frozenset(m for m in seen if m.startswith(SALES_MARKS))
+
+
 def handoff_mark(handoff: MqlHandoff) -> str:
     """The dedupe marker of a handoff seen by the sales side."""
-    return f"handoff:{handoff.handoff_id}"
+    return f"{HANDOFF_MARK}{handoff.handoff_id}"
 
 
 def open_first_contact_clock(
@@ -210,7 +221,7 @@ def _latest(current: datetime | None, at: datetime) -> datetime:
 
 def activity_mark(activity: SalesActivity) -> str:
     """The dedupe marker of an activity, kept with the lead's seen event ids."""
-    return f"activity:{activity.activity_id}"
+    return f"{ACTIVITY_MARK}{activity.activity_id}"
 
 
 def apply_activity(
@@ -288,6 +299,12 @@ def _apply_activity(
     return state, []
 
 
+def recycled_engagement(engagement: Mapping[str, Tally], rules: Rules) -> dict[str, Tally]:
+    """What a lead keeps of its engagement when sales sends it back to nurture."""
+    factor = rules.recycle.engagement_factor
+    return {k: Tally(t.points * factor, t.events) for k, t in engagement.items()}
+
+
 def _recycle(
     state: LeadState,
     activity: SalesActivity,
@@ -299,12 +316,10 @@ def _recycle(
     moved = _transition(
         state, "nurture", activity.activity_id, activity.occurred_at, reason, missing
     )
-    factor = rules.recycle.engagement_factor
-    engagement = {k: Tally(t.points * factor, t.events) for k, t in state.engagement.items()}
     recycled = replace(
         state,
         stage="nurture",
-        engagement=engagement,
+        engagement=recycled_engagement(state.engagement, rules),
         missing_bant=missing,
         clocks=_close_open(state.clocks, activity.occurred_at),
     )

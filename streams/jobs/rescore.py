@@ -23,16 +23,16 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.engagement import EngagementEvent
 from schemas.handoff import MqlHandoff
-from schemas.lifecycle import Stage
-from streams.core.kpi import KpiCount, kpi_changes
+from streams.core.kpi import KpiCount
 from streams.core.lead import LeadState, apply_all
-from streams.core.rescore import rescore_lead, sales_marks, take_sales_side
+from streams.core.rescore import rescore_lead, take_sales_side
 from streams.core.rules import Rules
-from streams.core.sales import mql_transition
+from streams.core.sales import sales_marks
 from streams.kafka import client_options, topic_partitions
+from streams.pipeline.batch import BatchChanges
 from streams.pipeline.intake import RecordLocation, parse_engagement
 from streams.settings import Settings
-from streams.store import LeadStore, OutboxEntry
+from streams.store import LeadStore, OutboxEntry, StoredLead
 
 CHUNK = 500
 
@@ -184,8 +184,7 @@ class Rescore:
                 state, seen = current[lead_id]
                 new, handoffs = rescore_lead(state, by_lead[lead_id], self.rules, sales_marks(seen))
                 states.append(new)
-                previous: Stage = state.stage if state else "lead"
-                self._hold(tp.partition, previous, state, new, handoffs, held, counts)
+                self._hold(tp.partition, state, new, handoffs, held, counts)
             await target.write_rebuilt(states, held, counts)
             self.summary.leads_rebuilt += len(chunk)
         return set(leads)
@@ -193,39 +192,22 @@ class Rescore:
     def _hold(
         self,
         partition: int,
-        previous: Stage,
         before: LeadState | None,
         after: LeadState,
         handoffs: list[MqlHandoff],
         held: list[OutboxEntry],
         counts: list[KpiCount],
     ) -> None:
-        """Handoffs of leads that qualify under the new rules, delivered after the switch."""
-        s = self.settings
-        for handoff in handoffs:
-            moved = mql_transition(previous, handoff)
-            key = after.lead_id.encode()
-            held.append(
-                OutboxEntry(
-                    partition,
-                    handoff.handoff_id,
-                    s.handoff,
-                    key,
-                    handoff.model_dump_json().encode(),
-                )
-            )
-            held.append(
-                OutboxEntry(
-                    partition,
-                    moved.transition_id,
-                    s.lifecycle,
-                    key,
-                    moved.model_dump_json().encode(),
-                )
-            )
-            base = before or LeadState(lead_id=after.lead_id)
-            counts += kpi_changes(base, after, [moved], self.rules)[0]
-            self.summary.new_handoffs += 1
+        """Handoffs of leads that qualify under the new rules, delivered after the switch: the
+        same outputs and KPI counts a worker's batch would write, held back until then."""
+        if not handoffs:
+            return
+        base = StoredLead(0, before or LeadState(lead_id=after.lead_id))
+        changes = BatchChanges()
+        changes.hand_off(partition, base, after, handoffs, self.rules, self.settings)
+        held += changes.outbox
+        counts += changes.counts
+        self.summary.new_handoffs += len(handoffs)
 
     async def _merge_sales_changes(self, live: LeadStore, target: LeadStore) -> None:
         """Leads that sales (or anything else) changed in the live key space after the rescore
@@ -294,7 +276,7 @@ class Rescore:
                 if after is before:
                     continue
                 states.append(after)
-                self._hold(tp.partition, before.stage, before, after, handoffs, held, counts)
+                self._hold(tp.partition, before, after, handoffs, held, counts)
             await target.write_rebuilt(states, held, counts)
         self.summary.catch_up_records += applied
         return applied

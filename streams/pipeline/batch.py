@@ -19,11 +19,13 @@ from aiokafka.errors import KafkaError
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 
+from schemas.handoff import MqlHandoff
 from schemas.lifecycle import LifecycleTransition
 from streams.core.clocks import reminders
 from streams.core.kpi import KpiCount, KpiSample, kpi_changes
 from streams.core.lead import LeadState
 from streams.core.rules import Rules, parse_rules
+from streams.core.sales import mql_transition
 from streams.kafka import KafkaUnavailable, OutRecord
 from streams.observability import Metrics, log
 from streams.pipeline.intake import DeadLetter
@@ -50,7 +52,7 @@ class Publisher(Protocol):
 
 
 @dataclass(slots=True)
-class Fold:
+class BatchChanges:
     """What folding the core over one batch decided: states to write and outputs to send."""
 
     counted: int = 0
@@ -74,6 +76,26 @@ class Fold:
         counts, samples = kpi_changes(before.state, after, transitions, rules)
         self.counts += counts
         self.samples += samples
+
+    def hand_off(
+        self,
+        partition: int,
+        before: StoredLead,
+        after: LeadState,
+        handoffs: list[MqlHandoff],
+        rules: Rules,
+        topics: Settings,
+    ) -> None:
+        """A scoring change: each handoff goes out with its `mql` lifecycle event, and the
+        state change is recorded with the KPI counts it causes."""
+        transitions = []
+        for handoff in handoffs:
+            # At most one crossing per batch: only sales moves a lead back to nurture.
+            moved = mql_transition(before.state.stage, handoff)
+            self.emit(partition, topics.handoff, handoff.handoff_id, handoff, after.lead_id)
+            self.emit(partition, topics.lifecycle, moved.transition_id, moved, after.lead_id)
+            transitions.append(moved)
+        self.change(before, after, transitions, rules)
 
     def emit(self, partition: int, topic: str, output_id: str, model: BaseModel, key: str) -> None:
         value = model.model_dump_json().encode()
@@ -132,8 +154,10 @@ class BatchWriter:
         self._batches = 0
 
     async def _write(
-        self, wanted: Mapping[str, Sequence[str]], fold: Callable[[dict[str, StoredLead]], Fold]
-    ) -> Fold:
+        self,
+        wanted: Mapping[str, Sequence[str]],
+        fold: Callable[[dict[str, StoredLead]], BatchChanges],
+    ) -> BatchChanges:
         """Read the leads, fold, write guarded by versions; on a conflict read again."""
         while True:
             stored = await self._retrying("redis", partial(self.store.load, wanted))
@@ -203,7 +227,7 @@ class BatchWriter:
         if outbox:
             await self._retrying("redis", partial(self.store.clear_outbox, outbox))
 
-    def _maybe_crash(self, fold: Fold) -> None:
+    def _maybe_crash(self, fold: BatchChanges) -> None:
         """Fault injection for the chaos tests: die between the Redis write and Kafka."""
         if not fold.outbox:
             return

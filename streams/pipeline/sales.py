@@ -25,7 +25,7 @@ from streams.core.sales import (
     open_first_contact_clock,
 )
 from streams.observability import log
-from streams.pipeline.batch import BatchResult, BatchWriter, Fold, InRecord
+from streams.pipeline.batch import BatchChanges, BatchResult, BatchWriter, InRecord
 from streams.pipeline.intake import DeadLetter, RecordLocation, parse_record
 from streams.store import ReminderEntry, StoredLead
 
@@ -55,7 +55,9 @@ class SalesService(BatchWriter):
         wanted = {lead: [_mark(i) for i, _ in items] for lead, items in by_lead.items()}
         async with self._delivery:
             fold = (
-                await self._write(wanted, partial(self._fold, by_lead, now)) if by_lead else Fold()
+                await self._write(wanted, partial(self._fold, by_lead, now))
+                if by_lead
+                else BatchChanges()
             )
             self._maybe_crash(fold)
             await self._deliver(fold.outbox, result.deadletters)
@@ -74,8 +76,8 @@ class SalesService(BatchWriter):
         by_lead: dict[str, list[tuple[SalesInput, int]]],
         now: datetime,
         stored: dict[str, StoredLead],
-    ) -> Fold:
-        fold = Fold()
+    ) -> BatchChanges:
+        fold = BatchChanges()
         for lead_id, items in by_lead.items():
             before = stored[lead_id]
             state = before.state
@@ -143,8 +145,8 @@ class SalesService(BatchWriter):
 
     def _fire(
         self, by_lead: dict[str, list[ReminderEntry]], now: datetime, stored: dict[str, StoredLead]
-    ) -> Fold:
-        fold = Fold()
+    ) -> BatchChanges:
+        fold = BatchChanges()
         for lead_id, entries in by_lead.items():
             before = stored[lead_id]
             state = before.state
@@ -165,7 +167,7 @@ class SalesService(BatchWriter):
     async def open_deadlines(self, partitions: Iterable[int]) -> int:
         return await self._retrying("redis", partial(self.store.count_wakeups, list(partitions)))
 
-    def _observe_clocks(self, fold: Fold) -> None:
+    def _observe_clocks(self, fold: BatchChanges) -> None:
         """Once per written batch (a fold may run again after a version conflict)."""
         for stored, after in fold.changes:
             self._observe_clock_changes(stored.state, after)

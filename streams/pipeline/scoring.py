@@ -11,9 +11,8 @@ from functools import partial
 from schemas.engagement import EngagementEvent
 from schemas.handoff import MqlHandoff
 from streams.core.lead import apply_all
-from streams.core.sales import mql_transition
 from streams.observability import log
-from streams.pipeline.batch import BatchResult, BatchWriter, Fold, InRecord
+from streams.pipeline.batch import BatchChanges, BatchResult, BatchWriter, InRecord
 from streams.pipeline.intake import DeadLetter, RecordLocation, parse_engagement
 from streams.store import StoredLead
 
@@ -41,7 +40,7 @@ class ScoringService(BatchWriter):
 
         wanted = {lead: [e.event_id for e, _ in items] for lead, items in by_lead.items()}
         async with self._delivery:
-            fold = Fold()
+            fold = BatchChanges()
             if by_lead:
                 fold = await self._write(wanted, partial(self._fold, by_lead))
             self._maybe_crash(fold)
@@ -56,9 +55,8 @@ class ScoringService(BatchWriter):
         self,
         by_lead: dict[str, list[tuple[EngagementEvent, int]]],
         stored: dict[str, StoredLead],
-    ) -> Fold:
-        fold = Fold()
-        s = self.settings
+    ) -> BatchChanges:
+        fold = BatchChanges()
         for lead_id, items in by_lead.items():
             before = stored[lead_id]
             after, handoffs = apply_all(before.state, (e for e, _ in items), self.rules)
@@ -66,15 +64,7 @@ class ScoringService(BatchWriter):
                 continue  # every event was a duplicate: nothing to write
             fold.counted += after.events_counted - before.state.events_counted
             # A lead's events all come from one partition (the key is lead_id).
-            partition = items[0][1]
-            transitions = []
-            for handoff in handoffs:
-                # At most one crossing per batch: only sales moves a lead back to nurture.
-                moved = mql_transition(before.state.stage, handoff)
-                fold.emit(partition, s.handoff, handoff.handoff_id, handoff, lead_id)
-                fold.emit(partition, s.lifecycle, moved.transition_id, moved, lead_id)
-                transitions.append(moved)
-            fold.change(before, after, transitions, self.rules)
+            fold.hand_off(items[0][1], before, after, handoffs, self.rules, self.settings)
         return fold
 
     def _observe(

@@ -205,7 +205,7 @@ class LeadStore:
     async def read_live(
         self, lead_ids: Sequence[str]
     ) -> dict[str, tuple[LeadState | None, frozenset[str]]]:
-        """Live states and every dedupe marker (event ids, activity:/handoff: marks) per lead."""
+        """Live states and every seen id (event ids and sales markers) per lead."""
         pipe = self.redis.pipeline(transaction=False)
         for lead_id in lead_ids:
             pipe.hget(self.keys.lead(lead_id), "s")
@@ -214,7 +214,7 @@ class LeadStore:
         out: dict[str, tuple[LeadState | None, frozenset[str]]] = {}
         for i, lead_id in enumerate(lead_ids):
             raw, seen = replies[2 * i], replies[2 * i + 1]
-            marks = frozenset(m.decode() for m in seen if m.startswith((b"activity:", b"handoff:")))
+            marks = frozenset(m.decode() for m in seen)
             state = None if raw is None else decode_lead(raw)
             out[lead_id] = (state, marks)
         return out
