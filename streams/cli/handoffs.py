@@ -1,0 +1,65 @@
+"""`leadflow handoffs`: the MQL handoffs on the handoff topic, one line each."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from schemas.handoff import MqlHandoff
+from streams.cli.errors import user_errors
+from streams.cli.output import out
+from streams.settings import Settings, load_settings
+
+
+def handoffs_command(
+    idle: Annotated[
+        float, typer.Option(help="Stop after this many seconds without a new one")
+    ] = 5.0,
+    limit: Annotated[int, typer.Option(help="Stop after this many (0 = no limit)")] = 0,
+) -> None:
+    """Show MQL handoffs on the handoff topic, from the beginning."""
+    with user_errors():
+        settings = load_settings()
+        seen = asyncio.run(watch(settings, settings.handoff, idle, limit, show=True))
+    out.print(f"{len(seen)} handoffs on {settings.handoff}")
+
+
+def print_handoff(h: MqlHandoff) -> None:
+    """One line per handoff: the lead, its score, when sales must call and the top reasons."""
+    reasons = escape("; ".join(f"{r.rule} {r.points:+.0f}" for r in h.reasons[:3]))
+    out.print(
+        f"[bold green]MQL[/] {h.lead_id:<16} score {h.score:6.1f} "
+        f"(fit {h.fit_score:g} + engagement {h.engagement_score:.1f})  "
+        f"contact by {h.first_contact_due_at:%Y-%m-%d %H:%M:%S}  [dim]{reasons}[/]"
+    )
+
+
+async def watch(settings: Settings, topic: str, idle: float, limit: int, show: bool) -> list[bytes]:
+    """Read `topic` from the beginning until `idle` seconds pass without a record or `limit`
+    records were read (0: no limit); print each as a handoff when `show`."""
+    from aiokafka import AIOKafkaConsumer
+
+    from streams.kafka import client_options
+
+    consumer = AIOKafkaConsumer(
+        topic, **client_options(settings), auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    seen: list[bytes] = []
+    last = time.monotonic()
+    try:
+        while time.monotonic() - last < idle and (limit <= 0 or len(seen) < limit):
+            batch = await consumer.getmany(timeout_ms=250)
+            for records in batch.values():
+                for r in records:
+                    seen.append(r.value)
+                    last = time.monotonic()
+                    if show:
+                        print_handoff(MqlHandoff.model_validate_json(r.value))
+    finally:
+        await consumer.stop()
+    return seen

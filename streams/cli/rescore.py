@@ -1,0 +1,65 @@
+"""`leadflow rescore --rules FILE`: rebuild every lead under new rules while workers run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.progress import Progress
+
+from streams.cli.errors import fail, user_errors
+from streams.cli.output import console, out
+from streams.core.rules import load_rules
+from streams.settings import load_settings
+
+if TYPE_CHECKING:
+    from streams.jobs.rescore import RescoreSummary
+
+
+def rescore_command(
+    rules_path: Annotated[Path, typer.Option("--rules", help="The new rules file")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation")] = False,
+    keep_previous: Annotated[
+        bool, typer.Option(help="Keep the previous key space in Redis (for inspection)")
+    ] = False,
+) -> None:
+    """Rebuild every lead under new rules from the engagement log and switch over atomically.
+
+    Workers keep running; they pause for the final catch-up, then continue on the new key space
+    with the new rules. Leads already handed off keep their stage and handoff; leads that
+    qualify only under the new rules are handed off after the switch.
+    """
+    from streams.jobs.rescore import RescoreError, run_rescore
+
+    with user_errors():
+        settings = load_settings()
+        rules = load_rules(rules_path)
+    if not yes:
+        typer.confirm(
+            f"Rebuild every lead in namespace '{settings.namespace}' under rules {rules.version} "
+            f"from {settings.engagement} and switch the live workers to it?",
+            abort=True,
+        )
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"replaying {settings.engagement}", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        try:
+            summary = run_rescore(settings, rules, advance, keep_previous)
+        except RescoreError as exc:
+            raise fail(str(exc), 1) from None
+    out.print(outcome(summary))
+
+
+def outcome(summary: RescoreSummary) -> str:
+    """The switch and what it did to the leads, in one line."""
+    return (
+        f"key space {summary.live_generation} -> {summary.new_generation}, rules "
+        f"{summary.old_rules_version} -> {summary.new_rules_version}: {summary.records} records "
+        f"replayed ({summary.invalid} invalid skipped, {summary.catch_up_records} caught up), "
+        f"{summary.leads_rebuilt} leads rebuilt, {summary.leads_kept} kept as they were, "
+        f"{summary.new_handoffs} new MQLs handed off, in {summary.seconds:.1f}s"
+    )

@@ -1,0 +1,22 @@
+"""`leadflow topics create`: every leadflow topic, created idempotently."""
+
+from __future__ import annotations
+
+import asyncio
+
+from streams.cli.errors import user_errors
+from streams.cli.output import out
+from streams.settings import load_settings
+
+
+def topics_create() -> None:
+    """Create all topics idempotently with the configured partition count (default 8)."""
+    from streams.kafka import create_topics, wait_for_kafka
+
+    with user_errors():
+        settings = load_settings()
+        asyncio.run(wait_for_kafka(settings, within=60))
+        outcomes = asyncio.run(create_topics(settings))
+    for o in outcomes:
+        state = "created" if o.created else "exists"
+        out.print(f"{o.topic}: {state}, {o.partitions} partitions {o.note}".rstrip())

@@ -1,0 +1,36 @@
+"""`leadflow worker`: one scoring worker, on the rules the live lead states were built with."""
+
+from __future__ import annotations
+
+import asyncio
+
+from streams.cli.errors import user_errors
+from streams.core.rules import load_rules
+
+
+def worker_command() -> None:
+    """Run a scoring worker (configured by LEADFLOW_* environment variables)."""
+    # Faust and the Redis store load only when a worker runs, so `--help` stays quick.
+    import faust
+
+    from streams.bootstrap import build_worker, checked_settings, live_generation
+    from streams.observability import configure_logging, log
+
+    with user_errors():
+        settings = checked_settings()
+        rules = load_rules(settings.rules)
+    configure_logging(settings.log_level, settings.log_format)
+    log.info(
+        "starting worker",
+        kafka=settings.kafka_bootstrap,
+        namespace=settings.namespace,
+        engagement_topic=settings.engagement,
+        rules=str(settings.rules),
+        rules_version=rules.version,
+        web=f"http://{settings.web_host}:{settings.web_port}",
+    )
+    generation, rules = asyncio.run(live_generation(settings, rules))
+    built = build_worker(settings, rules, generation)
+    faust.Worker(
+        built.app, loglevel="WARNING", quiet=True, redirect_stdouts=False
+    ).execute_from_commandline()
