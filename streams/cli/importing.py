@@ -1,0 +1,176 @@
+"""`leadflow import`: the command around streams.importer, with a progress bar and a summary.
+
+Exit codes: 0 when it ran (even with rejects), 2 for a bad profile, mapping or option, 1 when
+Kafka is unreachable or did not accept every record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+
+from streams.cli.errors import fail, user_errors
+from streams.cli.output import console, out
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from streams.importer import CompiledMapping, ImportMapping, ImportSummary
+    from streams.settings import Settings
+
+
+def render_summary(summary: ImportSummary, to: Console) -> None:
+    from rich.table import Table
+
+    where = "dry run, nothing produced" if summary.dry_run else f"to {summary.topic}"
+    to.print(f"[bold]{escape(summary.path.name)}[/]: profile {summary.profile}, {escape(where)}")
+    table = Table()
+    table.add_column("rows")
+    table.add_column("count", justify="right")
+    table.add_row("read", f"{summary.rows:,}")
+    if summary.dry_run:
+        table.add_row("would be produced", f"{summary.mapped:,}")
+    else:
+        table.add_row("produced", f"{summary.produced:,}")
+    table.add_row("duplicates within the file", f"{summary.duplicates:,}")
+    table.add_row("skipped (type not imported)", f"{sum(summary.skipped.values()):,}")
+    for name, n in summary.skipped.most_common(10):
+        table.add_row(escape(f"  {name}"), f"{n:,}", style="dim")
+    if len(summary.skipped) > 10:
+        rest = sum(n for _, n in summary.skipped.most_common()[10:])
+        table.add_row(f"  {len(summary.skipped) - 10} more types", f"{rest:,}", style="dim")
+    table.add_row("rejected", f"{sum(summary.rejected.values()):,}")
+    for reason, n in summary.rejected.most_common():
+        table.add_row(escape(f"  {reason}"), f"{n:,}", style="dim")
+    to.print(table)
+    rate = summary.rows / summary.seconds if summary.seconds > 0 else 0.0
+    to.print(f"{summary.bytes_read / 1e6:,.1f} MB in {summary.seconds:,.1f} s ({rate:,.0f} rows/s)")
+    if summary.rejected_file is not None:
+        to.print(f"rejected rows with their reason and line: {escape(str(summary.rejected_file))}")
+
+
+def _progress_bar() -> Progress:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TextColumn("{task.fields[rows]:,} rows"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _run_with_progress(
+    path: Path,
+    chosen: ImportMapping,
+    *,
+    note_missing: bool,
+    dry_run: bool,
+    timezone: str | None,
+    settings: Settings,
+    known_types: frozenset[str],
+) -> ImportSummary:
+    """Run the import; the bar starts once the mapping fits the file (after its notes) and
+    Kafka answered, so an error before any row is one clear line without a bar."""
+    from streams.importer import import_file
+
+    bar = _progress_bar()
+    task = bar.add_task(f"importing {path.name}", total=path.stat().st_size, rows=0)
+    started: list[bool] = []
+
+    def progress(done: int, rows: int) -> None:
+        bar.update(task, completed=done, rows=rows)
+
+    def ready(compiled: CompiledMapping) -> None:
+        for note in compiled.notes:
+            console.print(f"[yellow]note:[/] {escape(note)}")
+        bar.start()
+        started.append(True)
+
+    try:
+        return asyncio.run(
+            import_file(
+                path,
+                chosen,
+                known_types,
+                None if dry_run else settings,
+                timezone=timezone,
+                max_event_bytes=settings.max_event_bytes,
+                note_missing=note_missing,
+                progress=progress,
+                on_ready=ready,
+            )
+        )
+    finally:
+        if started:
+            bar.stop()
+
+
+def import_command(
+    path: Annotated[
+        Path,
+        typer.Argument(help="CSV or NDJSON export", exists=True, dir_okay=False, readable=True),
+    ],
+    profile: Annotated[
+        str | None,
+        typer.Option(help="marketo, hubspot or generic (the default with --mapping)"),
+    ] = None,
+    mapping: Annotated[
+        Path | None,
+        typer.Option(help="YAML mapping: a generic export's columns, or overrides for a profile"),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Map and check every row; produce nothing")
+    ] = False,
+    timezone: Annotated[
+        str | None,
+        typer.Option(help="Time zone of times without an offset (default: the mapping's, or UTC)"),
+    ] = None,
+) -> None:
+    """Stream a Marketo, HubSpot or other MA export into the engagement topic, keyed by lead.
+
+    Rejected rows go to FILE.rejected.csv with the reason and line.
+    Event ids are stable: importing the same activities again counts them once.
+    See docs/importer.md.
+    """
+    from streams.bootstrap import checked_settings
+    from streams.core.rules import load_rules
+    from streams.importer import MappingError, load_mapping
+    from streams.kafka import KafkaUnavailable
+
+    with user_errors():
+        settings = checked_settings()
+        known_types = load_rules(settings.rules).event_types
+    try:
+        chosen = load_mapping(profile, mapping)
+        summary = _run_with_progress(
+            path,
+            chosen,
+            note_missing=profile in (None, "generic"),
+            dry_run=dry_run,
+            timezone=timezone,
+            settings=settings,
+            known_types=known_types,
+        )
+    except MappingError as exc:
+        raise fail(str(exc), 2) from None
+    except KafkaUnavailable as exc:
+        raise fail(str(exc), 1) from None
+    render_summary(summary, out)
+    if summary.failure:
+        raise fail(summary.failure, 1)

@@ -1,0 +1,59 @@
+"""`leadflow import` as a command: the dry-run summary and the exit codes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from streams.cli import app
+from streams.importer.rejects import rejected_path
+from tests.unit.importer.samples import DATA, ENV, WEBINAR_MAPPING
+
+pytestmark = pytest.mark.unit
+
+
+# -- the command -----------------------------------------------------------------------------------
+
+
+def test_import_command_dry_run(tmp_path: Path) -> None:
+    path = tmp_path / "hubspot.csv"
+    shutil.copy(DATA / "hubspot_events.csv", path)
+    result = CliRunner(env=ENV).invoke(
+        app, ["import", str(path), "--profile", "hubspot", "--dry-run", "--timezone", "UTC"]
+    )
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "dry run" in text and "would be produced │ 6" in text
+    assert "rejected │ 3" in text and "skipped (type not imported) │ 1" in text
+    assert str(rejected_path(path)) in text
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--profile", "salesforce"], "'salesforce'"),
+        (["--profile", "generic"], "--mapping"),
+        (["--profile", "marketo", "--timezone", "Berlin"], "--timezone"),
+    ],
+)
+def test_import_command_bad_options_exit_2(tmp_path: Path, args: list[str], expected: str) -> None:
+    path = tmp_path / "m.csv"
+    shutil.copy(DATA / "marketo_activities.csv", path)
+    result = CliRunner(env=ENV).invoke(app, ["import", str(path), "--dry-run", *args])
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output and expected in result.output
+    assert "Traceback" not in result.output
+
+
+def test_import_command_bad_mapping_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "w.csv"
+    shutil.copy(DATA / "generic_webinar.csv", path)
+    mapping = tmp_path / "bad.yaml"
+    mapping.write_text(WEBINAR_MAPPING.read_text().replace("Attended:", "Atended: x\n  Foo:"))
+    result = CliRunner(env=ENV).invoke(app, ["import", str(path), "--mapping", str(mapping)])
+    assert result.exit_code == 2, result.output
+    assert "types." in result.output
+    assert not rejected_path(path).exists()  # nothing was read
