@@ -13,7 +13,7 @@ import faust
 from prometheus_client import generate_latest
 
 from streams.agents.sales import register_sales_agent
-from streams.agents.scoring import register_scoring_agent
+from streams.agents.scoring import EngagementConsumer
 from streams.bootstrap import LiveRules, open_store
 from streams.core.explain import explain, lead_id_problem
 from streams.core.funnel import SERIES, days_between, total
@@ -21,6 +21,7 @@ from streams.core.lead import LeadState
 from streams.core.rules import Rules
 from streams.kafka import Producer, faust_credentials
 from streams.observability import Metrics, log
+from streams.pipeline.retry import OUTAGES
 from streams.pipeline.sales import SalesService
 from streams.pipeline.scoring import ScoringService
 from streams.settings import Settings
@@ -34,15 +35,16 @@ class Worker:
     app: faust.App
     service: ScoringService
     sales: SalesService
+    engagement: EngagementConsumer
     store: LeadStore
     metrics: Metrics
     rules: Rules
 
 
-def create_worker(settings: Settings, rules: Rules, generation: int = 0) -> Worker:
+def new_app(settings: Settings) -> faust.App:
     datadir = settings.data_dir / settings.app_id
     datadir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    return faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         broker_credentials=faust_credentials(settings),
@@ -63,43 +65,70 @@ def create_worker(settings: Settings, rules: Rules, generation: int = 0) -> Work
         web_port=settings.web_port,
         web_host=settings.web_host,
     )
+
+
+def create_worker(settings: Settings, rules: Rules, generation: int = 0) -> Worker:
+    app = new_app(settings)
     metrics = Metrics()
     store = open_store(settings).at_generation(generation)
     publisher = Producer(settings, client_id=settings.app_id)
     service = ScoringService(settings, rules, store, publisher, metrics)
     sales = SalesService(settings, rules, store.for_source(settings.handoff), publisher, metrics)
-    engagement = app.topic(settings.engagement, value_serializer="raw", key_serializer="raw")
-    register_scoring_agent(app, engagement, service, settings)
+    engagement = EngagementConsumer(settings, service, metrics, loop=app.loop)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def start_engagement() -> None:
+        # Started and stopped with the app (mode runtime dependency).
+        await app.add_runtime_dependency(engagement)
+
     sales_inputs = app.topic(
         settings.handoff, settings.activity, value_serializer="raw", key_serializer="raw"
     )
     register_sales_agent(app, sales_inputs, sales, settings)
+    worker = Worker(app, service, sales, engagement, store, metrics, rules)
+    register_timers(worker, settings)
+    register_views(worker, settings)
+    return worker
 
-    def assigned(topic: str) -> list[int]:
-        return [tp.partition for tp in app.consumer.assignment() if tp.topic == topic]
+
+def register_timers(worker: Worker, settings: Settings) -> None:
+    app, service, sales, metrics = worker.app, worker.service, worker.sales, worker.metrics
+
+    def sales_partitions() -> list[int]:
+        return [tp.partition for tp in app.consumer.assignment() if tp.topic == settings.handoff]
 
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def deliver_outbox() -> None:
         # Outputs whose Kafka write did not complete before a crash or rebalance.
         await service.check_generation()
         await sales.check_generation()
-        await service.flush_outbox(assigned(settings.engagement))
-        await sales.flush_outbox(assigned(settings.handoff))
-        metrics.open_deadlines.set(await sales.open_deadlines(assigned(settings.handoff)))
+        await service.flush_outbox(worker.engagement.assigned())
+        await sales.flush_outbox(sales_partitions())
+        metrics.open_deadlines.set(await sales.open_deadlines(sales_partitions()))
 
     @app.timer(interval=settings.sla_sweep_interval)  # type: ignore[untyped-decorator]
     async def sweep_deadlines() -> None:
         # Every worker sweeps the partitions it owns (no leader: Faust skips leader timers
         # during rebalances); the version check on the lead makes each alert happen once.
-        await sales.sweep(assigned(settings.handoff))
+        await sales.sweep(sales_partitions())
 
     @app.timer(interval=settings.kpi_refresh_interval)  # type: ignore[untyped-decorator]
     async def refresh_kpis() -> None:
+        # A gauge refresh is not worth a crash: an outage skips this tick and logs it.
         today = datetime.now(ZoneInfo(service.rules.reporting.timezone)).date()
-        for window, days in (("7d", 7), ("28d", 28)):
-            start = today - timedelta(days=days - 1)
-            counts, durations = await store.read_kpis(days_between(start, today), SERIES.values())
-            metrics.observe_kpis(window, total(counts, durations, start, today))
+        try:
+            for window, days in (("7d", 7), ("28d", 28)):
+                start = today - timedelta(days=days - 1)
+                counts, durations = await worker.store.read_kpis(
+                    days_between(start, today), SERIES.values()
+                )
+                metrics.observe_kpis(window, total(counts, durations, start, today))
+        except OUTAGES as exc:
+            log.warning("KPI gauges not refreshed: redis unavailable", error=repr(exc))
+
+
+def register_views(worker: Worker, settings: Settings) -> None:
+    app, service, store, metrics = worker.app, worker.service, worker.store, worker.metrics
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
@@ -112,10 +141,12 @@ def create_worker(settings: Settings, rules: Rules, generation: int = 0) -> Work
             redis_ok = await asyncio.wait_for(store.ping(), timeout=2)
         except Exception:
             redis_ok = False
+        stopped = worker.engagement.stopped
         body = {
-            "status": "ok" if redis_ok else "degraded",
+            "status": "ok" if redis_ok and not stopped else "degraded",
             "redis": redis_ok,
-            "assigned_partitions": sorted(assigned(settings.engagement)),
+            "assigned_partitions": worker.engagement.assigned(),
+            "stopped_partitions": {str(p): why for p, why in sorted(stopped.items())},
             "rules_version": service.rules.version,
             "namespace": settings.namespace,
         }
@@ -123,7 +154,7 @@ def create_worker(settings: Settings, rules: Rules, generation: int = 0) -> Work
 
     # Explained under the live key space and its rules (read per request: a rescore may have
     # switched them since this worker started). Parsed rules are kept by version.
-    live_rules = LiveRules(rules)
+    live_rules = LiveRules(worker.rules)
 
     async def read_live_lead(lead_id: str) -> tuple[LeadState | None, Generation]:
         live = await store.active_generation()
@@ -147,5 +178,3 @@ def create_worker(settings: Settings, rules: Rules, generation: int = 0) -> Work
             return web.json(body, status=404)
         explanation = explain(state, live_rules.of(live), datetime.now(UTC))
         return web.bytes(explanation.model_dump_json().encode(), content_type="application/json")
-
-    return Worker(app, service, sales, store, metrics, rules)

@@ -188,6 +188,17 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.partitions_stopped = Gauge(
+            "leadflow_partitions_stopped",
+            "1 while an input partition is stopped because Redis lost its offsets (see the log)",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.resyncs = Counter(
+            "leadflow_offset_resyncs",
+            "Batches given up because Redis held other input offsets (restored, emptied, moved)",
+            registry=r,
+        )
         self.retries = Counter(
             "leadflow_retries",
             "Retried operations, by what failed (redis, kafka, conflict).",

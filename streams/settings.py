@@ -102,9 +102,24 @@ class Settings(BaseSettings):
         description="Browser origins allowed by CORS (JSON list or comma-separated; * = any).",
     )
 
+    # Input offsets (docs/reliability.md, "Offsets live with the state")
+    offsets_missing: Literal["stop", "earliest", "committed"] = Field(
+        default="stop",
+        description=(
+            "What a worker does with a partition whose offsets are not in Redis although the "
+            "consumer group has consumed it (Redis emptied): stop it (default), replay it from "
+            "the earliest retained offset, or trust Kafka's committed offset (upgrades only)."
+        ),
+    )
+    offsets_commit_interval: float = Field(
+        default=1.0, gt=0, description="Seconds between commits of Kafka offsets (for lag tools)."
+    )
+
     # Fault injection for the chaos tests only: exit hard right after the Redis write of the Nth
     # batch that produced outputs, before they reach Kafka (0 = never).
     fault_crash_after_batches: int = Field(default=0, ge=0)
+    # ... or half-way through the Kafka send of the Nth delivery (0 = never).
+    fault_crash_during_delivery: int = Field(default=0, ge=0)
 
     @field_validator("rules")
     @classmethod
@@ -195,6 +210,12 @@ class Settings(BaseSettings):
     def app_id(self) -> str:
         """Faust app id, also the consumer group."""
         return self.topic("leadflow-scoring")
+
+    @property
+    def engagement_group(self) -> str:
+        """Consumer group of the engagement hot path (the Faust app's own group, app_id,
+        reads the sales side's topics)."""
+        return self.topic("leadflow-engagement")
 
     @property
     def redis_prefix(self) -> str:

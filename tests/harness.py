@@ -210,16 +210,19 @@ async def topic_partitions(admin: AIOKafkaAdminClient, topic: str) -> list[Topic
 
 
 async def consumer_caught_up(settings: Settings, topics: tuple[str, ...] = ()) -> bool:
-    """True when the worker's group has committed every record on these topics (default:
-    the engagement topic)."""
+    """True when the worker has committed every record on these topics (default: the
+    engagement topic): the engagement consumer's group for that topic, the Faust app's group
+    (app_id) for the sales side's topics."""
     admin = AIOKafkaAdminClient(**client_options(settings))
     consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
     await admin.start()
     await consumer.start()
     try:
-        committed = await admin.list_consumer_group_offsets(settings.app_id)
+        committed = {}
         parts = []
         for topic in topics or (settings.engagement,):
+            group = settings.engagement_group if topic == settings.engagement else settings.app_id
+            committed.update(await admin.list_consumer_group_offsets(group))
             parts += await topic_partitions(admin, topic)
         ends = await consumer.end_offsets(parts)
         return all(

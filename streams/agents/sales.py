@@ -6,7 +6,8 @@ from typing import Any
 
 import faust
 
-from streams.agents.scoring import finish_even_if_cancelled, to_records
+from streams.agents.scoring import finish_even_if_cancelled
+from streams.pipeline.batch import InRecord
 from streams.pipeline.sales import SalesService
 from streams.settings import Settings
 
@@ -20,3 +21,16 @@ def register_sales_agent(
             await finish_even_if_cancelled(service.process(to_records(events)))
 
     return track_sales
+
+
+def to_records(events: Any) -> list[InRecord]:
+    return [
+        InRecord(
+            key=e.message.key,
+            value=e.message.value,
+            topic=e.message.topic,
+            partition=e.message.partition,
+            offset=e.message.offset,
+        )
+        for e in events
+    ]

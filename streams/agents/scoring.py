@@ -1,58 +1,52 @@
-"""The scoring agent: engagement batches in, lead scores and MQL handoffs out."""
+"""The scoring hot path: engagement batches straight from aiokafka into the scoring service.
+
+Faust's per-event stream costs about 100 µs an event before any work is done (an Event, futures
+and an ack per message; docs/benchmarks.md), so the engagement topic is not a Faust agent. It is
+read by this service, which Faust starts and stops with the app, in batches of whatever has
+already been fetched (`getmany`, up to LEADFLOW_BATCH_MAX, never a wait to fill one).
+
+Offsets live with the state (docs/reliability.md): each partition resumes from the next offset
+stored in Redis beside the lead states computed from the records before it, and every batch
+moves those offsets in the same Redis step as its states. Kafka's committed offsets follow
+afterwards, for lag tools only. A partition whose offsets Redis lost while the group had already
+consumed it is stopped with one clear error, never scored from a late offset with empty state.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import time
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
-import faust
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from mode import Service
 
-from streams.observability import log
-from streams.pipeline.batch import InRecord
+from streams.kafka import client_options
+from streams.observability import Metrics, log
+from streams.pipeline.batch import BatchPositions, InRecord, Resync
 from streams.pipeline.scoring import ScoringService
 from streams.settings import Settings
 
 # How long a batch already taken may keep running after the worker was asked to stop.
 SHUTDOWN_GRACE_SECONDS = 20.0
+# How long `getmany` waits when nothing is buffered (latency at low load is this at most).
+POLL_MS = 100
 
 
-def register_scoring_agent(
-    app: faust.App, topic: Any, service: ScoringService, settings: Settings
-) -> Any:
-    @app.agent(topic, concurrency=1, name="score_engagement")
-    async def score_engagement(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within):
-            batch = to_records(events)
-            await finish_even_if_cancelled(service.process(batch))
-            report_consumer_lag(app, service, batch)
+async def finish_even_if_cancelled(work: Awaitable[Any]) -> Any:
+    """Run a batch to the end even if the worker is stopping.
 
-    return score_engagement
-
-
-def to_records(events: Any) -> list[InRecord]:
-    return [
-        InRecord(
-            key=e.message.key,
-            value=e.message.value,
-            topic=e.message.topic,
-            partition=e.message.partition,
-            offset=e.message.offset,
-        )
-        for e in events
-    ]
-
-
-async def finish_even_if_cancelled(work: Any) -> None:
-    """Run a batch to the end even if the agent is cancelled.
-
-    Faust acks a taken batch when the agent leaves it, whatever happened. A batch abandoned
-    half-way would be committed without having been scored, so on shutdown we wait for it,
-    and if it cannot finish we exit hard: the uncommitted batch is then re-delivered.
+    A batch abandoned half-way has nothing to undo (its Redis write is all or nothing), but it
+    may be in the middle of that write: we wait for it, and if it cannot finish we exit hard;
+    the offsets in Redis then say where to resume.
     """
     task = asyncio.ensure_future(work)
     try:
-        await asyncio.shield(task)
+        return await asyncio.shield(task)
     except asyncio.CancelledError:
         try:
             await asyncio.wait_for(task, SHUTDOWN_GRACE_SECONDS)
@@ -62,16 +56,233 @@ async def finish_even_if_cancelled(work: Any) -> None:
         raise
 
 
-def report_consumer_lag(app: faust.App, service: ScoringService, batch: list[InRecord]) -> None:
-    last: dict[tuple[str, int], int] = {}
-    for rec in batch:
-        last[(rec.topic, rec.partition)] = max(rec.offset, last.get((rec.topic, rec.partition), -1))
-    for (topic, partition), offset in last.items():
-        try:
-            highwater = app.consumer.highwater(faust.types.TP(topic, partition))
-        except Exception:
-            continue
-        if highwater is not None:
-            service.metrics.consumer_lag.labels(topic, str(partition)).set(
-                max(highwater - offset - 1, 0)
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: EngagementConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self.owner.revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self.owner.resume(assigned)
+
+
+class EngagementConsumer(Service):
+    """Reads the engagement topic in batches and hands each to the scoring service."""
+
+    def __init__(
+        self, settings: Settings, scoring: ScoringService, metrics: Metrics, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.scoring = scoring
+        self.metrics = metrics
+        self.topic = settings.engagement
+        self.consumer: AIOKafkaConsumer | None = None
+        # Bumped whenever positions are re-read from Redis: older batches' results are moot.
+        self.epoch = 0
+        # Next offset Redis holds (or will hold, once the batches fetched so far are written),
+        # per assigned partition; None while Redis holds none.
+        self.next: dict[int, int | None] = {}
+        # Next offset per partition that Redis does hold: what Kafka may be told.
+        self.stored: dict[int, int] = {}
+        self.stopped: dict[int, str] = {}
+        self._resync = False
+        self._task: asyncio.Task[None] | None = None
+        self._last_kafka_commit = 0.0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="score-engagement")
+
+    async def on_stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.scoring.delivery.settle()
+        if self.consumer is not None:
+            await self._commit_to_kafka(force=True)
+            with contextlib.suppress(KafkaError, OSError):
+                await self.consumer.stop()
+
+    def assigned(self) -> list[int]:
+        if self.consumer is None:
+            return []
+        return sorted(tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic)
+
+    async def _connect(self) -> AIOKafkaConsumer:
+        delay = 0.5
+        while True:
+            s = self.settings
+            consumer = AIOKafkaConsumer(
+                **client_options(s),
+                group_id=s.engagement_group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=s.batch_max,
+                session_timeout_ms=int(s.kafka_session_timeout * 1000),
+                heartbeat_interval_ms=int(s.kafka_heartbeat_interval * 1000),
+                isolation_level="read_committed",
             )
+            consumer.subscribe([self.topic], listener=_Rebalance(self))
+            try:
+                await consumer.start()
+                return consumer
+            except (KafkaError, OSError) as exc:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+                log.error(
+                    "kafka unavailable; retrying",
+                    error=repr(exc),
+                    retry_in_seconds=delay,
+                    hint="check that kafka is reachable (LEADFLOW_KAFKA_BOOTSTRAP)",
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        self.consumer = await self._connect()
+        while True:
+            if self._resync:
+                self._resync = False
+                await self.resume(self.consumer.assignment())
+            fetched = await self.consumer.getmany(
+                timeout_ms=POLL_MS, max_records=self.settings.batch_max
+            )
+            if fetched:
+                await self._score(fetched)
+            await self._commit_to_kafka()
+
+    async def _score(self, fetched: dict[TopicPartition, list[Any]]) -> None:
+        records: list[InRecord] = []
+        starts: dict[int, int | None] = {}
+        ends: dict[int, int] = {}
+        for tp, batch in fetched.items():
+            p = tp.partition
+            starts[p] = self.next.get(p)
+            ends[p] = batch[-1].offset + 1
+            self.next[p] = ends[p]
+            records += [InRecord(r.key, r.value, tp.topic, p, r.offset) for r in batch]
+        positions = BatchPositions(starts, ends, self.epoch)
+        try:
+            await finish_even_if_cancelled(
+                self.scoring.process(records, positions, wait_for_delivery=False)
+            )
+        except Resync as exc:
+            log.warning(
+                "input offsets in Redis differ from where this batch started; resuming from Redis",
+                reason=str(exc),
+                stored=exc.stored or None,
+            )
+            self.metrics.resyncs.inc()
+            self._resync = True
+            return
+        if positions.epoch == self.epoch:
+            self.stored.update(ends)
+        self._report_lag(ends)
+
+    def _report_lag(self, ends: dict[int, int]) -> None:
+        assert self.consumer is not None
+        for p, end in ends.items():
+            highwater = self.consumer.highwater(TopicPartition(self.topic, p))
+            if highwater is not None:
+                lag = max(highwater - end, 0)
+                self.metrics.consumer_lag.labels(self.topic, str(p)).set(lag)
+
+    async def _commit_to_kafka(self, force: bool = False) -> None:
+        """Tell Kafka how far Redis is, for lag tools; Redis stays the truth on restart."""
+        now = time.monotonic()
+        if not force and now - self._last_kafka_commit < self.settings.offsets_commit_interval:
+            return
+        self._last_kafka_commit = now
+        assert self.consumer is not None
+        mine = set(self.assigned())
+        offsets = {
+            TopicPartition(self.topic, p): o
+            for p, o in self.stored.items()
+            if p in mine and p not in self.stopped
+        }
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except (KafkaError, OSError) as exc:
+            log.debug("could not commit offsets to Kafka (a rebalance?)", error=repr(exc))
+
+    # -- where to resume ----------------------------------------------------------------------
+
+    def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        self.epoch += 1
+        for tp in partitions:
+            if tp.topic == self.topic:
+                self.next.pop(tp.partition, None)
+                self.stored.pop(tp.partition, None)
+                self._unstop(tp.partition)
+
+    async def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        """Seek each partition to the offset kept in Redis with the lead states."""
+        assert self.consumer is not None
+        self.epoch += 1
+        parts = sorted((tp for tp in partitions if tp.topic == self.topic), key=lambda t: t[1])
+        store = self.scoring.store
+        await self.scoring.follow_generation()  # offsets belong to the live generation
+        stored = await self.scoring.retrying(
+            "redis", lambda: store.read_offsets(tp.partition for tp in parts)
+        )
+        for tp in parts:
+            offset = stored.get(tp.partition)
+            if offset is not None:
+                self.consumer.seek(tp, offset)
+                self.next[tp.partition] = self.stored[tp.partition] = offset
+                self._unstop(tp.partition)
+            else:
+                await self._resume_without_offsets(tp)
+        log.info(
+            "resuming engagement partitions from Redis",
+            partitions={tp.partition: stored.get(tp.partition) for tp in parts},
+            stopped=sorted(self.stopped) or None,
+        )
+
+    async def _resume_without_offsets(self, tp: TopicPartition) -> None:
+        assert self.consumer is not None
+        consumed = await self.consumer.committed(tp)
+        policy = self.settings.offsets_missing
+        self.next[tp.partition] = None
+        self.stored.pop(tp.partition, None)
+        if consumed is None or policy == "earliest":
+            # A new deployment (nothing consumed yet), or the operator asked for a replay.
+            await self.consumer.seek_to_beginning(tp)
+            self._unstop(tp.partition)
+        elif policy == "committed":
+            self.consumer.seek(tp, consumed)
+            self._unstop(tp.partition)
+        else:
+            self._stop(tp, consumed)
+
+    def _stop(self, tp: TopicPartition, consumed: int) -> None:
+        assert self.consumer is not None
+        self.consumer.pause(tp)
+        if tp.partition in self.stopped:
+            return
+        reason = (
+            f"Redis holds no offsets for partition {tp.partition} of {self.topic}, but consumer "
+            f"group {self.settings.engagement_group} has already consumed it up to offset "
+            f"{consumed}: Redis was emptied or restored without leadflow's keys. Scoring from "
+            "there would start from empty lead states, so this partition is stopped. Rebuild the "
+            "lead states from the log with `leadflow rescore --rules FILE`, or set "
+            "LEADFLOW_OFFSETS_MISSING=earliest and restart to replay the partition from the "
+            "earliest retained offset."
+        )
+        self.stopped[tp.partition] = reason
+        self.metrics.partitions_stopped.labels(self.topic, str(tp.partition)).set(1)
+        log.error("partition stopped: no offsets in Redis", partition=tp.partition, reason=reason)
+
+    def _unstop(self, partition: int) -> None:
+        if self.stopped.pop(partition, None) is not None:
+            self.metrics.partitions_stopped.labels(self.topic, str(partition)).set(0)
+            if self.consumer is not None:
+                self.consumer.resume(TopicPartition(self.topic, partition))

@@ -246,7 +246,25 @@ def _apply_activity(
     mark = activity_mark(activity)
     if mark in state.seen_event_ids:
         return state, []
-    state = replace(state, seen_event_ids=state.seen_event_ids | {mark})
+    state = _record_contact(
+        replace(state, seen_event_ids=state.seen_event_ids | {mark}), activity, rules
+    )
+    if state.stage in CLOSED_STAGES:
+        return state, []  # won and lost are final; later activities are only recorded
+    if activity.type == "bant_assessed":
+        return _assessed(state, activity, rules, now)
+    if activity.type in ("disqualified", "won", "lost"):
+        to_stage: Stage = activity.type
+        if state.stage == to_stage:
+            return state, []
+        at = activity.occurred_at
+        moved = _transition(state, to_stage, activity.activity_id, at, activity.reason)
+        return replace(state, stage=to_stage, clocks=_close_open(state.clocks, at)), [moved]
+    return state, []
+
+
+def _record_contact(state: LeadState, activity: SalesActivity, rules: Rules) -> LeadState:
+    """Owner, contact and sales-action times, and the clocks they meet."""
     at = activity.occurred_at
     if activity.owner:
         state = replace(state, owner=activity.owner)
@@ -263,40 +281,34 @@ def _apply_activity(
             last_sales_action_at=_latest(state.last_sales_action_at, at),
             clocks=_meet(state, "sql_follow_up", at),
         )
-    if state.stage in CLOSED_STAGES:
-        return state, []  # won and lost are final; later activities are only recorded
+    return state
 
-    if activity.type == "bant_assessed":
-        verdict = judge_bant(activity, rules)
-        if verdict.qualified:
-            if state.stage == "sql":
-                return state, []
-            moved = _transition(state, "sql", activity.activity_id, at, activity.reason)
-            handoff_id = state.handoff_id or activity.activity_id
-            clock = _new_clock("sql_follow_up", handoff_id, at, rules, state.owner)
-            # Back to SQL under the same handoff (after nurture, say): a new clock beside the
-            # decided one, never over it.
-            earlier = [
-                c for c in state.clocks if c.kind == "sql_follow_up" and c.handoff_id == handoff_id
-            ]
-            if earlier:
-                clock = replace(clock, round=max(c.round for c in earlier) + 1)
-            actions = [state.last_sales_action_at] if state.last_sales_action_at else []
-            clock = _settle_on_open(clock, actions, now, rules)
-            return replace(
-                state, stage="sql", missing_bant=(), clocks=_replace_clock(state, clock)
-            ), [moved]
+
+def _assessed(
+    state: LeadState, activity: SalesActivity, rules: Rules, now: datetime
+) -> tuple[LeadState, list[LifecycleTransition]]:
+    """A BANT assessment: SQL with a follow-up clock, or back to nurture with feedback."""
+    verdict = judge_bant(activity, rules)
+    if not verdict.qualified:
         if state.stage == "nurture":
             # Assessed again while in nurture: new feedback, no stage change, no second reset.
             return replace(state, missing_bant=verdict.missing), []
         return _recycle(state, activity, verdict.missing, rules)
-    if activity.type in ("disqualified", "won", "lost"):
-        to_stage: Stage = activity.type
-        if state.stage == to_stage:
-            return state, []
-        moved = _transition(state, to_stage, activity.activity_id, at, activity.reason)
-        return replace(state, stage=to_stage, clocks=_close_open(state.clocks, at)), [moved]
-    return state, []
+    if state.stage == "sql":
+        return state, []
+    at = activity.occurred_at
+    moved = _transition(state, "sql", activity.activity_id, at, activity.reason)
+    handoff_id = state.handoff_id or activity.activity_id
+    clock = _new_clock("sql_follow_up", handoff_id, at, rules, state.owner)
+    # Back to SQL under the same handoff (after nurture, say): a new clock beside the decided
+    # one, never over it.
+    earlier = [c for c in state.clocks if c.kind == "sql_follow_up" and c.handoff_id == handoff_id]
+    if earlier:
+        clock = replace(clock, round=max(c.round for c in earlier) + 1)
+    actions = [state.last_sales_action_at] if state.last_sales_action_at else []
+    clock = _settle_on_open(clock, actions, now, rules)
+    sql = replace(state, stage="sql", missing_bant=(), clocks=_replace_clock(state, clock))
+    return sql, [moved]
 
 
 def recycled_engagement(engagement: Mapping[str, Tally], rules: Rules) -> dict[str, Tally]:

@@ -1,36 +1,46 @@
-"""The shell around the core: one batch is parse, read state, fold the core, write, publish.
+"""One batch, the shell around the core: read the batch's leads, fold the core, write back.
 
-It moves bytes between Kafka and Redis and calls the pure core for every decision. It never
-raises for a bad record and never gives up on a batch it has taken: Faust acks a batch as soon
-as the agent moves on, so giving up would lose records.
+A batch is one read round trip (states and seen ids), a fold in Python (every decision is the
+core's), and one guarded write: states, dedupe markers, outbox, reminders, KPI counts and input
+offsets in one Lua step, all or nothing. A batch that loses a race (another writer changed a
+lead) is read and folded again; one that finds other input offsets in Redis than it started
+from, or a rescore's new generation, is given up and re-read from Kafka (`Resync`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
-from aiokafka.errors import KafkaError
 from pydantic import BaseModel
-from redis.exceptions import RedisError
 
 from schemas.handoff import MqlHandoff
 from schemas.lifecycle import LifecycleTransition
+from streams.bootstrap import LiveRules
 from streams.core.clocks import reminders
 from streams.core.kpi import KpiCount, KpiSample, kpi_changes
 from streams.core.lead import LeadState
-from streams.core.rules import Rules, parse_rules
+from streams.core.rules import Rules
 from streams.core.sales import mql_transition
-from streams.kafka import KafkaUnavailable, OutRecord
 from streams.observability import Metrics, log
+from streams.pipeline.delivery import Delivery, Publisher
 from streams.pipeline.intake import DeadLetter
+from streams.pipeline.retry import Retrying
 from streams.settings import Settings
-from streams.store import Conflict, Fenced, LeadStore, OutboxEntry, ReminderEntry, StoredLead
+from streams.store import (
+    Conflict,
+    Fenced,
+    LeadStore,
+    OffsetAdvance,
+    OffsetsMoved,
+    OutboxEntry,
+    ReminderEntry,
+    StoredLead,
+)
 
 T = TypeVar("T")
 
@@ -46,9 +56,26 @@ class InRecord:
     offset: int
 
 
-class Publisher(Protocol):
-    async def publish(self, records: Sequence[OutRecord]) -> None:
-        """Send records and return once Kafka acknowledged every one (raise otherwise)."""
+@dataclass(frozen=True, slots=True)
+class BatchPositions:
+    """Where a batch sits in its input partitions: the next offset Redis must hold when it
+    commits (`starts`, None where Redis holds none yet) and the one it leaves there (`ends`)."""
+
+    starts: Mapping[int, int | None]
+    ends: Mapping[int, int]
+    epoch: int = 0
+
+    def advances(self) -> list[OffsetAdvance]:
+        return [OffsetAdvance(p, self.starts.get(p), end) for p, end in self.ends.items()]
+
+
+class Resync(Exception):
+    """The batch was not written: Redis holds other input offsets than it started from, or a
+    rescore switched generations. The consumer re-reads the offsets and fetches again."""
+
+    def __init__(self, reason: str, stored: Mapping[int, int | None] | None = None) -> None:
+        super().__init__(reason)
+        self.stored = dict(stored or {})
 
 
 @dataclass(slots=True)
@@ -130,8 +157,17 @@ def wall_clock_now() -> datetime:
     return datetime.now(UTC)
 
 
+def deadletter_entry(d: DeadLetter, topic: str) -> OutboxEntry:
+    """A dead letter goes out through the outbox like any output: written with the batch's
+    offsets, so it is never lost between the offset moving on and Kafka having it."""
+    h = d.headers
+    output_id = f"dl:{h.source_topic}:{h.source_partition}:{h.source_offset}"
+    return OutboxEntry(h.source_partition, output_id, topic, d.key, d.value, tuple(h.to_kafka()))
+
+
 class BatchWriter:
-    """Shared machinery: the read-fold-write loop, delivery, the outbox, retries."""
+    """The read-fold-write loop shared by the scoring and sales sides, over one generation of
+    lead states, with retries, delivery through the outbox, and rescore switches."""
 
     def __init__(
         self,
@@ -144,130 +180,106 @@ class BatchWriter:
     ) -> None:
         self.settings = settings
         self.rules = rules
+        self.live_rules = LiveRules(rules)
         self.store = store
-        self.publisher = publisher
         self.metrics = metrics
         self.now = now
-        # Held from a batch's Redis write until its outbox entries are cleared, so the outbox
-        # sweep never sends what a batch is about to send itself.
-        self._delivery = asyncio.Lock()
-        self._batches = 0
+        self.retrying = Retrying(metrics, settings.redis_retry_max_seconds)
+        self.delivery = Delivery(
+            store, publisher, metrics, self.retrying, settings.fault_crash_during_delivery
+        )
+        self._written = 0
 
     async def _write(
         self,
         wanted: Mapping[str, Sequence[str]],
         fold: Callable[[dict[str, StoredLead]], BatchChanges],
+        positions: BatchPositions | None = None,
     ) -> BatchChanges:
-        """Read the leads, fold, write guarded by versions; on a conflict read again."""
+        """Read the leads, fold, write guarded by versions (and input offsets); on a version
+        conflict read again. Outputs are reserved for this worker's delivery before the write.
+        """
         while True:
-            stored = await self._retrying("redis", partial(self.store.load, wanted))
+            stored = (
+                await self.retrying("redis", partial(self.store.load, wanted)) if wanted else {}
+            )
             decided = fold(stored)
-            if not decided.changes and not decided.unschedule:
+            advances = positions.advances() if positions else []
+            if not (decided.changes or decided.unschedule or decided.outbox or advances):
                 return decided
+            self.delivery.reserve(decided.outbox)
             try:
-                await self._retrying(
-                    "redis",
-                    partial(
-                        self.store.commit,
-                        decided.changes,
-                        outbox=decided.outbox,
-                        schedule=decided.schedule,
-                        unschedule=decided.unschedule,
-                        counts=decided.counts,
-                        samples=decided.samples,
-                    ),
-                )
+                await self.retrying("redis", partial(self._commit, decided, advances))
+                self._maybe_crash(decided)
                 return decided
             except Fenced:
+                self.delivery.release(decided.outbox)
                 await self.follow_generation()
+                if positions is not None:
+                    raise Resync("a rescore switched generations") from None
+            except OffsetsMoved as exc:
+                self.delivery.release(decided.outbox)
+                raise Resync("input offsets in Redis moved", exc.stored) from None
             except Conflict as exc:
                 # Someone else wrote these leads (a rebalance overlap or the other agent):
                 # read again and refold; the dedupe markers make each input count once.
+                self.delivery.release(decided.outbox)
                 self.metrics.retries.labels("conflict").inc()
                 log.info("lead state changed under the batch; retrying", leads=exc.lead_ids[:5])
+            except BaseException:
+                self.delivery.release(decided.outbox)
+                raise
+
+    async def _commit(self, decided: BatchChanges, advances: list[OffsetAdvance]) -> None:
+        await self.store.commit(
+            decided.changes,
+            outbox=decided.outbox,
+            schedule=decided.schedule,
+            unschedule=decided.unschedule,
+            counts=decided.counts,
+            samples=decided.samples,
+            offsets=advances,
+        )
+
+    def _maybe_crash(self, decided: BatchChanges) -> None:
+        """Fault injection for the chaos tests: die between the Redis write and Kafka."""
+        if not decided.outbox or not self.settings.fault_crash_after_batches:
+            return
+        self._written += 1
+        if self.settings.fault_crash_after_batches == self._written:
+            log.error("fault injection: exiting after the Redis write", batch=self._written)
+            import os
+
+            os._exit(137)
 
     async def check_generation(self) -> None:
         """Follow a finished rescore promptly, not only when the next write is fenced."""
-        generation = await self._retrying("redis", self.store.active_generation)
+        generation = await self.retrying("redis", self.store.active_generation)
         if generation.number != self.store.keys.generation and generation.state == "active":
-            async with self._delivery:
-                await self.follow_generation()
+            await self.follow_generation()
 
     async def follow_generation(self) -> None:
-        """A rescore switched the live key space: wait for it to finish, then use it (and the
-        rules it was built with). The batch in hand is folded again there; dedupe keeps the
-        events the rescore already applied from counting twice."""
+        """A rescore switched the live generation: wait for it to finish, then use it (and the
+        rules it was built with)."""
         while True:
-            generation = await self._retrying("redis", self.store.active_generation)
+            generation = await self.retrying("redis", self.store.active_generation)
             if generation.state == "active":
                 break
             log.info("waiting for a rescore to finish switching", generation=generation.number)
             await asyncio.sleep(0.2)
+        if generation.number == self.store.keys.generation:
+            return
         self.store = self.store.at_generation(generation.number)
-        if generation.rules is not None and generation.rules_version != self.rules.version:
-            self.rules = parse_rules(generation.rules, origin="active generation")
+        self.rules = self.live_rules.of(generation)
         log.warning(
-            "now writing to the rescored key space",
+            "now writing to the rescored generation",
             generation=generation.number,
             rules_version=self.rules.version,
         )
 
-    async def _deliver(self, outbox: list[OutboxEntry], deadletters: list[DeadLetter]) -> None:
-        """Send dead letters and outputs; clear the outbox once Kafka has them."""
-        records = [
-            OutRecord(self.settings.deadletter, d.key, d.value, d.headers.to_kafka())
-            for d in deadletters
-        ]
-        records += [OutRecord(e.topic, e.key, e.value) for e in outbox]
-        if not records:
-            return
-        await self._retrying("kafka", partial(self.publisher.publish, records))
-        for r in records:
-            self.metrics.delivered.labels(r.topic).inc()
-        if outbox:
-            await self._retrying("redis", partial(self.store.clear_outbox, outbox))
-
-    def _maybe_crash(self, fold: BatchChanges) -> None:
-        """Fault injection for the chaos tests: die between the Redis write and Kafka."""
-        if not fold.outbox:
-            return
-        self._batches += 1
-        if self.settings.fault_crash_after_batches == self._batches:
-            log.error("fault injection: exiting after the Redis write", batch=self._batches)
-            os._exit(137)
-
     async def flush_outbox(self, partitions: Iterable[int]) -> int:
         """Deliver outputs that were written to Redis but not acknowledged by Kafka (crash)."""
-        parts = sorted(set(partitions))
-        if not parts:
-            return 0
-        async with self._delivery:
-            pending = await self._retrying("redis", partial(self.store.pending_outbox, parts))
-            self.metrics.outbox_pending.set(len(pending))
-            if not pending:
-                return 0
-            log.info("delivering outputs left in the outbox", count=len(pending))
-            await self._deliver(pending, [])
-            self.metrics.outbox_pending.set(0)
-            return len(pending)
-
-    async def _retrying(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry an I/O step until it succeeds: waiting is better than losing a taken batch."""
-        delay = 0.1
-        while True:
-            try:
-                return await call()
-            except (TimeoutError, RedisError, KafkaError, KafkaUnavailable, OSError) as exc:
-                self.metrics.retries.labels(operation).inc()
-                variable = "REDIS_URL" if operation == "redis" else "KAFKA_BOOTSTRAP"
-                log.error(
-                    f"{operation} unavailable; retrying",
-                    error=repr(exc),
-                    retry_in_seconds=delay,
-                    hint=f"check that {operation} is reachable (LEADFLOW_{variable})",
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.redis_retry_max_seconds)
+        return await self.delivery.flush_outbox(partitions)
 
     def _observe_transitions(self, result: BatchResult) -> None:
         for t in result.of_type(LifecycleTransition):

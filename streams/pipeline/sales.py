@@ -25,9 +25,15 @@ from streams.core.sales import (
     open_first_contact_clock,
 )
 from streams.observability import log
-from streams.pipeline.batch import BatchChanges, BatchResult, BatchWriter, InRecord
+from streams.pipeline.batch import (
+    BatchChanges,
+    BatchResult,
+    BatchWriter,
+    InRecord,
+    deadletter_entry,
+)
 from streams.pipeline.intake import DeadLetter, RecordLocation, parse_record
-from streams.store import ReminderEntry, StoredLead
+from streams.store import OutboxEntry, ReminderEntry, StoredLead
 
 SalesInput = MqlHandoff | SalesActivity
 
@@ -53,14 +59,9 @@ class SalesService(BatchWriter):
 
         now = self.now()
         wanted = {lead: [_mark(i) for i, _ in items] for lead, items in by_lead.items()}
-        async with self._delivery:
-            fold = (
-                await self._write(wanted, partial(self._fold, by_lead, now))
-                if by_lead
-                else BatchChanges()
-            )
-            self._maybe_crash(fold)
-            await self._deliver(fold.outbox, result.deadletters)
+        deadletters = [deadletter_entry(d, self.settings.deadletter) for d in result.deadletters]
+        fold = await self._write(wanted, partial(self._fold, by_lead, deadletters, now))
+        await self.delivery.send(fold.outbox)
         self._observe_clocks(fold)
         result.counted = fold.counted
         result.duplicates = sum(len(items) for items in by_lead.values()) - fold.counted
@@ -74,10 +75,11 @@ class SalesService(BatchWriter):
     def _fold(
         self,
         by_lead: dict[str, list[tuple[SalesInput, int]]],
+        deadletters: list[OutboxEntry],
         now: datetime,
         stored: dict[str, StoredLead],
     ) -> BatchChanges:
-        fold = BatchChanges()
+        fold = BatchChanges(outbox=list(deadletters))
         for lead_id, items in by_lead.items():
             before = stored[lead_id]
             state = before.state
@@ -110,7 +112,7 @@ class SalesService(BatchWriter):
             return 0
         now = self.now()
         now_ms = int(now.timestamp() * 1000)
-        due = await self._retrying(
+        due = await self.retrying(
             "redis",
             partial(self.store.due_wakeups, parts, now_ms, self.settings.sla_sweep_batch),
         )
@@ -120,11 +122,8 @@ class SalesService(BatchWriter):
         by_lead: dict[str, list[ReminderEntry]] = defaultdict(list)
         for w in due:
             by_lead[w.lead_id].append(w)
-        async with self._delivery:
-            fold = await self._write(
-                {lead: [] for lead in by_lead}, partial(self._fire, by_lead, now)
-            )
-            await self._deliver(fold.outbox, [])
+        fold = await self._write({lead: [] for lead in by_lead}, partial(self._fire, by_lead, now))
+        await self.delivery.send(fold.outbox)
         self._observe_clocks(fold)
         alerts = [o for o in fold.outputs if isinstance(o, SlaAlert)]
         for alert in alerts:
@@ -165,7 +164,10 @@ class SalesService(BatchWriter):
         return fold
 
     async def open_deadlines(self, partitions: Iterable[int]) -> int:
-        return await self._retrying("redis", partial(self.store.count_wakeups, list(partitions)))
+        count: int = await self.retrying(
+            "redis", partial(self.store.count_wakeups, list(partitions))
+        )
+        return count
 
     def _observe_clocks(self, fold: BatchChanges) -> None:
         """Once per written batch (a fold may run again after a version conflict)."""

@@ -12,51 +12,68 @@ from schemas.engagement import EngagementEvent
 from schemas.handoff import MqlHandoff
 from streams.core.lead import apply_all
 from streams.observability import log
-from streams.pipeline.batch import BatchChanges, BatchResult, BatchWriter, InRecord
+from streams.pipeline.batch import (
+    BatchChanges,
+    BatchPositions,
+    BatchResult,
+    BatchWriter,
+    InRecord,
+    deadletter_entry,
+)
 from streams.pipeline.intake import DeadLetter, RecordLocation, parse_engagement
-from streams.store import StoredLead
+from streams.store import OutboxEntry, StoredLead
 
 
 class ScoringService(BatchWriter):
     """Engagement events in; lead scores, MQL handoffs and `mql` lifecycle events out."""
 
-    async def process(self, records: Sequence[InRecord]) -> BatchResult:
+    async def process(
+        self,
+        records: Sequence[InRecord],
+        positions: BatchPositions | None = None,
+        wait_for_delivery: bool = True,
+    ) -> BatchResult:
+        """Score one batch. With `positions`, the input offsets move in the same Redis step as
+        the states (raises Resync when Redis holds other offsets). Without waiting for
+        delivery, the outputs go to Kafka in the background while the next batch is folded."""
         started = time.perf_counter()
         result = BatchResult()
-        by_lead: dict[str, list[tuple[EngagementEvent, int]]] = defaultdict(list)
-        known_types = self.rules.event_types
-        for rec in records:
-            parsed = parse_engagement(
-                rec.key,
-                rec.value,
-                RecordLocation(rec.topic, rec.partition, rec.offset),
-                known_types,
-                self.settings.max_event_bytes,
-            )
-            if isinstance(parsed, DeadLetter):
-                result.deadletters.append(parsed)
-            else:
-                by_lead[parsed.lead_id].append((parsed, rec.partition))
-
+        by_lead = self._parse(records, result)
         wanted = {lead: [e.event_id for e, _ in items] for lead, items in by_lead.items()}
-        async with self._delivery:
-            fold = BatchChanges()
-            if by_lead:
-                fold = await self._write(wanted, partial(self._fold, by_lead))
-            self._maybe_crash(fold)
-            await self._deliver(fold.outbox, result.deadletters)
+        deadletters = [deadletter_entry(d, self.settings.deadletter) for d in result.deadletters]
+        fold = await self._write(wanted, partial(self._fold, by_lead, deadletters), positions)
+        if wait_for_delivery:
+            await self.delivery.send(fold.outbox)
+        else:
+            self.delivery.send_later(fold.outbox)
         result.counted = fold.counted
         result.duplicates = sum(len(items) for items in by_lead.values()) - fold.counted
         result.outputs = fold.outputs
         self._observe(records, result, by_lead, time.perf_counter() - started)
         return result
 
+    def _parse(
+        self, records: Sequence[InRecord], result: BatchResult
+    ) -> dict[str, list[tuple[EngagementEvent, int]]]:
+        by_lead: dict[str, list[tuple[EngagementEvent, int]]] = defaultdict(list)
+        known_types = self.rules.event_types
+        max_bytes = self.settings.max_event_bytes
+        for rec in records:
+            where = RecordLocation(rec.topic, rec.partition, rec.offset)
+            parsed = parse_engagement(rec.key, rec.value, where, known_types, max_bytes)
+            if isinstance(parsed, DeadLetter):
+                result.deadletters.append(parsed)
+            else:
+                by_lead[parsed.lead_id].append((parsed, rec.partition))
+        return by_lead
+
     def _fold(
         self,
         by_lead: dict[str, list[tuple[EngagementEvent, int]]],
+        deadletters: list[OutboxEntry],
         stored: dict[str, StoredLead],
     ) -> BatchChanges:
-        fold = BatchChanges()
+        fold = BatchChanges(outbox=list(deadletters))
         for lead_id, items in by_lead.items():
             before = stored[lead_id]
             after, handoffs = apply_all(before.state, (e for e, _ in items), self.rules)

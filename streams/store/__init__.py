@@ -1,10 +1,13 @@
-"""Redis adapter: lead state, dedupe markers and the handoff outbox. No rules in here."""
+"""The Redis adapter: lead states with their input offsets, dedupe markers, the outbox of
+outputs, SLA reminders, KPI counters and the generation record. No rules in here."""
 
 from streams.store.redis_store import (
     Conflict,
     Fenced,
     Generation,
     LeadStore,
+    OffsetAdvance,
+    OffsetsMoved,
     OutboxEntry,
     ReminderEntry,
     StoredLead,
@@ -15,6 +18,8 @@ __all__ = [
     "Fenced",
     "Generation",
     "LeadStore",
+    "OffsetAdvance",
+    "OffsetsMoved",
     "OutboxEntry",
     "ReminderEntry",
     "StoredLead",

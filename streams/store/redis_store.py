@@ -6,6 +6,7 @@ already seen) and one write round trip (commit_batch.lua: a compare-and-set over
 
 from __future__ import annotations
 
+import base64
 import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,22 +35,59 @@ class StoredLead:
 class OutboxEntry:
     """An output written with the state that caused it, deleted once Kafka acknowledged it.
 
-    `partition` is the input partition whose owner delivers it after a crash.
+    `partition` is the input partition whose owner delivers it after a crash. Dead letters go
+    through the outbox too, byte for byte: their key and value may be absent or not UTF-8.
     """
 
     partition: int
     output_id: str
     topic: str
-    key: bytes
-    value: bytes
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
     def encode(self) -> bytes:
-        return orjson.dumps({"t": self.topic, "k": self.key.decode(), "v": self.value.decode()})
+        record: dict[str, Any] = {"t": self.topic}
+        for name, raw in (("k", self.key), ("v", self.value)):
+            try:
+                record[name] = None if raw is None else raw.decode()
+            except UnicodeDecodeError:
+                record[name + "64"] = base64.b64encode(raw).decode()  # type: ignore[arg-type]
+        if self.headers:
+            record["h"] = [[k, base64.b64encode(v).decode()] for k, v in self.headers]
+        return orjson.dumps(record)
 
     @classmethod
     def decode(cls, partition: int, output_id: str, raw: bytes) -> OutboxEntry:
         data = orjson.loads(raw)
-        return cls(partition, output_id, data["t"], data["k"].encode(), data["v"].encode())
+
+        def field(name: str) -> bytes | None:
+            if name + "64" in data:
+                return base64.b64decode(data[name + "64"])
+            text = data.get(name)
+            return None if text is None else str(text).encode()
+
+        headers = tuple((k, base64.b64decode(v)) for k, v in data.get("h", ()))
+        return cls(partition, output_id, data["t"], field("k"), field("v"), headers)
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetAdvance:
+    """A batch moves an input partition from `expected` (the next offset Redis must still hold;
+    None: Redis has none yet) to `next`, in the same step as the states it computed."""
+
+    partition: int
+    expected: int | None
+    next: int
+
+
+class OffsetsMoved(Exception):
+    """Redis holds other offsets than the batch started from (Redis restored or emptied, or
+    another worker moved on): nothing was written; resume from `stored` (None: none)."""
+
+    def __init__(self, stored: Mapping[int, int | None]) -> None:
+        super().__init__(f"stored offsets differ from the batch's start: {dict(stored)}")
+        self.stored = dict(stored)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +170,11 @@ class Keys:
 
     def kpi_prefix(self) -> str:
         return f"{self.prefix}kpi:"
+
+    def offsets(self, source_topic: str) -> str:
+        """Next offset to read per input partition, kept with (and in the same key space as)
+        the lead states computed from the records before it."""
+        return f"{self.space}offsets:{source_topic}"
 
     def outbox(self, source_topic: str, partition: int) -> str:
         return f"{self.prefix}outbox:{source_topic}:{partition}"
@@ -346,8 +389,10 @@ class LeadStore:
         unschedule: Iterable[ReminderEntry] = (),
         counts: Iterable[KpiCount] = (),
         samples: Iterable[KpiSample] = (),
+        offsets: Iterable[OffsetAdvance] = (),
     ) -> None:
-        """Write new states (guarded by the versions read), outputs, reminders and KPIs at once."""
+        """Write new states (guarded by the versions read), outputs, reminders, KPIs and the
+        input offsets (guarded by the offsets the batch started from) at once."""
         entries, adds, removes = list(outbox), list(schedule), list(unschedule)
         kpis, measured = list(counts), list(samples)
         keys = [self.keys.lead(new.lead_id) for _, new in changes]
@@ -357,7 +402,9 @@ class LeadStore:
         keys += [self.keys.reminders(self.source_topic, w.partition) for w in removes]
         keys += [self.keys.kpi(c.day) for c in kpis]
         keys += [self.keys.kpi_samples(m.day, m.series) for m in measured]
+        keys.append(self.keys.offsets(self.source_topic))
         keys.append(self.keys.generation_record())
+        advances = list(offsets)
         payload = {
             "gen": self.keys.generation,
             "ttl": self.dedupe_ttl_seconds,
@@ -374,12 +421,38 @@ class LeadStore:
             "remove": [w.member for w in removes],
             "count": [{"f": c.field, "n": c.amount} for c in kpis],
             "sample": [{"m": m.member, "s": m.seconds} for m in measured],
+            "offsets": [
+                {"p": o.partition, "from": -1 if o.expected is None else o.expected, "to": o.next}
+                for o in advances
+            ],
         }
         conflicts = await self._commit(keys=keys, args=[orjson.dumps(payload)])
         if conflicts and int(conflicts[0]) == -1:
             raise Fenced(f"key space {self.keys.generation} is no longer the active one")
+        if conflicts and int(conflicts[0]) == -2:
+            pairs = [int(x) for x in conflicts[1:]]
+            raise OffsetsMoved(
+                {
+                    pairs[i]: None if pairs[i + 1] < 0 else pairs[i + 1]
+                    for i in range(0, len(pairs), 2)
+                }
+            )
         if conflicts:
             raise Conflict([changes[int(i) - 1][1].lead_id for i in conflicts])
+
+    async def read_offsets(self, partitions: Iterable[int]) -> dict[int, int | None]:
+        """The next offset to read per input partition, as of the lead states (None: none)."""
+        parts = list(partitions)
+        if not parts:
+            return {}
+        raw = await self.redis.hmget(self.keys.offsets(self.source_topic), [str(p) for p in parts])
+        return {p: None if v is None else int(v) for p, v in zip(parts, raw, strict=True)}
+
+    async def write_offsets(self, positions: Mapping[int, int]) -> None:
+        """Set the offsets of this (not yet live) key space: where a rescore read up to."""
+        if positions:
+            mapping: dict[Any, Any] = {str(p): o for p, o in positions.items()}
+            await self.redis.hset(self.keys.offsets(self.source_topic), mapping=mapping)
 
     async def pending_outbox(self, partitions: Iterable[int]) -> list[OutboxEntry]:
         parts = list(partitions)

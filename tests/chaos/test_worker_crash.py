@@ -123,3 +123,39 @@ async def test_crash_after_redis_write_before_kafka_still_hands_off(
 
     await eventually(outbox_drained, 30, "the stranded handoffs to be delivered")
     await assert_matches_oracle(settings, records, min_handoffs=stranded)
+
+
+async def test_kill_during_the_overlapped_delivery_loses_and_doubles_nothing(
+    settings: Settings, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    records = generate(leads=300, events=6_000, seed=29, hot_share=0.5, duplicate_every=50)
+    await produce(settings, [(r.key, r.value) for r in records])
+
+    # Small batches so that deliveries overlap the folding of the next batches; the worker dies
+    # half-way through sending its 5th delivery, with later batches already written to Redis.
+    crashing = WorkerProcess(
+        settings,
+        tmp_path / "crashing.log",
+        {"LEADFLOW_FAULT_CRASH_DURING_DELIVERY": "5", "LEADFLOW_BATCH_MAX": "100"},
+    ).start()
+    workers.append(crashing)
+    assert crashing.proc is not None
+    crashing.proc.wait(timeout=120)
+    assert crashing.proc.returncode == 137, crashing.tail()
+    assert "exiting in the middle of a delivery" in crashing.tail(200)
+    assert not await consumer_caught_up(settings), "the crash did not land mid-stream"
+
+    restarted = WorkerProcess(settings, tmp_path / "restarted.log").start()
+    workers.append(restarted)
+    await restarted.wait_ready()
+    await eventually(lambda: consumer_caught_up(settings), 240, "the restarted worker to catch up")
+
+    expected = expected_outcome(records, load_rules(settings.rules), settings)
+
+    async def all_delivered() -> bool:
+        on_topic = await read_topic(settings, settings.handoff)
+        ids = {MqlHandoff.model_validate_json(r.value).handoff_id for r in on_topic}
+        return ids >= set(expected.handoffs)
+
+    await eventually(all_delivered, 60, "every handoff to be delivered")
+    await assert_matches_oracle(settings, records, min_handoffs=50)

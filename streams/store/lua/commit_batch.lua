@@ -17,11 +17,17 @@
 -- then one key per outbox entry (hash: output id -> record JSON),
 -- then one key per reminder to add, then one key per reminder to remove (sorted sets),
 -- then one key per KPI count (hash: field -> count), then one per KPI sample (sorted set),
--- and last the generation record (which key space of lead states is live).
+-- then the input offsets hash (partition -> next offset to read), and last the generation record
+-- (which key space of lead states is live).
 -- ARGV[1]  JSON {"gen": key space written, "ttl": seconds, "leads": [{"v": read version, "s": state, "seen": [ids]}],
 --                "outbox": [{"id": output id, "r": record JSON}],
 --                "add": [{"m": member, "at": due epoch ms}], "remove": [member, ...],
---                "count": [{"f": field, "n": amount}], "sample": [{"m": member, "s": seconds}]}
+--                "count": [{"f": field, "n": amount}], "sample": [{"m": member, "s": seconds}],
+--                "offsets": [{"p": partition, "from": expected next offset or -1 for none, "to": next}]}
+-- Offsets: the batch's input offsets advance in the same step as the states computed from its
+-- records, and only from where the batch started; if Redis holds another offset (restored from
+-- an older copy, emptied, or moved on by another worker), nothing is written and
+-- {-2, partition, stored offset or -1, ...} is returned so the worker resumes from Redis.
 -- KPI counts are written with the state change that caused them, so they never drift from it.
 local batch = cjson.decode(ARGV[1])
 local n = #batch.leads
@@ -32,6 +38,20 @@ local active = tonumber(redis.call('HGET', generation, 'active') or '0')
 local state = redis.call('HGET', generation, 'state') or 'active'
 if active ~= batch.gen or state ~= 'active' then
   return {-1}
+end
+
+local offsets = KEYS[#KEYS - 1]
+local moved = {}
+for _, o in ipairs(batch.offsets) do
+  local stored = tonumber(redis.call('HGET', offsets, tostring(o.p)) or '-1')
+  if stored ~= o['from'] then
+    moved[#moved + 1] = o.p
+    moved[#moved + 1] = stored
+  end
+end
+if #moved > 0 then
+  table.insert(moved, 1, -2)
+  return moved
 end
 
 local conflicts = {}
@@ -77,5 +97,8 @@ end
 k = k + #batch.count
 for j = 1, #batch.sample do
   redis.call('ZADD', KEYS[k + j], batch.sample[j].s, batch.sample[j].m)
+end
+for _, o in ipairs(batch.offsets) do
+  redis.call('HSET', offsets, tostring(o.p), o.to)
 end
 return {}

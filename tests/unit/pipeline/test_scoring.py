@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aiokafka.errors import KafkaConnectionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from schemas.engagement import EngagementEvent
@@ -18,10 +19,17 @@ from streams.core.lead import LeadState, apply_all
 from streams.core.rules import parse_rules
 from streams.kafka import OutRecord
 from streams.observability import Metrics
-from streams.pipeline.batch import InRecord
+from streams.pipeline.batch import BatchPositions, InRecord, Resync
 from streams.pipeline.scoring import ScoringService
 from streams.settings import load_settings
-from streams.store import Conflict, OutboxEntry, ReminderEntry, StoredLead
+from streams.store import (
+    Conflict,
+    OffsetAdvance,
+    OffsetsMoved,
+    OutboxEntry,
+    ReminderEntry,
+    StoredLead,
+)
 from streams.store.codec import lead_from_json, lead_to_json
 
 pytestmark = pytest.mark.unit
@@ -39,6 +47,7 @@ class MemoryStore:
         self.fail_next = 0
         self.outbox_read_delay = 0.0
         self.reminders_of: dict[str, int] = {}
+        self.offsets: dict[int, int] = {}
         self.kpis: dict[tuple[object, str], int] = {}
 
     def _maybe_fail(self) -> None:
@@ -66,8 +75,17 @@ class MemoryStore:
         unschedule: Iterable[ReminderEntry] = (),
         counts: Iterable[KpiCount] = (),
         samples: Iterable[KpiSample] = (),
+        offsets: Iterable[OffsetAdvance] = (),
     ) -> None:
         self._maybe_fail()
+        advances = list(offsets)
+        moved = {
+            o.partition: self.offsets.get(o.partition)
+            for o in advances
+            if self.offsets.get(o.partition) != o.expected
+        }
+        if moved:
+            raise OffsetsMoved(moved)
         stale = [
             new.lead_id
             for old, new in changes
@@ -89,6 +107,8 @@ class MemoryStore:
             self.reminders_of.pop(w.member, None)
         for c in counts:
             self.kpis[(c.day, c.field)] = self.kpis.get((c.day, c.field), 0) + c.amount
+        for o in advances:
+            self.offsets[o.partition] = o.next
 
     async def pending_outbox(self, partitions: Iterable[int]) -> list[OutboxEntry]:
         await asyncio.sleep(self.outbox_read_delay)  # a Redis round trip in flight
@@ -104,9 +124,12 @@ class SlowPublisher:
     def __init__(self, delay: float = 0.0) -> None:
         self.sent: list[OutRecord] = []
         self.delay = delay
+        self.fail = False
 
     async def publish(self, records: Sequence[OutRecord]) -> None:
         await asyncio.sleep(self.delay)
+        if self.fail:
+            raise KafkaConnectionError("broker down")
         self.sent.extend(records)
 
 
@@ -196,3 +219,64 @@ async def test_bad_and_good_records_in_one_batch(service) -> None:
     dead = [r for r in publisher.sent if r.topic == svc.settings.deadletter]
     assert [r.value for r in dead] == [b"not json"]
     assert ("leadflow.source.offset", b"0") in dead[0].headers
+
+
+async def test_the_batch_moves_its_input_offsets_with_the_states(service) -> None:
+    svc, store, _ = service
+    first = BatchPositions(starts={0: None}, ends={0: 2})
+    await svc.process([event("a", "e1", 0), event("b", "e2", 1, "email_open")], first)
+    assert store.offsets == {0: 2}
+    second = BatchPositions(starts={0: 2}, ends={0: 3})
+    result = await svc.process([event("c", "e3", 2)], second)
+    assert result.counted == 1 and store.offsets == {0: 3}
+
+
+async def test_a_batch_that_does_not_start_where_redis_is_writes_nothing(service) -> None:
+    svc, store, publisher = service
+    store.offsets = {0: 7}  # Redis is elsewhere: restored from an older copy, say
+    stale = BatchPositions(starts={0: 9}, ends={0: 10})
+    with pytest.raises(Resync) as raised:
+        await svc.process([event("a", "e1", 9)], stale)
+    assert raised.value.stored == {0: 7}
+    assert store.states == {} and store.outbox == {} and publisher.sent == []
+    assert store.offsets == {0: 7}
+
+
+async def test_a_batch_of_bad_records_still_moves_the_offsets(service) -> None:
+    svc, store, publisher = service
+    store.offsets = {0: 4}
+    bad = [InRecord(b"a", b"not json", "leads.engagement", 0, 4)]
+    await svc.process(bad, BatchPositions(starts={0: 4}, ends={0: 5}))
+    assert store.offsets == {0: 5}
+    dead = [r for r in publisher.sent if r.topic == svc.settings.deadletter]
+    assert [r.value for r in dead] == [b"not json"]
+
+
+async def test_a_dead_letter_waits_in_the_outbox_until_kafka_has_it(service) -> None:
+    svc, store, publisher = service
+    publisher.fail = True
+    task = asyncio.create_task(svc.process([InRecord(b"a", b"{", "leads.engagement", 3, 8)]))
+    await asyncio.sleep(0.05)
+    # Written with the batch, not yet sent: a crash now loses nothing.
+    (entry,) = [OutboxEntry.decode(p, i, r) for (p, i), r in store.outbox.items()]
+    assert entry.topic == svc.settings.deadletter and entry.value == b"{"
+    assert ("leadflow.source.offset", b"8") in entry.headers
+    publisher.fail = False
+    await task
+    assert store.outbox == {}
+
+
+async def test_overlapped_delivery_keeps_the_order_batches_were_written_in(service) -> None:
+    svc, store, publisher = service
+    publisher.delay = 0.02
+    await svc.process([event("a", "e1", 0)], wait_for_delivery=False)
+    await svc.process([event("b", "e2", 1)], wait_for_delivery=False)
+    assert publisher.sent == []  # both batches written, neither delivered yet
+    await svc.delivery.settle()
+    handoffs = [
+        MqlHandoff.model_validate_json(r.value)
+        for r in publisher.sent
+        if r.topic == svc.settings.handoff
+    ]
+    assert [h.lead_id for h in handoffs] == ["a", "b"]
+    assert store.outbox == {}
