@@ -106,6 +106,8 @@ class EngagementConsumer(Service):
             await self._commit_to_kafka(force=True)
             with contextlib.suppress(KafkaError, OSError):
                 await self.consumer.stop()
+        with contextlib.suppress(KafkaError, OSError):
+            await self.scoring.delivery.publisher.stop()
 
     def assigned(self) -> list[int]:
         if self.consumer is None:
@@ -127,10 +129,13 @@ class EngagementConsumer(Service):
                 isolation_level="read_committed",
             )
             consumer.subscribe([self.topic], listener=_Rebalance(self))
+            # Set before start: the first assignment may arrive while start() runs.
+            self.consumer = consumer
             try:
                 await consumer.start()
                 return consumer
             except (KafkaError, OSError) as exc:
+                self.consumer = None
                 with contextlib.suppress(Exception):
                     await consumer.stop()
                 log.error(

@@ -116,6 +116,9 @@ class Rescore:
                 try:
                     await self._catch_up(consumer, parts, target)
                     await self._merge_sales_changes(live, target)
+                    # The new generation's states reflect the log up to these offsets: workers
+                    # resume there after the switch (offsets live with the state).
+                    await target.write_offsets(s.positions)
                     await self.live.switch(
                         "finish",
                         s.live_generation,

@@ -24,6 +24,9 @@ class Publisher(Protocol):
     async def publish(self, records: Sequence[OutRecord]) -> None:
         """Send records and return once Kafka acknowledged every one (raise otherwise)."""
 
+    async def stop(self) -> None:
+        """Flush and close (a later publish may start it again)."""
+
 
 class Delivery:
     """Sends outbox entries, one delivery at a time, and clears them once Kafka has them.

@@ -132,6 +132,9 @@ class SlowPublisher:
             raise KafkaConnectionError("broker down")
         self.sent.extend(records)
 
+    async def stop(self) -> None:
+        pass
+
 
 def parse(record: InRecord) -> EngagementEvent:
     assert record.value is not None
