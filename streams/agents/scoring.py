@@ -60,11 +60,13 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, owner: EngagementConsumer) -> None:
         self.owner = owner
 
+    # No I/O here: the fetch loop re-reads the offsets from Redis and seeks before it scores
+    # anything fetched after a rebalance (records fetched across one are dropped, unscored).
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         self.owner.revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        await self.owner.resume(assigned)
+        self.owner.assigned_anew()
 
 
 class EngagementConsumer(Service):
@@ -155,9 +157,12 @@ class EngagementConsumer(Service):
             if self._resync:
                 self._resync = False
                 await self.resume(self.consumer.assignment())
+            epoch = self.epoch
             fetched = await self.consumer.getmany(
                 timeout_ms=POLL_MS, max_records=self.settings.batch_max
             )
+            if self._resync or epoch != self.epoch:
+                continue  # fetched across a rebalance: from positions not read from Redis
             if fetched:
                 await self._score(fetched)
             await self._commit_to_kafka()
@@ -220,8 +225,13 @@ class EngagementConsumer(Service):
 
     # -- where to resume ----------------------------------------------------------------------
 
+    def assigned_anew(self) -> None:
+        self.epoch += 1
+        self._resync = True
+
     def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         self.epoch += 1
+        self._resync = True
         for tp in partitions:
             if tp.topic == self.topic:
                 self.next.pop(tp.partition, None)
