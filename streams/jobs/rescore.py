@@ -17,7 +17,7 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -27,7 +27,6 @@ from streams.core.kpi import KpiCount
 from streams.core.lead import LeadState, apply_all
 from streams.core.rescore import rescore_lead, take_sales_side
 from streams.core.rules import Rules
-from streams.core.sales import sales_marks
 from streams.kafka import client_options, topic_partitions
 from streams.pipeline.batch import BatchChanges
 from streams.pipeline.intake import RecordLocation, parse_engagement
@@ -184,11 +183,13 @@ class Rescore:
             held: list[OutboxEntry] = []
             counts: list[KpiCount] = []
             for lead_id in chunk:
-                state, seen = current[lead_id]
-                new, handoffs = rescore_lead(state, by_lead[lead_id], self.rules, sales_marks(seen))
+                state, _ = current[lead_id]
+                new, handoffs = rescore_lead(state, by_lead[lead_id], self.rules)
                 states.append(new)
                 self._hold(tp.partition, state, new, handoffs, held, counts)
-            await target.write_rebuilt(states, held, counts)
+            # The live dedupe memory is kept: sales markers, and events no longer in the log.
+            carry = {lead_id: seen for lead_id, (_, seen) in current.items()}
+            await target.write_rebuilt(states, held, counts, carry)
             self.summary.leads_rebuilt += len(chunk)
         return set(leads)
 
@@ -223,17 +224,15 @@ class Rescore:
             current = await live.read_live(chunk)
             rebuilt = await target.read_live(chunk)
             merged = []
+            carry: dict[str, bytes] = {}
             for lead_id in chunk:
                 state, seen = current[lead_id]
                 if state is None:
                     continue
                 mine, my_seen = rebuilt[lead_id]
-                if mine is None:
-                    merged.append(replace(state, seen_event_ids=seen))
-                else:
-                    mine = replace(mine, seen_event_ids=my_seen)
-                    merged.append(take_sales_side(mine, state, seen))
-            await target.write_rebuilt(merged)
+                merged.append(state if mine is None else take_sales_side(mine, state, frozenset()))
+                carry[lead_id] = my_seen + seen  # both memories: an id seen by either counts once
+            await target.write_rebuilt(merged, carry=carry)
             self.summary.leads_merged += len(merged)
 
     async def _keep_unlogged(self, live: LeadStore, target: LeadStore, rebuilt: set[str]) -> None:
@@ -243,12 +242,9 @@ class Rescore:
             chunk = others[i : i + CHUNK]
             self.read_versions.update(await live.versions(chunk))
             current = await live.read_live(chunk)
-            states = [
-                replace(state, seen_event_ids=seen)
-                for state, seen in current.values()
-                if state is not None
-            ]
-            await target.write_rebuilt(states)
+            states = [state for state, _ in current.values() if state is not None]
+            carry = {lead_id: seen for lead_id, (_, seen) in current.items()}
+            await target.write_rebuilt(states, carry=carry)
             self.summary.leads_kept += len(states)
 
     async def _catch_up(

@@ -9,18 +9,26 @@ from __future__ import annotations
 import base64
 import copy
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from importlib.resources import files
 from typing import Any
 
+import msgpack
 import orjson
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from streams.core.kpi import KpiCount, KpiSample
 from streams.core.lead import LeadState
-from streams.store.codec import decode_lead, encode_lead
+from streams.store.codec import (
+    decode_lead,
+    decode_stored,
+    encode_lead,
+    remember_seen,
+    seen_digest,
+    seen_digests,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +37,7 @@ class StoredLead:
 
     version: int
     state: LeadState
+    seen: bytes = b""  # the dedupe memory as stored (streams.store.codec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,21 +254,15 @@ class LeadStore:
 
     # -- rescore --------------------------------------------------------------------------------
 
-    async def read_live(
-        self, lead_ids: Sequence[str]
-    ) -> dict[str, tuple[LeadState | None, frozenset[str]]]:
-        """Live states and every seen id (event ids and sales markers) per lead."""
+    async def read_live(self, lead_ids: Sequence[str]) -> dict[str, tuple[LeadState | None, bytes]]:
+        """Live states and their dedupe memory (event ids and sales markers), per lead."""
         pipe = self.redis.pipeline(transaction=False)
         for lead_id in lead_ids:
             pipe.hget(self.keys.lead(lead_id), "s")
-            pipe.smembers(self.keys.seen(lead_id))
         replies = await pipe.execute()
-        out: dict[str, tuple[LeadState | None, frozenset[str]]] = {}
-        for i, lead_id in enumerate(lead_ids):
-            raw, seen = replies[2 * i], replies[2 * i + 1]
-            marks = frozenset(m.decode() for m in seen)
-            state = None if raw is None else decode_lead(raw)
-            out[lead_id] = (state, marks)
+        out: dict[str, tuple[LeadState | None, bytes]] = {}
+        for lead_id, raw in zip(lead_ids, replies, strict=True):
+            out[lead_id] = (None, b"") if raw is None else decode_stored(raw)
         return out
 
     async def versions(self, lead_ids: Sequence[str]) -> dict[str, int]:
@@ -275,15 +278,20 @@ class LeadStore:
         states: Sequence[LeadState],
         held: Iterable[OutboxEntry] = (),
         counts: Iterable[KpiCount] = (),
+        carry: Mapping[str, bytes] = {},
     ) -> None:
-        """Write rebuilt leads into this (not yet live) key space, with held-back outputs."""
+        """Write rebuilt leads into this (not yet live) key space, with held-back outputs.
+
+        `carry` is the live dedupe memory per lead: kept, so that an input the live state had
+        seen (an activity, a handoff, an event no longer in the log) still counts once."""
         pipe = self.redis.pipeline(transaction=False)
         for state in states:
+            known = carry.get(state.lead_id, b"")
+            digests = seen_digests(known)
+            fresh = [x for x in state.seen_event_ids if seen_digest(x) not in digests]
+            seen = self._remember(known, fresh, state)
             pipe.hincrby(self.keys.lead(state.lead_id), "v", 1)
-            pipe.hset(self.keys.lead(state.lead_id), "s", encode_lead(state))
-            if state.seen_event_ids:
-                pipe.sadd(self.keys.seen(state.lead_id), *state.seen_event_ids)
-                pipe.expire(self.keys.seen(state.lead_id), self.dedupe_ttl_seconds)
+            pipe.hset(self.keys.lead(state.lead_id), "s", encode_lead(state, seen))
         for e in held:
             pipe.hset(
                 self.keys.held_outputs(self.source_topic, e.partition), e.output_id, e.encode()
@@ -366,20 +374,29 @@ class LeadStore:
     async def load(self, event_ids_by_lead: Mapping[str, Sequence[str]]) -> dict[str, StoredLead]:
         """Read the batch's leads and which of its event ids each lead has already seen."""
         leads = list(event_ids_by_lead)
-        keys = [self.keys.lead(lead_id) for lead_id in leads]
-        keys += [self.keys.seen(lead_id) for lead_id in leads]
-        ids = [list(event_ids_by_lead[lead_id]) for lead_id in leads]
-        replies = await self._load(keys=keys, args=[orjson.dumps(ids)])
+        replies = await self._load(keys=[self.keys.lead(x) for x in leads])
         out: dict[str, StoredLead] = {}
-        for lead_id, lead_ids, (version, state, flags) in zip(leads, ids, replies, strict=True):
-            seen = [eid for eid, flag in zip(lead_ids, flags, strict=True) if flag]
-            if state is None:
-                out[lead_id] = StoredLead(
-                    0, LeadState(lead_id=lead_id, seen_event_ids=frozenset(seen))
-                )
-            else:
-                out[lead_id] = StoredLead(int(version), decode_lead(state, seen))
+        for lead_id, (version, raw) in zip(leads, replies, strict=True):
+            wanted = event_ids_by_lead[lead_id]
+            if raw is None:
+                out[lead_id] = StoredLead(0, LeadState(lead_id=lead_id))
+                continue
+            state, seen = decode_stored(raw)
+            if wanted and seen:
+                digests = seen_digests(seen)
+                known = frozenset(x for x in wanted if seen_digest(x) in digests)
+                if known:
+                    state = replace(state, seen_event_ids=known)
+            out[lead_id] = StoredLead(int(version), state, seen)
         return out
+
+    def _remember_new(self, old: StoredLead, new: LeadState) -> bytes:
+        """The dedupe memory after a change: what was stored plus the ids the fold added."""
+        return self._remember(old.seen, new.seen_event_ids - old.state.seen_event_ids, new)
+
+    def _remember(self, seen: bytes, ids: Iterable[str], state: LeadState) -> bytes:
+        day = state.last_event_at.date() if state.last_event_at else None
+        return remember_seen(seen, ids, day, self.dedupe_ttl_seconds // 86400)
 
     async def commit(
         self,
@@ -396,7 +413,6 @@ class LeadStore:
         entries, adds, removes = list(outbox), list(schedule), list(unschedule)
         kpis, measured = list(counts), list(samples)
         keys = [self.keys.lead(new.lead_id) for _, new in changes]
-        keys += [self.keys.seen(new.lead_id) for _, new in changes]
         keys += [self.keys.outbox(self.source_topic, e.partition) for e in entries]
         keys += [self.keys.reminders(self.source_topic, w.partition) for w in adds]
         keys += [self.keys.reminders(self.source_topic, w.partition) for w in removes]
@@ -407,12 +423,10 @@ class LeadStore:
         advances = list(offsets)
         payload = {
             "gen": self.keys.generation,
-            "ttl": self.dedupe_ttl_seconds,
             "leads": [
                 {
                     "v": old.version,
-                    "s": encode_lead(new).decode(),
-                    "seen": sorted(new.seen_event_ids - old.state.seen_event_ids),
+                    "s": encode_lead(new, self._remember_new(old, new)),
                 }
                 for old, new in changes
             ],
@@ -426,7 +440,7 @@ class LeadStore:
                 for o in advances
             ],
         }
-        conflicts = await self._commit(keys=keys, args=[orjson.dumps(payload)])
+        conflicts = await self._commit(keys=keys, args=[msgpack.packb(payload, use_bin_type=True)])
         if conflicts and int(conflicts[0]) == -1:
             raise Fenced(f"key space {self.keys.generation} is no longer the active one")
         if conflicts and int(conflicts[0]) == -2:

@@ -1,4 +1,5 @@
--- commit_batch.lua: write one batch's lead states, dedupe markers, outputs and reminders.
+-- commit_batch.lua: write one batch's lead states (with their dedupe memory), outputs,
+-- reminders, KPI counts and input offsets.
 --
 -- Guarantees:
 --   * all or nothing (a Lua script runs atomically in Redis);
@@ -12,14 +13,13 @@
 --     sweeper never sees a reminder for a clock state that was not written.
 -- No scoring or lifecycle rule lives here: the worker computed everything in Python.
 --
--- KEYS[1..n]          lead state hashes  {v = version, s = state JSON}
--- KEYS[n+1..2n]       per-lead sets of seen ids (expire after ttl seconds)
+-- KEYS[1..n]          lead state hashes  {v = version, s = state, dedupe memory included}
 -- then one key per outbox entry (hash: output id -> record JSON),
 -- then one key per reminder to add, then one key per reminder to remove (sorted sets),
 -- then one key per KPI count (hash: field -> count), then one per KPI sample (sorted set),
 -- then the input offsets hash (partition -> next offset to read), and last the generation record
 -- (which key space of lead states is live).
--- ARGV[1]  JSON {"gen": key space written, "ttl": seconds, "leads": [{"v": read version, "s": state, "seen": [ids]}],
+-- ARGV[1]  MessagePack {"gen": generation written, "leads": [{"v": read version, "s": state}],
 --                "outbox": [{"id": output id, "r": record JSON}],
 --                "add": [{"m": member, "at": due epoch ms}], "remove": [member, ...],
 --                "count": [{"f": field, "n": amount}], "sample": [{"m": member, "s": seconds}],
@@ -29,7 +29,7 @@
 -- an older copy, emptied, or moved on by another worker), nothing is written and
 -- {-2, partition, stored offset or -1, ...} is returned so the worker resumes from Redis.
 -- KPI counts are written with the state change that caused them, so they never drift from it.
-local batch = cjson.decode(ARGV[1])
+local batch = cmsgpack.unpack(ARGV[1])
 local n = #batch.leads
 
 -- Fence: a rescore switched (or is switching) the live key space; the caller must follow it.
@@ -68,17 +68,9 @@ end
 for i = 1, n do
   local lead = batch.leads[i]
   redis.call('HSET', KEYS[i], 'v', lead.v + 1, 's', lead.s)
-  local seen = lead.seen
-  -- SADD in chunks: unpack() is limited by the Lua stack size.
-  for first = 1, #seen, 1000 do
-    redis.call('SADD', KEYS[n + i], unpack(seen, first, math.min(first + 999, #seen)))
-  end
-  if #seen > 0 then
-    redis.call('EXPIRE', KEYS[n + i], batch.ttl)
-  end
 end
 
-local k = 2 * n
+local k = n
 for j = 1, #batch.outbox do
   redis.call('HSET', KEYS[k + j], batch.outbox[j].id, batch.outbox[j].r)
 end
