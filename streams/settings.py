@@ -108,7 +108,7 @@ class Settings(BaseSettings):
         description=(
             "What a worker does with a partition whose offsets are not in Redis although the "
             "consumer group has consumed it (Redis emptied): stop it (default), replay it from "
-            "the earliest retained offset, or trust Kafka's committed offset (upgrades only)."
+            "the earliest retained offset, or trust the group's committed offset."
         ),
     )
     offsets_commit_interval: float = Field(

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.engagement import EngagementEvent
 from schemas.handoff import MqlHandoff
+from streams.bootstrap import open_store
 from streams.core.kpi import KpiCount
 from streams.core.lead import LeadState, apply_all
 from streams.core.rescore import rescore_lead, take_sales_side
@@ -65,12 +66,7 @@ class Rescore:
         self.settings = settings
         self.rules = rules
         self.progress = progress or (lambda done, total: None)
-        self.live = LeadStore.from_url(
-            settings.redis_url,
-            settings.redis_prefix,
-            settings.engagement,
-            settings.dedupe_ttl_days * 86400,
-        )
+        self.live = open_store(settings)
         self.summary = RescoreSummary(new_rules_version=rules.version)
         # Live version of each lead when the rescore read it: what sales changed afterwards is
         # merged in while the workers are held at the switch.
