@@ -70,7 +70,7 @@ def new_app(settings: Settings) -> faust.App:
 def create_worker(settings: Settings, rules: Rules, generation: int = 0) -> Worker:
     app = new_app(settings)
     metrics = Metrics()
-    store = open_store(settings).at_generation(generation)
+    store = open_store(settings, settings.state_cache_leads).at_generation(generation)
     publisher = Producer(settings, client_id=settings.app_id)
     service = ScoringService(settings, rules, store, publisher, metrics)
     sales = SalesService(settings, rules, store.for_source(settings.handoff), publisher, metrics)

@@ -25,13 +25,15 @@ def checked_settings(**overrides: object) -> Settings:
     return settings
 
 
-def open_store(settings: Settings, source_topic: str | None = None) -> LeadStore:
-    """The one construction of the Redis adapter for this namespace."""
+def open_store(settings: Settings, cache_leads: int = 0) -> LeadStore:
+    """The one construction of the Redis adapter for this namespace (the worker keeps the
+    states it wrote last in memory: `cache_leads`)."""
     return LeadStore.from_url(
         settings.redis_url,
         prefix=settings.redis_prefix,
-        source_topic=source_topic or settings.engagement,
+        source_topic=settings.engagement,
         dedupe_ttl_seconds=settings.dedupe_ttl_days * 86400,
+        cache_leads=cache_leads,
     )
 
 

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
         default=90, ge=1, description="How long an event_id is remembered per lead."
     )
     redis_retry_max_seconds: float = Field(default=30.0, gt=0)
+    state_cache_leads: int = Field(
+        default=50_000,
+        ge=0,
+        description="Lead states a worker keeps in memory between batches (0: none).",
+    )
     sla_sweep_interval: float = Field(
         default=0.25, gt=0, le=60, description="Seconds between looks at due SLA deadlines."
     )

@@ -243,8 +243,9 @@ class EngagementConsumer(Service):
         assert self.consumer is not None
         self.epoch += 1
         parts = sorted((tp for tp in partitions if tp.topic == self.topic), key=lambda t: t[1])
-        store = self.scoring.store
         await self.scoring.follow_generation()  # offsets belong to the live generation
+        store = self.scoring.store
+        store.cache.clear()  # a rebalance or a restore: states are read from Redis again
         stored = await self.scoring.retrying(
             "redis", lambda: store.read_offsets(tp.partition for tp in parts)
         )

@@ -219,6 +219,7 @@ class BatchWriter:
                     raise Resync("a rescore switched generations") from None
             except OffsetsMoved as exc:
                 self.delivery.release(decided.outbox)
+                self.store.cache.clear()  # Redis may have been restored: trust nothing held
                 raise Resync("input offsets in Redis moved", exc.stored) from None
             except Conflict as exc:
                 # Someone else wrote these leads (a rebalance overlap or the other agent):

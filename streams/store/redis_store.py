@@ -21,6 +21,7 @@ from redis.commands.core import AsyncScript
 
 from streams.core.kpi import KpiCount, KpiSample
 from streams.core.lead import LeadState
+from streams.store.cache import CachedLead, StateCache
 from streams.store.codec import (
     decode_lead,
     decode_stored,
@@ -204,9 +205,16 @@ class Keys:
 
 class LeadStore:
     def __init__(
-        self, client: aioredis.Redis, prefix: str, source_topic: str, dedupe_ttl_seconds: int
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        source_topic: str,
+        dedupe_ttl_seconds: int,
+        cache_leads: int = 0,
     ) -> None:
         self.redis = client
+        # Shared by the copies at_generation / for_source make: one worker, one cache.
+        self.cache = StateCache(cache_leads)
         self.keys = Keys(prefix)
         self.source_topic = source_topic
         self.dedupe_ttl_seconds = dedupe_ttl_seconds
@@ -360,10 +368,15 @@ class LeadStore:
 
     @classmethod
     def from_url(
-        cls, url: str, prefix: str, source_topic: str, dedupe_ttl_seconds: int
+        cls,
+        url: str,
+        prefix: str,
+        source_topic: str,
+        dedupe_ttl_seconds: int,
+        cache_leads: int = 0,
     ) -> LeadStore:
         client = aioredis.Redis.from_url(url, socket_timeout=10, health_check_interval=30)
-        return cls(client, prefix, source_topic, dedupe_ttl_seconds)
+        return cls(client, prefix, source_topic, dedupe_ttl_seconds, cache_leads)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -374,20 +387,32 @@ class LeadStore:
     async def load(self, event_ids_by_lead: Mapping[str, Sequence[str]]) -> dict[str, StoredLead]:
         """Read the batch's leads and which of its event ids each lead has already seen."""
         leads = list(event_ids_by_lead)
-        replies = await self._load(keys=[self.keys.lead(x) for x in leads])
+        gen = self.keys.generation
+        cached = [self.cache.get(gen, x) for x in leads]
+        known = [-1 if c is None else c.version for c in cached]
+        replies = await self._load(
+            keys=[self.keys.lead(x) for x in leads], args=[msgpack.packb(known)]
+        )
         out: dict[str, StoredLead] = {}
-        for lead_id, (version, raw) in zip(leads, replies, strict=True):
-            wanted = event_ids_by_lead[lead_id]
-            if raw is None:
+        for lead_id, entry, reply in zip(leads, cached, replies, strict=True):
+            if len(reply) == 1 and entry is not None:
+                state, seen, digests = entry.state, entry.seen, entry.digests
+            elif reply[1] is None:
                 out[lead_id] = StoredLead(0, LeadState(lead_id=lead_id))
                 continue
-            state, seen = decode_stored(raw)
+            else:
+                state, seen = decode_stored(reply[1])
+                digests = None
+            wanted = event_ids_by_lead[lead_id]
             if wanted and seen:
-                digests = seen_digests(seen)
-                known = frozenset(x for x in wanted if seen_digest(x) in digests)
-                if known:
-                    state = replace(state, seen_event_ids=known)
-            out[lead_id] = StoredLead(int(version), state, seen)
+                if digests is None:
+                    digests = seen_digests(seen)
+                    if entry is not None and len(reply) == 1:
+                        entry.digests = digests
+                known_ids = frozenset(x for x in wanted if seen_digest(x) in digests)
+                if known_ids:
+                    state = replace(state, seen_event_ids=known_ids)
+            out[lead_id] = StoredLead(int(reply[0]), state, seen)
         return out
 
     def _remember_new(self, old: StoredLead, new: LeadState) -> bytes:
@@ -421,14 +446,12 @@ class LeadStore:
         keys.append(self.keys.offsets(self.source_topic))
         keys.append(self.keys.generation_record())
         advances = list(offsets)
+        memories = [self._remember_new(old, new) for old, new in changes]
         payload = {
             "gen": self.keys.generation,
             "leads": [
-                {
-                    "v": old.version,
-                    "s": encode_lead(new, self._remember_new(old, new)),
-                }
-                for old, new in changes
+                {"v": old.version, "s": encode_lead(new, seen)}
+                for (old, new), seen in zip(changes, memories, strict=True)
             ],
             "outbox": [{"id": e.output_id, "r": e.encode().decode()} for e in entries],
             "add": [{"m": w.member, "at": w.at_ms} for w in adds],
@@ -453,6 +476,10 @@ class LeadStore:
             )
         if conflicts:
             raise Conflict([changes[int(i) - 1][1].lead_id for i in conflicts])
+        gen = self.keys.generation
+        for (old, new), seen in zip(changes, memories, strict=True):
+            unseen = replace(new, seen_event_ids=frozenset()) if new.seen_event_ids else new
+            self.cache.put(gen, new.lead_id, CachedLead(old.version + 1, unseen, seen))
 
     async def read_offsets(self, partitions: Iterable[int]) -> dict[int, int | None]:
         """The next offset to read per input partition, as of the lead states (None: none)."""

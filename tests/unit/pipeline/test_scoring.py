@@ -30,6 +30,7 @@ from streams.store import (
     ReminderEntry,
     StoredLead,
 )
+from streams.store.cache import StateCache
 from streams.store.codec import lead_from_json, lead_to_json
 
 pytestmark = pytest.mark.unit
@@ -48,6 +49,7 @@ class MemoryStore:
         self.outbox_read_delay = 0.0
         self.reminders_of: dict[str, int] = {}
         self.offsets: dict[int, int] = {}
+        self.cache = StateCache(0)
         self.kpis: dict[tuple[object, str], int] = {}
 
     def _maybe_fail(self) -> None:

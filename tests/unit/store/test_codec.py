@@ -93,3 +93,17 @@ def test_utc_times_come_back_in_utc() -> None:
     state = LeadState(lead_id="a", last_event_at=at)
     restored = decode_lead(encode_lead(state))
     assert restored.last_event_at == at and restored.last_event_at.utcoffset() == timedelta(0)
+
+
+def test_the_state_cache_keeps_the_most_recently_used_leads() -> None:
+    from streams.store.cache import CachedLead, StateCache
+
+    cache = StateCache(2)
+    for lead in ("a", "b"):
+        cache.put(0, lead, CachedLead(1, LeadState(lead_id=lead), b""))
+    assert cache.get(0, "a") is not None  # a is now the most recent
+    cache.put(0, "c", CachedLead(1, LeadState(lead_id="c"), b""))
+    assert cache.get(0, "b") is None and cache.get(0, "a") is not None
+    assert cache.get(1, "a") is None  # another generation is another key space
+    cache.clear()
+    assert len(cache) == 0
