@@ -43,6 +43,7 @@ class Retrying:
                 log.error(
                     f"{operation} unavailable; retrying",
                     error=repr(exc),
+                    detail=str(exc)[:300],
                     retry_in_seconds=delay,
                     hint=f"check that {operation} is reachable ({VARIABLE[operation]})",
                 )

@@ -463,7 +463,9 @@ class LeadStore:
                 for o in advances
             ],
         }
-        conflicts = await self._commit(keys=keys, args=[msgpack.packb(payload, use_bin_type=True)])
+        # Redis's Lua cmsgpack knows MessagePack's raw strings, not its newer bin type.
+        packed = msgpack.packb(payload, use_bin_type=False)
+        conflicts = await self._commit(keys=keys, args=[packed])
         if conflicts and int(conflicts[0]) == -1:
             raise Fenced(f"key space {self.keys.generation} is no longer the active one")
         if conflicts and int(conflicts[0]) == -2:
