@@ -184,7 +184,7 @@ class EngagementConsumer(Service):
             )
         except Resync as exc:
             log.warning(
-                "input offsets in Redis differ from where this batch started; resuming from Redis",
+                "batch not written; resuming from the offsets in Redis",
                 reason=str(exc),
                 stored=exc.stored or None,
             )
