@@ -64,9 +64,11 @@ class Settings(BaseSettings):
     )
     redis_retry_max_seconds: float = Field(default=30.0, gt=0)
     state_cache_leads: int = Field(
-        default=50_000,
+        default=20_000,
         ge=0,
-        description="Lead states a worker keeps in memory between batches (0: none).",
+        description=(
+            "Lead states a worker keeps in memory between batches (about 5.6 KB each; 0: none)."
+        ),
     )
     sla_sweep_interval: float = Field(
         default=0.25, gt=0, le=60, description="Seconds between looks at due SLA deadlines."
