@@ -10,6 +10,7 @@ from, or a rescore's new generation, is given up and re-read from Kafka (`Resync
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -249,8 +250,6 @@ class BatchWriter:
         self._written += 1
         if self.settings.fault_crash_after_batches == self._written:
             log.error("fault injection: exiting after the Redis write", batch=self._written)
-            import os
-
             os._exit(137)
 
     async def check_generation(self) -> None:
