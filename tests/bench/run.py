@@ -1,4 +1,4 @@
-"""Benchmarks (not part of the test suite): `ops/bench [core|pipeline|sla] [options]`.
+"""Benchmarks (not part of the test suite): `ops/bench [core|pipeline|sla|compare|latency] ...`.
 
 core:     the pure fold (`replay`) over a synthetic history, events per second.
 sla:      N open deadlines (default 1,000,000) in the reminder index, then 200 leads whose
@@ -8,6 +8,11 @@ pipeline: a backlog of N engagement events on the real broker, drained by one re
           `leadflow worker` process into the real Redis; events per second from the moment the
           worker reports ready until its group has committed the last offset, plus the batch
           latency histogram the worker exports.
+compare:  leadflow beside Quix Streams and Faust peers on one pre-loaded backlog, same rules,
+          same run: events/s, CPU per 100k events, RSS, handoffs against an oracle
+          (`ops/bench compare --help`; tests/bench/compare.py).
+latency:  handoff latency at a steady input rate, from a consumer tailing the output topic
+          (`ops/bench latency --help`; tests/bench/latency.py).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -39,6 +45,21 @@ from tests.harness import (
 )
 
 console = Console()
+
+
+def _compare(argv: list[str]) -> None:
+    from tests.bench.compare import main
+
+    main(argv)
+
+
+def _latency(argv: list[str]) -> None:
+    from tests.bench.latency import main
+
+    main(argv)
+
+
+SUBCOMMANDS = {"compare": _compare, "latency": _latency}
 
 
 def bench_core(events: int, rounds: int) -> None:
@@ -173,11 +194,19 @@ async def worker_open_deadlines(worker: WorkerProcess) -> float:
 
 
 def main() -> None:
+    # compare and latency have their own options (and --help).
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        SUBCOMMANDS[sys.argv[1]](sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        prog="ops/bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument(
-        "which", choices=["core", "pipeline", "sla", "all"], nargs="?", default="all"
+        "which",
+        choices=["core", "pipeline", "sla", "all", *SUBCOMMANDS],
+        nargs="?",
+        default="all",
+        help="all = core, pipeline and sla",
     )
     parser.add_argument("--deadlines", type=int, default=1_000_000, help="sla: open deadlines")
     parser.add_argument("--leads", type=int, default=200, help="sla: deadlines that fire")
