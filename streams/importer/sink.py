@@ -38,7 +38,9 @@ class KafkaSink:
         producer = Producer(
             self.settings, client_id="leadflow-import", linger_ms=20, max_batch_size=256 * 1024
         )
-        self.producer = await producer.start(require_topics=[self.topic], hint=DRY_RUN_HINT)
+        self.producer = await producer.start(
+            require_topics=[self.topic], hint=DRY_RUN_HINT, then="run the import again"
+        )
 
     async def send(self, key: bytes, value: bytes) -> None:
         """Queue one record; waits while `max_in_flight` records are unacknowledged, so memory

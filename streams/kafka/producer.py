@@ -82,10 +82,12 @@ class Producer:
             raise RuntimeError("Producer.start() was not called")
         return self._producer
 
-    async def start(self, require_topics: Sequence[str] = (), hint: str = "") -> Producer:
+    async def start(
+        self, require_topics: Sequence[str] = (), hint: str = "", then: str = "try again"
+    ) -> Producer:
         """Connect; raise KafkaUnavailable naming the fix when Kafka or a topic is missing."""
         if require_topics:
-            await require(self.settings, require_topics, hint)
+            await require(self.settings, require_topics, hint, then)
         producer = new_producer(self.settings, self.client_id, **self.tuning)
         try:
             with quiet():
@@ -135,7 +137,9 @@ class Producer:
         await self.stop()
 
 
-async def require(settings: Settings, topics: Sequence[str], hint: str = "") -> None:
+async def require(
+    settings: Settings, topics: Sequence[str], hint: str = "", then: str = "try again"
+) -> None:
     """Check that Kafka answers and the topics exist; KafkaUnavailable says how to fix it."""
     admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=10_000)
     try:
@@ -151,5 +155,5 @@ async def require(settings: Settings, topics: Sequence[str], hint: str = "") -> 
     if missing:
         raise KafkaUnavailable(
             f"topic {', '.join(missing)} does not exist; create it with `leadflow topics create` "
-            "(same LEADFLOW_NAMESPACE) and try again"
+            f"(same LEADFLOW_NAMESPACE) and {then}"
         )
