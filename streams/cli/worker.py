@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 from streams.cli.errors import user_errors
 from streams.core.rules import load_rules
@@ -31,6 +32,11 @@ def worker_command() -> None:
     )
     generation, rules = asyncio.run(live_generation(settings, rules))
     built = build_worker(settings, rules, generation)
+    # Every batch allocates hundreds of thousands of short-lived objects while the state cache
+    # holds many long-lived ones: collecting less often, and never rescanning what exists at
+    # start-up, cut the worker's CPU per event by 15-20 % (docs/benchmarks.md).
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1_000)
     faust.Worker(
         built.app, loglevel="WARNING", quiet=True, redirect_stdouts=False
     ).execute_from_commandline()
