@@ -154,18 +154,25 @@ class EngagementConsumer(Service):
     async def _run(self) -> None:
         self.consumer = await self._connect()
         while True:
-            if self._resync:
-                self._resync = False
-                await self.resume(self.consumer.assignment())
-            epoch = self.epoch
-            fetched = await self.consumer.getmany(
-                timeout_ms=POLL_MS, max_records=self.settings.batch_max
-            )
-            if self._resync or epoch != self.epoch:
-                continue  # fetched across a rebalance: from positions not read from Redis
-            if fetched:
-                await self._score(fetched)
-            await self._commit_to_kafka()
+            try:
+                await self._step(self.consumer)
+            except Exception:
+                # Never let the loop die while the process lives on: start again from Redis.
+                log.exception("engagement loop failed; resuming from the offsets in Redis")
+                self._resync = True
+                await asyncio.sleep(1.0)
+
+    async def _step(self, consumer: AIOKafkaConsumer) -> None:
+        if self._resync:
+            self._resync = False
+            await self.resume(consumer.assignment())
+        epoch = self.epoch
+        fetched = await consumer.getmany(timeout_ms=POLL_MS, max_records=self.settings.batch_max)
+        if self._resync or epoch != self.epoch:
+            return  # fetched across a rebalance: from positions not read from Redis
+        if fetched:
+            await self._score(fetched)
+        await self._commit_to_kafka()
 
     async def _score(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         records: list[InRecord] = []
@@ -179,7 +186,7 @@ class EngagementConsumer(Service):
             records += [InRecord(r.key, r.value, tp.topic, p, r.offset) for r in batch]
         positions = BatchPositions(starts, ends, self.epoch)
         try:
-            await finish_even_if_cancelled(
+            result = await finish_even_if_cancelled(
                 self.scoring.process(records, positions, wait_for_delivery=False)
             )
         except Resync as exc:
@@ -191,9 +198,17 @@ class EngagementConsumer(Service):
             self.metrics.resyncs.inc()
             self._resync = True
             return
-        if positions.epoch == self.epoch:
-            self.stored.update(ends)
+        # Kafka hears of the new offsets once the batch's outputs are delivered, so a group
+        # that has caught up has also sent everything (lag tools and tests rely on it).
+        if result.delivery is None:
+            self._delivered(positions)
+        else:
+            result.delivery.add_done_callback(lambda _: self._delivered(positions))
         self._report_lag(ends)
+
+    def _delivered(self, positions: BatchPositions) -> None:
+        if positions.epoch == self.epoch:
+            self.stored.update(positions.ends)
 
     def _report_lag(self, ends: dict[int, int]) -> None:
         assert self.consumer is not None
@@ -249,7 +264,12 @@ class EngagementConsumer(Service):
         stored = await self.scoring.retrying(
             "redis", lambda: store.read_offsets(tp.partition for tp in parts)
         )
+        # Outputs left in the outbox by a crash go out before anything new is scored.
+        await self.scoring.flush_outbox(tp.partition for tp in parts)
         for tp in parts:
+            if tp not in self.consumer.assignment():
+                self._resync = True  # the assignment moved on while Redis was read
+                continue
             offset = stored.get(tp.partition)
             if offset is not None:
                 self.consumer.seek(tp, offset)
