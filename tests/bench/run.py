@@ -1,4 +1,7 @@
-"""Benchmarks (not part of the test suite): `ops/bench [core|pipeline|sla|compare|latency] ...`.
+"""Benchmarks (not part of the test suite): `ops/bench [core|pipeline|sla|compare|latency|batch]`.
+
+batch:    the worker's batch step in process (real Redis, no Kafka): events/s, CPU per 100k,
+          optionally a cProfile (`ops/bench batch --help`; tests/bench/batch.py).
 
 core:     the pure fold (`replay`) over a synthetic history, events per second.
 sla:      N open deadlines (default 1,000,000) in the reminder index, then 200 leads whose
@@ -59,7 +62,13 @@ def _latency(argv: list[str]) -> None:
     main(argv)
 
 
-SUBCOMMANDS = {"compare": _compare, "latency": _latency}
+def _batch(argv: list[str]) -> None:
+    from tests.bench.batch import main
+
+    main(argv)
+
+
+SUBCOMMANDS = {"compare": _compare, "latency": _latency, "batch": _batch}
 
 
 def bench_core(events: int, rounds: int) -> None:
