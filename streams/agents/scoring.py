@@ -92,6 +92,7 @@ class EngagementConsumer(Service):
         self._resync = False
         self._task: asyncio.Task[None] | None = None
         self._last_kafka_commit = 0.0
+        self._committing: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -219,11 +220,24 @@ class EngagementConsumer(Service):
                 self.metrics.consumer_lag.labels(self.topic, str(p)).set(lag)
 
     async def _commit_to_kafka(self, force: bool = False) -> None:
-        """Tell Kafka how far Redis is, for lag tools; Redis stays the truth on restart."""
+        """Tell Kafka how far Redis is, for lag tools; Redis stays the truth on restart.
+
+        In the background (a commit waits out a rebalance of the group, and scoring must not);
+        at shutdown, waited for a few seconds at most."""
         now = time.monotonic()
-        if not force and now - self._last_kafka_commit < self.settings.offsets_commit_interval:
+        if force:
+            if self._committing is not None:
+                self._committing.cancel()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._commit_offsets(), timeout=5.0)
+            return
+        busy = self._committing is not None and not self._committing.done()
+        if busy or now - self._last_kafka_commit < self.settings.offsets_commit_interval:
             return
         self._last_kafka_commit = now
+        self._committing = asyncio.create_task(self._commit_offsets(), name="commit-offsets")
+
+    async def _commit_offsets(self) -> None:
         assert self.consumer is not None
         mine = set(self.assigned())
         offsets = {
