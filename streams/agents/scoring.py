@@ -187,7 +187,7 @@ class EngagementConsumer(Service):
             records += [InRecord(r.key, r.value, tp.topic, p, r.offset) for r in batch]
         positions = BatchPositions(starts, ends, self.epoch)
         try:
-            result = await finish_even_if_cancelled(
+            await finish_even_if_cancelled(
                 self.scoring.process(records, positions, wait_for_delivery=False)
             )
         except Resync as exc:
@@ -199,17 +199,9 @@ class EngagementConsumer(Service):
             self.metrics.resyncs.inc()
             self._resync = True
             return
-        # Kafka hears of the new offsets once the batch's outputs are delivered, so a group
-        # that has caught up has also sent everything (lag tools and tests rely on it).
-        if result.delivery is None:
-            self._delivered(positions)
-        else:
-            result.delivery.add_done_callback(lambda _: self._delivered(positions))
-        self._report_lag(ends)
-
-    def _delivered(self, positions: BatchPositions) -> None:
         if positions.epoch == self.epoch:
-            self.stored.update(positions.ends)
+            self.stored.update(ends)
+        self._report_lag(ends)
 
     def _report_lag(self, ends: dict[int, int]) -> None:
         assert self.consumer is not None

@@ -34,6 +34,16 @@ def scored_so_far(worker: WorkerProcess) -> float:
 async def assert_matches_oracle(settings: Settings, records: list, min_handoffs: int = 1) -> None:
     rules = load_rules(settings.rules)
     expected = expected_outcome(records, rules, settings)
+
+    # Outputs leave in the background (overlapped with the next batch, or from the outbox after
+    # a crash): a caught-up group may still have its last handoffs on the way.
+    async def delivered() -> bool:
+        on_topic = await read_topic(settings, settings.handoff)
+        return {MqlHandoff.model_validate_json(r.value).handoff_id for r in on_topic} >= set(
+            expected.handoffs
+        )
+
+    await eventually(delivered, 60, "every expected handoff on the topic")
     store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 3600)
     try:
         stored = await store.read_all_leads()
