@@ -233,6 +233,18 @@ async def consumer_caught_up(settings: Settings, topics: tuple[str, ...] = ()) -
         await admin.close()
 
 
+async def wait_for_handoffs(settings: Settings, handoff_ids: set[str], within: float = 60) -> None:
+    """Wait until every given handoff is on the handoff topic. Outputs leave in the background
+    (overlapped with the next batch, or from the outbox after a crash), so a caught-up group
+    may still have its last handoffs on the way."""
+
+    async def delivered() -> bool:
+        on_topic = await read_topic(settings, settings.handoff)
+        return {orjson.loads(r.value or b"{}").get("handoff_id") for r in on_topic} >= handoff_ids
+
+    await eventually(delivered, within, "every expected handoff on the topic")
+
+
 async def purge_redis(settings: Settings) -> None:
     client = aioredis.Redis.from_url(settings.redis_url)
     try:

@@ -13,7 +13,14 @@ from streams.core.rules import load_rules
 from streams.jobs.sample import generate
 from streams.settings import Settings
 from streams.store import LeadStore
-from tests.harness import WorkerProcess, consumer_caught_up, eventually, produce, read_topic
+from tests.harness import (
+    WorkerProcess,
+    consumer_caught_up,
+    eventually,
+    produce,
+    read_topic,
+    wait_for_handoffs,
+)
 from tests.oracle import comparable, expected_outcome
 
 pytestmark = pytest.mark.chaos
@@ -35,15 +42,7 @@ async def assert_matches_oracle(settings: Settings, records: list, min_handoffs:
     rules = load_rules(settings.rules)
     expected = expected_outcome(records, rules, settings)
 
-    # Outputs leave in the background (overlapped with the next batch, or from the outbox after
-    # a crash): a caught-up group may still have its last handoffs on the way.
-    async def delivered() -> bool:
-        on_topic = await read_topic(settings, settings.handoff)
-        return {MqlHandoff.model_validate_json(r.value).handoff_id for r in on_topic} >= set(
-            expected.handoffs
-        )
-
-    await eventually(delivered, 60, "every expected handoff on the topic")
+    await wait_for_handoffs(settings, set(expected.handoffs))
     store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 3600)
     try:
         stored = await store.read_all_leads()
@@ -160,12 +159,4 @@ async def test_kill_during_the_overlapped_delivery_loses_and_doubles_nothing(
     await restarted.wait_ready()
     await eventually(lambda: consumer_caught_up(settings), 240, "the restarted worker to catch up")
 
-    expected = expected_outcome(records, load_rules(settings.rules), settings)
-
-    async def all_delivered() -> bool:
-        on_topic = await read_topic(settings, settings.handoff)
-        ids = {MqlHandoff.model_validate_json(r.value).handoff_id for r in on_topic}
-        return ids >= set(expected.handoffs)
-
-    await eventually(all_delivered, 60, "every handoff to be delivered")
     await assert_matches_oracle(settings, records, min_handoffs=50)

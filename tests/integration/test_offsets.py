@@ -25,6 +25,7 @@ from tests.harness import (
     produce,
     purge_redis,
     read_topic,
+    wait_for_handoffs,
 )
 from tests.oracle import comparable, expected_outcome
 
@@ -64,14 +65,7 @@ async def play(settings: Settings, records: list[SampleRecord]) -> None:
 async def assert_equals_the_oracle(settings: Settings, records: list[SampleRecord]) -> None:
     expected = expected_outcome(records, load_rules(settings.rules), settings)
 
-    # Outputs leave in the background (overlapped with the next batch): wait for the last ones.
-    async def delivered() -> bool:
-        on_topic = await read_topic(settings, settings.handoff)
-        return {MqlHandoff.model_validate_json(r.value).handoff_id for r in on_topic} >= set(
-            expected.handoffs
-        )
-
-    await eventually(delivered, 60, "every expected handoff on the topic")
+    await wait_for_handoffs(settings, set(expected.handoffs))
     store = open_store(settings)
     try:
         stored = await store.read_all_leads()
