@@ -148,8 +148,6 @@ class BatchResult:
     counted: int = 0
     duplicates: int = 0
     deadletters: list[DeadLetter] = field(default_factory=list)
-    # The background delivery of the batch's outputs, when it was not waited for.
-    delivery: asyncio.Task[None] | None = None
     outputs: list[BaseModel] = field(default_factory=list)
 
     def of_type(self, kind: type[T]) -> list[T]:

@@ -70,15 +70,13 @@ class Delivery:
         async with self._turn:
             await self._send(entries)
 
-    def send_later(self, entries: Sequence[OutboxEntry]) -> asyncio.Task[None] | None:
-        """Deliver reserved entries in the background, after every delivery queued before;
-        the task ends once Kafka has them (None: nothing to send)."""
+    def send_later(self, entries: Sequence[OutboxEntry]) -> None:
+        """Deliver reserved entries in the background, after every delivery queued before."""
         if not entries:
-            return None
+            return
         task = asyncio.ensure_future(self.send(entries))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
-        return task
 
     async def settle(self) -> None:
         """Wait for every background delivery (before a shutdown, and in tests)."""
