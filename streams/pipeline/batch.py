@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
+from schemas.engagement import EngagementEvent
 from schemas.handoff import MqlHandoff
 from schemas.lifecycle import LifecycleTransition
 from streams.bootstrap import LiveRules
@@ -149,6 +150,7 @@ class BatchResult:
     duplicates: int = 0
     deadletters: list[DeadLetter] = field(default_factory=list)
     outputs: list[BaseModel] = field(default_factory=list)
+    latest: list[EngagementEvent] = field(default_factory=list)  # each partition's last event
 
     def of_type(self, kind: type[T]) -> list[T]:
         return [o for o in self.outputs if isinstance(o, kind)]
@@ -191,6 +193,9 @@ class BatchWriter:
         )
         self._written = 0
 
+    # Whether the fold takes the batch's known ids apart from the states (`StoredLead.known`).
+    seen_apart = False
+
     async def _write(
         self,
         wanted: Mapping[str, Sequence[str]],
@@ -201,9 +206,8 @@ class BatchWriter:
         conflict read again. Outputs are reserved for this worker's delivery before the write.
         """
         while True:
-            stored = (
-                await self.retrying("redis", partial(self.store.load, wanted)) if wanted else {}
-            )
+            load = partial(self.store.load, wanted, self.seen_apart)
+            stored = await self.retrying("redis", load) if wanted else {}
             decided = fold(stored)
             advances = positions.advances() if positions else []
             if not (decided.changes or decided.unschedule or decided.outbox or advances):

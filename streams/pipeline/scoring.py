@@ -10,7 +10,7 @@ from functools import partial
 
 from schemas.engagement import EngagementEvent
 from schemas.handoff import MqlHandoff
-from streams.core.lead import apply_all
+from streams.core.lead import fold_batch
 from streams.observability import log
 from streams.pipeline.batch import (
     BatchChanges,
@@ -26,6 +26,8 @@ from streams.store import OutboxEntry, StoredLead
 
 class ScoringService(BatchWriter):
     """Engagement events in; lead scores, MQL handoffs and `mql` lifecycle events out."""
+
+    seen_apart = True
 
     async def process(
         self,
@@ -58,6 +60,7 @@ class ScoringService(BatchWriter):
         by_lead: dict[str, list[tuple[EngagementEvent, int]]] = defaultdict(list)
         known_types = self.rules.event_types
         max_bytes = self.settings.max_event_bytes
+        latest: dict[int, EngagementEvent] = {}
         for rec in records:
             where = RecordLocation(rec.topic, rec.partition, rec.offset)
             parsed = parse_engagement(rec.key, rec.value, where, known_types, max_bytes)
@@ -65,6 +68,10 @@ class ScoringService(BatchWriter):
                 result.deadletters.append(parsed)
             else:
                 by_lead[parsed.lead_id].append((parsed, rec.partition))
+                latest[rec.partition] = parsed
+        # The event lag gauge reads the newest of each partition's last events: comparing every
+        # event's time would cost more than a microsecond an event (one tzinfo per timestamp).
+        result.latest = list(latest.values())
         return by_lead
 
     def _fold(
@@ -76,7 +83,8 @@ class ScoringService(BatchWriter):
         fold = BatchChanges(outbox=list(deadletters))
         for lead_id, items in by_lead.items():
             before = stored[lead_id]
-            after, handoffs = apply_all(before.state, (e for e, _ in items), self.rules)
+            events = [e for e, _ in items]
+            after, handoffs = fold_batch(before.state, events, self.rules, before.known)
             if after is before.state:
                 continue  # every event was a duplicate: nothing to write
             fold.counted += after.events_counted - before.state.events_counted
@@ -100,7 +108,7 @@ class ScoringService(BatchWriter):
         handoffs = result.of_type(MqlHandoff)
         m.handoffs.inc(len(handoffs))
         self._observe_transitions(result)
-        newest = max((e.occurred_at for items in by_lead.values() for e, _ in items), default=None)
+        newest = max((e.occurred_at for e in result.latest), default=None)
         if newest is not None:
             lag = self.now().timestamp() - newest.timestamp()
             m.event_lag.set(max(lag, 0.0))

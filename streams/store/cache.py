@@ -18,7 +18,7 @@ from streams.core.lead import LeadState
 @dataclass(slots=True)
 class CachedLead:
     version: int
-    state: LeadState  # with no seen ids: those come from `seen` for each batch
+    state: LeadState  # its seen ids are not the truth: `seen` is, read for each batch
     seen: bytes
     digests: set[bytes] | None = field(default=None)
 

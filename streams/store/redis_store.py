@@ -39,6 +39,9 @@ class StoredLead:
     version: int
     state: LeadState
     seen: bytes = b""  # the dedupe memory as stored (streams.store.codec)
+    # With `load(..., seen_apart=True)`: the batch's ids found in the dedupe memory, which the
+    # state's own seen_event_ids do not then carry (see streams.core.lead.fold_batch).
+    known: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,8 +387,12 @@ class LeadStore:
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
 
-    async def load(self, event_ids_by_lead: Mapping[str, Sequence[str]]) -> dict[str, StoredLead]:
-        """Read the batch's leads and which of its event ids each lead has already seen."""
+    async def load(
+        self, event_ids_by_lead: Mapping[str, Sequence[str]], seen_apart: bool = False
+    ) -> dict[str, StoredLead]:
+        """Read the batch's leads and which of its event ids each lead has already seen: as the
+        state's seen_event_ids, or with `seen_apart` as `StoredLead.known` (the scoring fold's
+        way, which saves a copy of every state; a state may then carry ids it saw before)."""
         leads = list(event_ids_by_lead)
         gen = self.keys.generation
         cached = [self.cache.get(gen, x) for x in leads]
@@ -410,8 +417,13 @@ class LeadStore:
                     if entry is not None and len(reply) == 1:
                         entry.digests = digests
                 known_ids = frozenset(x for x in wanted if seen_digest(x) in digests)
-                if known_ids:
-                    state = replace(state, seen_event_ids=known_ids)
+            else:
+                known_ids = frozenset()
+            if seen_apart:
+                out[lead_id] = StoredLead(int(reply[0]), state, seen, known_ids)
+                continue
+            if state.seen_event_ids != known_ids:
+                state = replace(state, seen_event_ids=known_ids)
             out[lead_id] = StoredLead(int(reply[0]), state, seen)
         return out
 
@@ -480,8 +492,8 @@ class LeadStore:
             raise Conflict([changes[int(i) - 1][1].lead_id for i in conflicts])
         gen = self.keys.generation
         for (old, new), seen in zip(changes, memories, strict=True):
-            unseen = replace(new, seen_event_ids=frozenset()) if new.seen_event_ids else new
-            self.cache.put(gen, new.lead_id, CachedLead(old.version + 1, unseen, seen))
+            # Kept with the seen ids it has (all in `seen` now): `load` sets them per batch.
+            self.cache.put(gen, new.lead_id, CachedLead(old.version + 1, new, seen))
 
     async def read_offsets(self, partitions: Iterable[int]) -> dict[int, int | None]:
         """The next offset to read per input partition, as of the lead states (None: none)."""

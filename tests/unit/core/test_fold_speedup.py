@@ -28,7 +28,7 @@ from schemas.handoff import MqlHandoff
 from streams.core import lead as lead_module
 from streams.core.clocks import Clock
 from streams.core.history import Contribution, JourneyStep
-from streams.core.lead import LeadState, Replay, apply, apply_all, replay
+from streams.core.lead import LeadState, Replay, apply, apply_all, fold_batch, replay
 from streams.core.rules import Rules
 from streams.core.sales import recycled_engagement
 from streams.store.codec import lead_from_json, lead_to_json
@@ -235,6 +235,43 @@ def test_apply_all_in_batches_through_storage_equals_apply(data: st.DataObject) 
         want, out = fold_one_at_a_time(want, batch, rules)
         expected.extend(out)
         assert_same(state, want)
+    assert_same_handoffs(handoffs, expected)
+
+
+@EXAMPLES
+@given(st.data())
+def test_fold_batch_with_the_dedupe_memory_kept_apart_equals_apply(data: st.DataObject) -> None:
+    """The worker's fold: the store keeps the seen ids apart and hands each batch only those of
+    its events the lead has seen (`known`); the fold returns just the ids it counted, which the
+    store adds to its memory. Batch after batch, that is `apply` one event at a time."""
+    rules = data.draw(st.sampled_from(RULESETS))
+    start = data.draw(starting_states(rules))
+    history = data.draw(events(max_size=40))
+    history += [e for e in data.draw(events(max_size=5)) if e.event_id in start.seen_event_ids]
+    cuts = sorted(data.draw(st.sets(st.integers(0, len(history)), max_size=8)))
+    batches = [history[a:b] for a, b in zip([0, *cuts], [*cuts, len(history)], strict=True)]
+
+    memory = set(start.seen_event_ids)  # the store's dedupe memory
+    state = replace(start, seen_event_ids=frozenset())
+    handoffs: list[MqlHandoff] = []
+    want, expected = start, []
+    for batch in batches:
+        if data.draw(st.booleans()):  # read back from storage, as a cache miss is
+            state = lead_from_json(orjson.loads(stored(state)))
+            want = lead_from_json(orjson.loads(stored(want)), sorted(want.seen_event_ids))
+        known = frozenset(e.event_id for e in batch) & memory
+        after, out = fold_batch(state, batch, rules, known)
+        want, wanted_out = fold_one_at_a_time(want, batch, rules)
+        counted = want.seen_event_ids - memory
+        if counted:
+            assert after.seen_event_ids == counted
+        else:
+            assert after is state  # nothing to write
+        memory |= counted
+        state = after
+        handoffs.extend(out)
+        expected.extend(wanted_out)
+        assert_same(replace(after, seen_event_ids=want.seen_event_ids), want)
     assert_same_handoffs(handoffs, expected)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -57,16 +58,21 @@ class MemoryStore:
             self.fail_next -= 1
             raise RedisConnectionError("connection refused")
 
-    async def load(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, StoredLead]:
+    async def load(
+        self, wanted: Mapping[str, Sequence[str]], seen_apart: bool = False
+    ) -> dict[str, StoredLead]:
         self._maybe_fail()
         out = {}
         for lead, ids in wanted.items():
-            seen = [i for i in ids if i in self.seen.get(lead, set())]
+            seen = frozenset(i for i in ids if i in self.seen.get(lead, set()))
+            version, state = 0, LeadState(lead_id=lead)
             if lead in self.states:
                 version, data = self.states[lead]
-                out[lead] = StoredLead(version, lead_from_json(data, seen))
+                state = lead_from_json(data)
+            if seen_apart:
+                out[lead] = StoredLead(version, state, known=seen)
             else:
-                out[lead] = StoredLead(0, LeadState(lead_id=lead, seen_event_ids=frozenset(seen)))
+                out[lead] = StoredLead(version, replace(state, seen_event_ids=seen))
         return out
 
     async def commit(
