@@ -67,6 +67,8 @@ class DrainResult:
     other_load_cores: float = float("nan")
     rss_peak_mib: float = float("nan")
     rss_final_mib: float = float("nan")
+    # (records committed, worker RSS MiB), sampled along the drain: is memory flat?
+    rss_along: list[tuple[int, float]] = field(default_factory=list)
     handoffs: int = 0
     handoff_leads: int = 0
     matches: bool = False
@@ -80,6 +82,7 @@ class Watched:
     started: float
     rss_peak_mib: float
     rss_final_mib: float
+    rss_along: list[tuple[int, float]]
 
 
 async def watch_drain(system: System, settings: Settings, total: int, workdir: Path) -> Watched:
@@ -87,6 +90,7 @@ async def watch_drain(system: System, settings: Settings, total: int, workdir: P
     servers = {"redis": await redis_pid(settings), "kafka": broker_pid()}
     run = system.start(settings, workdir)
     started = time.monotonic()
+    along: list[tuple[int, float]] = []
     pids = {"worker": run.pid, **{k: v for k, v in servers.items() if v}}
     admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
@@ -94,7 +98,13 @@ async def watch_drain(system: System, settings: Settings, total: int, workdir: P
     try:
         with Progress(console=console) as progress:
             task = progress.add_task(f"{system.name}: committed offsets", total=total)
-            await watch.run(3600, run.alive, lambda done: progress.update(task, completed=done))
+
+            def seen(done: int) -> None:
+                progress.update(task, completed=done)
+                if not along or done - along[-1][0] >= total // 50:
+                    along.append((done, memory_kib(run.pid, "VmRSS") / 1024))
+
+            await watch.run(3600, run.alive, seen)
         peak, final = memory_kib(run.pid, "VmHWM"), memory_kib(run.pid, "VmRSS")
     except BaseException:
         console.print(f"[red]{system.name} failed; its log ends:[/red]\n{run.tail()}")
@@ -102,7 +112,7 @@ async def watch_drain(system: System, settings: Settings, total: int, workdir: P
     finally:
         run.stop()
         await admin.close()
-    return Watched(watch, started, peak / 1024, final / 1024)
+    return Watched(watch, started, peak / 1024, final / 1024, along)
 
 
 def cpu_per_100k(system: System, watch: DrainWatch) -> dict[str, float | None]:
@@ -140,6 +150,7 @@ async def drain(
         other_load_cores=watch.other_load(),
         rss_peak_mib=watched.rss_peak_mib,
         rss_final_mib=watched.rss_final_mib,
+        rss_along=watched.rss_along,
         handoffs=outcome.count,
         handoff_leads=outcome.leads,
         matches=outcome.matches,
@@ -274,4 +285,5 @@ def main(argv: list[str]) -> None:
     result = asyncio.run(compare(args))
     report.write_json(args.out, result)
     report.drain_table(console, result)
+    report.rss_along(console, result, args.out.with_suffix(".rss.png"))
     console.print(f"JSON: {args.out}")

@@ -91,6 +91,37 @@ def drain_table(console: Console, result: dict[str, Any]) -> None:
     console.print(f"command: {result['command']}  ({result['date']})")
 
 
+def rss_along(console: Console, result: dict[str, Any], chart: Path) -> None:
+    """Each worker's RSS along its drain, as a line and as a PNG chart: flat or growing?"""
+    drawn = [r for r in result["systems"] if not r["error"] and r.get("rss_along")]
+    if not drawn:
+        return
+    for r in drawn:
+        points = r["rss_along"]
+        picks = [points[round(q * (len(points) - 1))] for q in (0, 0.25, 0.5, 0.75, 1)]
+        console.print(
+            f"{r['system']} RSS along the drain, MiB at records committed: "
+            + ", ".join(f"{mib:,.0f} at {done:,}" for done, mib in picks)
+        )
+    from matplotlib.figure import Figure  # slow to import: only when drawn
+
+    fig = Figure(figsize=(8, 4), dpi=100)
+    ax = fig.add_subplot()
+    for r in drawn:
+        done, mib = zip(*r["rss_along"], strict=True)
+        ax.plot(done, mib, label=r["label"])
+    ax.set_xlabel("records committed")
+    ax.set_ylabel("worker RSS, MiB")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"worker memory along the drain ({result['command']})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    chart.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(chart)
+    console.print(f"chart: {chart}")
+
+
 def latency_table(console: Console, result: dict[str, Any]) -> None:
     table = Table(
         title=(
