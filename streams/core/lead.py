@@ -35,8 +35,9 @@ from streams.core.rules import EngagementRule, Rules
 # Stages a scoring crossing can qualify from (disqualified too, if the rules say so).
 QUALIFIABLE: frozenset[Stage] = frozenset({"lead", "nurture"})
 
-# Daily cap buckets older than this (relative to the newest event) are forgotten, so state
-# stays bounded; a later event from such a day counts as the first of its type that day.
+# Daily cap buckets older than this (relative to the newest event of any type) are forgotten,
+# so state stays bounded; a later event from such a day counts in full (as the first of its
+# type that day would) and does not bring its day back.
 CAP_MEMORY_DAYS = 35
 # Scores are compared and reported at this precision, so float noise never flips a threshold.
 SCORE_DIGITS = 6
@@ -190,9 +191,15 @@ def _merge_attributes(
         known = merged.get(name)
         # Event time decides which value is latest, so a late-arriving old profile
         # update never overwrites a newer one.
-        if known is None or event.occurred_at >= known.as_of:
+        if known is None or _utc(event.occurred_at) >= _utc(known.as_of):
             merged[name] = Attribute(value, event.occurred_at)
     return merged
+
+
+def _utc(at: datetime) -> datetime:
+    """Event times are compared and subtracted in UTC: two datetimes that share one ZoneInfo
+    compare and subtract as wall times, which across a DST change is not elapsed time."""
+    return at.astimezone(UTC)
 
 
 def _capped_points(
@@ -204,10 +211,17 @@ def _capped_points(
     if rule.cap_per_day is None:
         return rule.points, state.daily_points
     day = event.occurred_at.astimezone(UTC).date()
+    newest = (
+        day if state.engagement_as_of is None else max(day, _utc(state.engagement_as_of).date())
+    )
+    if day < newest - timedelta(CAP_MEMORY_DAYS):
+        # Beyond the cap memory (35 days behind the newest event of any type): the event
+        # counts in full, as the first of its day would, and its day is not remembered again.
+        return min(rule.points, rule.cap_per_day), state.daily_points
     bucket = f"{event.type}|{day.isoformat()}"
     used = state.daily_points.get(bucket, 0.0)
     allowed = max(0.0, min(rule.points, rule.cap_per_day - used))
-    daily = {b: p for b, p in state.daily_points.items() if _recent(b, day)}
+    daily = {b: p for b, p in state.daily_points.items() if _recent(b, newest)}
     daily[bucket] = used + allowed
     return allowed, daily
 
@@ -227,16 +241,17 @@ def _add_engagement(
 ) -> tuple[Mapping[str, Tally], datetime]:
     as_of = state.engagement_as_of or event.occurred_at
     tallies = dict(state.engagement)
-    if event.occurred_at > as_of:
+    elapsed = _utc(event.occurred_at) - _utc(as_of)
+    if elapsed > timedelta(0):
         # Move the engagement clock forward: everything so far decays to the new event's time.
-        factor = _decay_factor(event.occurred_at - as_of, rules)
+        factor = _decay_factor(elapsed, rules)
         if factor != 1.0:
             tallies = {k: Tally(t.points * factor, t.events) for k, t in tallies.items()}
         as_of = event.occurred_at
         added = points
     else:
         # A late event counts as it would have decayed by now (order does not matter).
-        added = points * _decay_factor(as_of - event.occurred_at, rules)
+        added = points * _decay_factor(-elapsed, rules)
     if points != 0 or event.type in rules.engagement:
         old = tallies.get(event.type, Tally())
         tallies[event.type] = Tally(old.points + added, old.events + 1)
@@ -258,7 +273,7 @@ def apply(
     last = (
         event.occurred_at
         if state.last_event_at is None
-        else max(state.last_event_at, event.occurred_at)
+        else max(state.last_event_at, event.occurred_at, key=_utc)
     )
     attributes = _merge_attributes(state.attributes, event)
     fit = state.fit(rules) if attributes is state.attributes else fit_points(attributes, rules)
@@ -508,6 +523,9 @@ class _Fold:
 
     def _capped(self, event_type: str, day: int, rule: EngagementRule, cap: float) -> float:
         # `_capped_points`, with each bucket's day parsed once rather than on every event.
+        newest = day if self._as_of_since is None else max(day, self._as_of_since.days)
+        if day < newest - CAP_MEMORY_DAYS:
+            return min(rule.points, cap)
         daily = self._daily
         if daily is None:
             daily = self._daily = dict(self._base.daily_points)
@@ -515,7 +533,7 @@ class _Fold:
         bucket = _bucket(event_type, day)
         used = daily.get(bucket, 0.0)
         allowed = max(0.0, min(rule.points, cap - used))
-        cutoff = day - CAP_MEMORY_DAYS
+        cutoff = newest - CAP_MEMORY_DAYS
         if self._oldest_day < cutoff:
             for old in [b for b in daily if _bucket_day(b) < cutoff]:
                 del daily[old]

@@ -21,7 +21,7 @@ from tests.harness import (
     read_topic,
     wait_for_handoffs,
 )
-from tests.oracle import comparable, expected_outcome
+from tests.oracle import comparable, expected_outcome, reference_disagreements
 
 pytestmark = pytest.mark.chaos
 
@@ -62,6 +62,7 @@ async def assert_matches_oracle(settings: Settings, records: list, min_handoffs:
     assert len(expected.handoffs) >= min_handoffs
     assert set(Counter(h.handoff_id for h in on_topic)) == set(expected.handoffs)
     assert all(h == expected.handoffs[h.handoff_id] for h in on_topic)
+    assert reference_disagreements(stored, on_topic, expected, rules) == []
     assert pending == []
 
 

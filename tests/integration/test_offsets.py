@@ -27,7 +27,7 @@ from tests.harness import (
     read_topic,
     wait_for_handoffs,
 )
-from tests.oracle import comparable, expected_outcome
+from tests.oracle import comparable, expected_outcome, reference_disagreements
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +63,8 @@ async def play(settings: Settings, records: list[SampleRecord]) -> None:
 
 
 async def assert_equals_the_oracle(settings: Settings, records: list[SampleRecord]) -> None:
-    expected = expected_outcome(records, load_rules(settings.rules), settings)
+    rules = load_rules(settings.rules)
+    expected = expected_outcome(records, rules, settings)
 
     await wait_for_handoffs(settings, set(expected.handoffs))
     store = open_store(settings)
@@ -88,6 +89,7 @@ async def assert_equals_the_oracle(settings: Settings, records: list[SampleRecor
     assert {h.handoff_id for h in on_topic} == set(expected.handoffs)
     assert set(ids_per_lead.values()) <= {1}
     assert all(h == expected.handoffs[h.handoff_id] for h in on_topic)
+    assert reference_disagreements(stored, on_topic, expected, rules) == []
 
 
 def thirds(records: list[SampleRecord]) -> tuple[list[SampleRecord], ...]:

@@ -21,7 +21,7 @@ from tests.harness import (
     produce,
     read_topic,
 )
-from tests.oracle import comparable, expected_outcome
+from tests.oracle import comparable, expected_outcome, reference_disagreements
 
 pytestmark = pytest.mark.integration
 
@@ -71,6 +71,8 @@ async def test_redis_scores_and_handoffs_equal_the_core_over_10k_events(
     assert Counter(h.handoff_id for h in handoffs) == Counter(expected.handoffs.keys())
     assert {h.handoff_id: h for h in handoffs} == expected.handoffs
     assert all(r.key == MqlHandoff.model_validate_json(r.value).lead_id.encode() for r in on_topic)
+    # And what the docs say, by the independent reference model: scores, stages, handoffs.
+    assert reference_disagreements(stored, handoffs, expected, rules) == []
 
     # Every invalid record is on the dead-letter topic, byte for byte, with its reason.
     dead = await read_topic(settings, settings.deadletter)

@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -218,7 +219,55 @@ def test_cap_does_not_depend_on_arrival_order_without_decay() -> None:
     assert score(shuffled, RULES).engagement == expected
 
 
+def one_by_one(events: Iterable[EngagementEvent], rules: Rules = RULES) -> LeadState:
+    state = LeadState(lead_id="lead-1")
+    for e in events:
+        state, _ = apply(state, e, rules)
+    return state
+
+
+def test_regression_events_beyond_the_cap_memory_each_count_in_full() -> None:
+    # Found by the reference model (tests/unit/reference): the cap memory reaches 35 days behind
+    # the newest event; older events count in full. The core used to remember the old day again
+    # after the first such event, so a second one from that day was capped.
+    rule = RULES.engagement["pricing_page_view"]
+    assert rule.cap_per_day == 2 * rule.points
+    newest = event("download", T0 + 40 * DAY)  # not a capped type: the newest event still counts
+    old_views = [event("pricing_page_view", T0 + i * HOUR) for i in range(3)]
+    expected = pts("download") + 3 * rule.points  # uncapped: that day is forgotten
+    for state in (fold([newest, *old_views])[0], one_by_one([newest, *old_views])):
+        assert score(state, RULES).engagement == expected
+        assert state.daily_points == {}  # nothing remembered beyond the 35 days
+
+
+def test_regression_cap_memory_counts_from_the_newest_event_of_any_type() -> None:
+    # Three views fill day 0's cap; a download 36 days later moves the newest event on, so a
+    # late view from day 0 is beyond the memory and counts in full (it was capped to 0).
+    rule = RULES.engagement["pricing_page_view"]
+    views = [event("pricing_page_view", T0 + i * HOUR) for i in range(2)]
+    events = [*views, event("download", T0 + 36 * DAY), event("pricing_page_view", T0 + 3 * HOUR)]
+    expected = pts("download") + 3 * rule.points
+    assert score(fold(events)[0], RULES).engagement == expected
+    assert score(one_by_one(events), RULES).engagement == expected
+    # Exactly 35 days behind is still remembered: capped.
+    events[2] = event("download", T0 + 35 * DAY)
+    assert score(fold(events)[0], RULES).engagement == pts("download") + rule.cap_per_day
+
+
 # --- decay ----------------------------------------------------------------------------------------
+
+
+def test_regression_decay_counts_elapsed_time_across_a_dst_change() -> None:
+    # Found by the reference model: two event times in one ZoneInfo were subtracted as wall
+    # times, so an event across Berlin's spring-forward decayed one hour too little.
+    berlin = ZoneInfo("Europe/Berlin")
+    first = datetime(2026, 3, 2, 10, 0, tzinfo=berlin)  # 09:00 UTC
+    later = datetime(2026, 4, 1, 11, 0, tzinfo=berlin)  # 09:00 UTC, 30 days later (CEST)
+    assert later.astimezone(UTC) - first.astimezone(UTC) == HALF_LIFE
+    p = pts("email_click", DECAYING)
+    for order in ([first, later], [later, first]):
+        state, _ = fold([event("email_click", at) for at in order], DECAYING)
+        assert abs(engagement_points(state) - (p / 2 + p)) < 1e-9
 
 
 def test_one_half_life_later_earlier_points_are_halved() -> None:
