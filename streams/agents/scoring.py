@@ -24,9 +24,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import (
     CommitFailedError,
+    CoordinatorLoadInProgressError,
     IllegalGenerationError,
     IllegalStateError,
     KafkaError,
+    NotCoordinatorForGroupError,
     RebalanceInProgressError,
     UnknownMemberIdError,
 )
@@ -46,13 +48,16 @@ POLL_MS = 100
 # Backoff of the fetch loop after a failed step (an outage while resuming, say).
 LOOP_RETRY_MIN_SECONDS = 1.0
 LOOP_RETRY_MAX_SECONDS = 10.0
-# A commit refused because the group is rebalancing: expected, not an outage.
+# A commit refused because the group is rebalancing or its coordinator is moving: expected,
+# not an outage (the next commit, a second later, usually goes through).
 REBALANCING: tuple[type[BaseException], ...] = (
     CommitFailedError,
     RebalanceInProgressError,
     IllegalGenerationError,
     UnknownMemberIdError,
     IllegalStateError,
+    CoordinatorLoadInProgressError,
+    NotCoordinatorForGroupError,
 )
 
 
