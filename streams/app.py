@@ -133,10 +133,11 @@ def register_views(worker: Worker, settings: Settings) -> None:
     async def health_view(web: Any, request: Any) -> Any:
         try:
             redis_ok = await asyncio.wait_for(store.ping(), timeout=2)
-            metrics.dependencies.succeeded("redis")
         except Exception as exc:
             redis_ok = False
             metrics.dependencies.failed("redis", exc)
+        else:
+            metrics.dependencies.succeeded("redis")
         # Redis as PING found it; Kafka as the worker's last calls found it (no cheap ping).
         unavailable = metrics.dependencies.unavailable()
         stopped = worker.engagement.stopped

@@ -145,7 +145,10 @@ class Ticks:
             with single_attempt():
                 await tick()
         except Exception as exc:  # CancelledError (a shutdown) is not an Exception: it passes
-            self.failed(exc)
+            try:
+                self.failed(exc)
+            except Exception:  # reporting must not be what crashes the worker either
+                log.exception(f"{self.task} failed", task=self.task)
             return False
         self.succeeded()
         return True

@@ -179,8 +179,18 @@ async def test_worker_survives_a_frozen_and_a_killed_redis(
     await wait_for(settings, settings.handoff, handed_off, within=90)
     await until(worker, lambda: mqls_7d() == len(everyone), 30, "KPI gauge of 9 MQLs")
     handoffs = await read_topic(settings, settings.handoff)
-    ids = {orjson.loads(r.value)["lead_id"]: orjson.loads(r.value)["handoff_id"] for r in handoffs}
-    assert len(ids) == len(everyone)  # one handoff id per lead, however often it was resent
+    by_lead = {
+        orjson.loads(r.value)["handoff_id"]: orjson.loads(r.value)["lead_id"] for r in handoffs
+    }
+    assert sorted(by_lead.values()) == sorted(everyone)  # one handoff id per lead
+
+    # The SLA sweeper came back too: every uncontacted lead breaches once (5 s window).
+    def breached(records: list[Any]) -> bool:
+        return {orjson.loads(r.value)["lead_id"] for r in records} >= everyone
+
+    alerts = await wait_for(settings, settings.alerts, breached, within=60)
+    ids = [orjson.loads(r.value)["alert_id"] for r in alerts]
+    assert len(set(ids)) == len(everyone), "one alert per deadline"
     await alive(worker)()
     assert worker.proc is not None and worker.proc.poll() is None
     log = worker.log_path.read_text(errors="replace")
