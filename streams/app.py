@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import faust
 from prometheus_client import generate_latest
@@ -16,11 +15,11 @@ from streams.agents.sales import register_sales_agent
 from streams.agents.scoring import EngagementConsumer
 from streams.bootstrap import LiveRules, open_store
 from streams.core.explain import explain, lead_id_problem
-from streams.core.funnel import SERIES, days_between, total
 from streams.core.lead import LeadState
 from streams.core.rules import Rules
 from streams.kafka import Producer, faust_credentials
-from streams.observability import Metrics, log
+from streams.observability import Metrics, dependency_hint, log
+from streams.pipeline.background import BackgroundTasks
 from streams.pipeline.retry import OUTAGES
 from streams.pipeline.sales import SalesService
 from streams.pipeline.scoring import ScoringService
@@ -92,39 +91,34 @@ def create_worker(settings: Settings, rules: Rules, generation: int = 0) -> Work
 
 
 def register_timers(worker: Worker, settings: Settings) -> None:
-    app, service, sales, metrics = worker.app, worker.service, worker.sales, worker.metrics
+    """The timers' bodies are streams.pipeline.background's: a tick that meets an outage is
+    logged and skipped (the next tick tries again), never raised into Faust, which would crash
+    the worker (docs/reliability.md, "Outages of Redis or Kafka")."""
+    app = worker.app
 
     def sales_partitions() -> list[int]:
         return [tp.partition for tp in app.consumer.assignment() if tp.topic == settings.handoff]
 
+    ticks = BackgroundTasks(
+        worker.service,
+        worker.sales,
+        worker.store,
+        worker.metrics,
+        worker.engagement.assigned,
+        sales_partitions,
+    )
+
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def deliver_outbox() -> None:
-        # Outputs whose Kafka write did not complete before a crash or rebalance.
-        await service.check_generation()
-        await sales.check_generation()
-        await service.flush_outbox(worker.engagement.assigned())
-        await sales.flush_outbox(sales_partitions())
-        metrics.open_deadlines.set(await sales.open_deadlines(sales_partitions()))
+        await ticks.deliver_outbox()
 
     @app.timer(interval=settings.sla_sweep_interval)  # type: ignore[untyped-decorator]
     async def sweep_deadlines() -> None:
-        # Every worker sweeps the partitions it owns (no leader: Faust skips leader timers
-        # during rebalances); the version check on the lead makes each alert happen once.
-        await sales.sweep(sales_partitions())
+        await ticks.sweep_deadlines()
 
     @app.timer(interval=settings.kpi_refresh_interval)  # type: ignore[untyped-decorator]
     async def refresh_kpis() -> None:
-        # A gauge refresh is not worth a crash: an outage skips this tick and logs it.
-        today = datetime.now(ZoneInfo(service.rules.reporting.timezone)).date()
-        try:
-            for window, days in (("7d", 7), ("28d", 28)):
-                start = today - timedelta(days=days - 1)
-                counts, durations = await worker.store.read_kpis(
-                    days_between(start, today), SERIES.values()
-                )
-                metrics.observe_kpis(window, total(counts, durations, start, today))
-        except OUTAGES as exc:
-            log.warning("KPI gauges not refreshed: redis unavailable", error=repr(exc))
+        await ticks.refresh_kpis()
 
 
 def register_views(worker: Worker, settings: Settings) -> None:
@@ -139,18 +133,25 @@ def register_views(worker: Worker, settings: Settings) -> None:
     async def health_view(web: Any, request: Any) -> Any:
         try:
             redis_ok = await asyncio.wait_for(store.ping(), timeout=2)
-        except Exception:
+        except Exception as exc:
             redis_ok = False
+            metrics.dependencies.failed("redis", exc)
+        else:
+            metrics.dependencies.succeeded("redis")
+        # Redis as PING found it; Kafka as the worker's last calls found it (no cheap ping).
+        unavailable = metrics.dependencies.unavailable()
         stopped = worker.engagement.stopped
         body = {
-            "status": "ok" if redis_ok and not stopped else "degraded",
+            "status": "ok" if not unavailable and not stopped else "degraded",
             "redis": redis_ok,
+            "kafka": "kafka" not in unavailable,
+            "unavailable": unavailable,
             "assigned_partitions": worker.engagement.assigned(),
             "stopped_partitions": {str(p): why for p, why in sorted(stopped.items())},
             "rules_version": service.rules.version,
             "namespace": settings.namespace,
         }
-        return web.json(body, status=200 if redis_ok else 503)
+        return web.json(body, status=503 if unavailable else 200)
 
     # Explained under the live key space and its rules (read per request: a rescore may have
     # switched them since this worker started). Parsed rules are kept by version.
@@ -170,9 +171,22 @@ def register_views(worker: Worker, settings: Settings) -> None:
         lead_id = lead_id.strip()
         try:
             state, live = await asyncio.wait_for(read_live_lead(lead_id), timeout=5)
-        except Exception as exc:
-            log.warning("explain: cannot read lead", lead_id=lead_id, error=repr(exc))
-            return web.json({"error": "redis unavailable", "lead_id": lead_id}, status=503)
+        except OUTAGES as exc:
+            metrics.dependencies.failed("redis", exc)
+            log.warning(
+                "explain: redis unavailable",
+                lead_id=lead_id,
+                error=type(exc).__name__,
+                detail=str(exc)[:300],
+                hint=dependency_hint("redis"),
+            )
+            body = {
+                "error": "redis unavailable",
+                "unavailable": "redis",
+                "hint": dependency_hint("redis"),
+                "lead_id": lead_id,
+            }
+            return web.json(body, status=503)
         if state is None:
             body = {"error": "unknown lead", "lead_id": lead_id, "namespace": settings.namespace}
             return web.json(body, status=404)

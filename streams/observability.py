@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -210,6 +213,20 @@ class Metrics:
             "Handoffs written to Redis but not yet acknowledged by Kafka.",
             registry=r,
         )
+        self.background_failures = Counter(
+            "leadflow_background_failures",
+            "Ticks of a background task (timer, lag report, Kafka commit) that failed and were "
+            "skipped; the next tick tries again. By task and dependency (redis, kafka, unknown).",
+            ["task", "dependency"],
+            registry=r,
+        )
+        self.dependency_up = Gauge(
+            "leadflow_dependency_up",
+            "0 while the worker's last calls to a dependency (redis, kafka) failed, else 1.",
+            ["dependency"],
+            registry=r,
+        )
+        self.dependencies = DependencyHealth(self.dependency_up)
 
     def observe_kpis(self, window: str, kpis: PeriodKpis) -> None:
         """Publish one window's funnel KPIs (NaN where a rate has no denominator yet)."""
@@ -247,3 +264,75 @@ class Metrics:
         ):
             gauge.labels("0.5", window).set(_or_nan(durations.median))
             gauge.labels("0.9", window).set(_or_nan(durations.p90))
+
+
+# What an operator checks when a dependency does not answer.
+DEPENDENCY_VARIABLE = {"redis": "LEADFLOW_REDIS_URL", "kafka": "LEADFLOW_KAFKA_BOOTSTRAP"}
+
+
+def dependency_hint(dependency: str) -> str:
+    variable = DEPENDENCY_VARIABLE.get(dependency)
+    if variable is None:
+        return "check that Redis (LEADFLOW_REDIS_URL) and Kafka (LEADFLOW_KAFKA_BOOTSTRAP) answer"
+    return f"check that {dependency} is reachable ({variable})"
+
+
+@dataclass
+class Down:
+    since: float
+    last_failure: float
+    error: str
+
+
+class DependencyHealth:
+    """What the worker saw last of Redis and Kafka: a dependency is unavailable from its first
+    failed call until a call succeeds again (or, when nothing tried it since, `forget_after`
+    seconds after its last failure). /health reports it; `leadflow_dependency_up` shows it."""
+
+    def __init__(
+        self,
+        gauge: Gauge | None = None,
+        forget_after: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.gauge = gauge
+        self.forget_after = forget_after
+        self.clock = clock
+        self._down: dict[str, Down] = {}
+        if gauge is not None:
+            for dependency in DEPENDENCY_VARIABLE:
+                gauge.labels(dependency).set(1)
+
+    def failed(self, dependency: str, error: BaseException) -> None:
+        if dependency not in DEPENDENCY_VARIABLE:
+            return
+        now = self.clock()
+        text = f"{type(error).__name__}: {error}"[:300]
+        if isinstance(error, TimeoutError) and not str(error):
+            text = "TimeoutError: no answer in time"
+        down = self._down.get(dependency)
+        if down is None or now - down.last_failure > self.forget_after:
+            self._down[dependency] = Down(now, now, text)
+        else:
+            down.last_failure, down.error = now, text
+        if self.gauge is not None:
+            self.gauge.labels(dependency).set(0)
+
+    def succeeded(self, dependency: str) -> None:
+        if self._down.pop(dependency, None) is not None and self.gauge is not None:
+            self.gauge.labels(dependency).set(1)
+
+    def unavailable(self) -> dict[str, dict[str, object]]:
+        """The dependencies down now: since how long, the last error, what to check."""
+        now = self.clock()
+        out: dict[str, dict[str, object]] = {}
+        for dependency, down in sorted(self._down.items()):
+            if now - down.last_failure > self.forget_after:
+                self.succeeded(dependency)  # nothing has tried it since: no longer known down
+                continue
+            out[dependency] = {
+                "down_for_seconds": round(now - down.since, 1),
+                "error": down.error,
+                "hint": dependency_hint(dependency),
+            }
+        return out

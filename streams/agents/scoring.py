@@ -22,12 +22,22 @@ from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    CoordinatorLoadInProgressError,
+    IllegalGenerationError,
+    IllegalStateError,
+    KafkaError,
+    NotCoordinatorForGroupError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
 from mode import Service
 
 from streams.kafka import client_options
 from streams.observability import Metrics, log
 from streams.pipeline.batch import BatchPositions, InRecord, Resync
+from streams.pipeline.retry import Ticks
 from streams.pipeline.scoring import ScoringService
 from streams.settings import Settings
 
@@ -35,6 +45,20 @@ from streams.settings import Settings
 SHUTDOWN_GRACE_SECONDS = 20.0
 # How long `getmany` waits when nothing is buffered (latency at low load is this at most).
 POLL_MS = 100
+# Backoff of the fetch loop after a failed step (an outage while resuming, say).
+LOOP_RETRY_MIN_SECONDS = 1.0
+LOOP_RETRY_MAX_SECONDS = 10.0
+# A commit refused because the group is rebalancing or its coordinator is moving: expected,
+# not an outage (the next commit, a second later, usually goes through).
+REBALANCING: tuple[type[BaseException], ...] = (
+    CommitFailedError,
+    RebalanceInProgressError,
+    IllegalGenerationError,
+    UnknownMemberIdError,
+    IllegalStateError,
+    CoordinatorLoadInProgressError,
+    NotCoordinatorForGroupError,
+)
 
 
 async def finish_even_if_cancelled(work: Awaitable[Any]) -> Any:
@@ -93,6 +117,10 @@ class EngagementConsumer(Service):
         self._task: asyncio.Task[None] | None = None
         self._last_kafka_commit = 0.0
         self._committing: asyncio.Task[None] | None = None
+        # Background work that logs and skips a failure instead of raising (retry.Ticks).
+        self._loop_ticks = Ticks("engagement_loop", metrics)
+        self._lag_ticks = Ticks("consumer_lag", metrics)
+        self._commit_ticks = Ticks("kafka_offset_commit", metrics, dependency="kafka")
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -154,14 +182,21 @@ class EngagementConsumer(Service):
 
     async def _run(self) -> None:
         self.consumer = await self._connect()
+        delay = LOOP_RETRY_MIN_SECONDS
         while True:
             try:
                 await self._step(self.consumer)
-            except Exception:
+            except Exception as exc:
                 # Never let the loop die while the process lives on: start again from Redis.
-                log.exception("engagement loop failed; resuming from the offsets in Redis")
+                # An outage is one warning naming the dependency (then one every 30 s), not a
+                # traceback a second; the loop backs off while it lasts.
+                self._loop_ticks.failed(exc)
                 self._resync = True
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, LOOP_RETRY_MAX_SECONDS)
+            else:
+                delay = LOOP_RETRY_MIN_SECONDS
+                self._loop_ticks.succeeded()
 
     async def _step(self, consumer: AIOKafkaConsumer) -> None:
         if self._resync:
@@ -204,12 +239,26 @@ class EngagementConsumer(Service):
         self._report_lag(ends)
 
     def _report_lag(self, ends: dict[int, int]) -> None:
-        assert self.consumer is not None
-        for p, end in ends.items():
-            highwater = self.consumer.highwater(TopicPartition(self.topic, p))
-            if highwater is not None:
-                lag = max(highwater - end, 0)
-                self.metrics.consumer_lag.labels(self.topic, str(p)).set(lag)
+        """The lag gauges, from what the last fetch learnt of each partition's end (no I/O).
+        A gauge is not worth a batch: a partition revoked meanwhile is skipped, and any error
+        is logged and skipped like a failed timer tick."""
+        consumer = self.consumer
+        if consumer is None:
+            return
+        try:
+            mine = consumer.assignment()
+            for p, end in ends.items():
+                tp = TopicPartition(self.topic, p)
+                if tp not in mine:
+                    continue
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    lag = max(highwater - end, 0)
+                    self.metrics.consumer_lag.labels(self.topic, str(p)).set(lag)
+        except Exception as exc:
+            self._lag_ticks.failed(exc)
+        else:
+            self._lag_ticks.succeeded()
 
     async def _commit_to_kafka(self, force: bool = False) -> None:
         """Tell Kafka how far Redis is, for lag tools; Redis stays the truth on restart.
@@ -241,8 +290,14 @@ class EngagementConsumer(Service):
             return
         try:
             await self.consumer.commit(offsets)
-        except (KafkaError, OSError) as exc:
-            log.debug("could not commit offsets to Kafka (a rebalance?)", error=repr(exc))
+        except REBALANCING as exc:
+            log.debug("could not commit offsets to Kafka (a rebalance)", error=repr(exc))
+        except Exception as exc:
+            # For lag tools only (Redis holds the offsets): the next commit tries again.
+            self._commit_ticks.failed(exc)
+        else:
+            self._commit_ticks.succeeded()
+            self.metrics.dependencies.succeeded("kafka")
 
     # -- where to resume ----------------------------------------------------------------------
 
