@@ -150,7 +150,11 @@ def register_views(worker: Worker, settings: Settings) -> None:
             "rules_version": service.rules.version,
             "namespace": settings.namespace,
         }
-        return web.json(body, status=200 if redis_ok else 503)
+        if not body["assigned_partitions"]:
+            # Not ready (503) until the group has given this worker engagement partitions.
+            body.update(status="starting", not_ready="no engagement partitions assigned yet")
+        ready = redis_ok and bool(body["assigned_partitions"])
+        return web.json(body, status=200 if ready else 503)
 
     # Explained under the live key space and its rules (read per request: a rescore may have
     # switched them since this worker started). Parsed rules are kept by version.

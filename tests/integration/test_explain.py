@@ -65,7 +65,7 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "LEADFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "LEADFLOW_REDIS_URL": settings.redis_url,
+        "LEADFLOW_REDIS_URL": settings.redis_url.get_secret_value(),
         "LEADFLOW_NAMESPACE": settings.namespace,
         "LEADFLOW_RULES": str(settings.rules),
         "COLUMNS": "200",
@@ -82,7 +82,7 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def read_lead(settings: Settings, lead_id: str) -> LeadState | None:
-    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 60)
+    store = LeadStore.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix, settings.engagement, 60)
     try:
         return await store.read_lead(lead_id)
     finally:

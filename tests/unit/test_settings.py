@@ -23,7 +23,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults() -> None:
     settings = load_settings()
     assert settings.kafka_bootstrap == "127.0.0.1:9092"
-    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.redis_url.get_secret_value() == "redis://127.0.0.1:6379/0"
     assert settings.topic_partitions == 8
     assert settings.rules == DEFAULT_RULES
     assert settings.rules.is_file()

@@ -199,7 +199,7 @@ async def test_reimports_and_overlapping_exports_are_counted_once(
     distinct: dict[str, set[str]] = defaultdict(set)
     for lead, event_id in set(produced):
         distinct[lead].add(event_id)
-    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 3600)
+    store = LeadStore.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix, settings.engagement, 3600)
     try:
         for lead, ids in distinct.items():
             state = await store.read_lead(lead)
@@ -236,10 +236,12 @@ async def test_dry_run_needs_no_kafka_and_kafka_down_exits_1(
     assert "would be produced │ 10" in " ".join(dry.stdout.split())
 
     down = await asyncio.to_thread(
-        leadflow_import, settings, path, "--profile", "marketo", LEADFLOW_KAFKA_BOOTSTRAP=nowhere
-    )
+        leadflow_import, settings, path, "--profile", "marketo",
+        LEADFLOW_KAFKA_BOOTSTRAP=nowhere, LEADFLOW_STARTUP_TIMEOUT="1",
+    )  # fmt: skip
     assert down.returncode == 1
     message = " ".join(down.stderr.split())
+    assert f"waiting for Kafka at {nowhere} (attempt 1" in message
     assert "cannot reach Kafka" in message and "ops/stack up" in message
     assert "Traceback" not in down.stderr
 
