@@ -6,7 +6,7 @@ import re
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import orjson
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -56,11 +56,11 @@ def url_secrets(url: str) -> tuple[str, ...]:
     """The secrets a URL carries: its password and a `?password=...`."""
     try:
         parts = urlsplit(url)
-        found = [parts.password or ""]
+        found = [parts.password or "", unquote(parts.password or "")]
         found += [v for k, v in parse_qsl(parts.query) if k.lower() in _SECRET_QUERY_KEYS]
     except ValueError:
         return ()
-    return tuple(s for s in found if s)
+    return tuple(dict.fromkeys(s for s in found if s))
 
 
 # Secrets of the settings loaded in this process: a last line of defence for text leadflow did
