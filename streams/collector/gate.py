@@ -143,7 +143,7 @@ class KafkaGate:
 
     def _give_up(self, failure: ServiceUnavailable | ServiceRefused) -> None:
         self.startup_failure = failure
-        log.error("kafka did not answer at start-up", detail=str(failure))
+        log.error("kafka start-up failed", detail=str(failure))
         if self.on_startup_failure is not None:
             self.on_startup_failure(failure)
 

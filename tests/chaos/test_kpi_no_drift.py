@@ -97,7 +97,7 @@ async def test_kpis_equal_independent_counts_after_a_kill_and_redelivery(
         "clock:sql_follow_up:met": kinds[0] + kinds[1],
         "breach_owner:-": kinds[4],
     }
-    store = LeadStore.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix, settings.engagement, 60)
+    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 60)
     try:
         today = t0.date()
         days = [today - timedelta(days=1), today, today + timedelta(days=1)]

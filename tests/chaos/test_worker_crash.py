@@ -43,7 +43,7 @@ async def assert_matches_oracle(settings: Settings, records: list, min_handoffs:
     expected = expected_outcome(records, rules, settings)
 
     await wait_for_handoffs(settings, set(expected.handoffs))
-    store = LeadStore.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix, settings.engagement, 3600)
+    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 3600)
     try:
         stored = await store.read_all_leads()
         pending = await store.pending_outbox(range(settings.topic_partitions))
@@ -108,7 +108,7 @@ async def test_crash_after_redis_write_before_kafka_still_hands_off(
     crashing.proc.wait(timeout=120)
     assert crashing.proc.returncode == 137, crashing.tail()
 
-    store = LeadStore.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix, settings.engagement, 60)
+    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 60)
     try:
         pending = await store.pending_outbox(range(settings.topic_partitions))
     finally:

@@ -82,7 +82,7 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def read_lead(settings: Settings, lead_id: str) -> LeadState | None:
-    store = LeadStore.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix, settings.engagement, 60)
+    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 60)
     try:
         return await store.read_lead(lead_id)
     finally:

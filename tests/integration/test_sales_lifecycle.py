@@ -51,7 +51,7 @@ async def worker(settings: Settings, workers: list[WorkerProcess], tmp_path: Pat
 
 
 async def lead_state(settings: Settings, lead: str):
-    store = LeadStore.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix, settings.engagement, 60)
+    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 60)
     try:
         return await store.read_lead(lead)
     finally:

@@ -52,7 +52,7 @@ async def test_redis_scores_and_handoffs_equal_the_core_over_10k_events(
     )
 
     # Scores in Redis are what the core computes over the same events.
-    store = LeadStore.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix, settings.engagement, 3600)
+    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 3600)
     try:
         stored = await store.read_all_leads()
     finally:
@@ -103,7 +103,7 @@ async def test_a_valid_event_after_a_bad_one_is_scored(
     await worker.wait_ready()
     await eventually(lambda: consumer_caught_up(settings), 60, "both records to be committed")
 
-    store = LeadStore.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix, settings.engagement, 3600)
+    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 3600)
     try:
         state = await store.read_lead(lead)
     finally:

@@ -199,7 +199,7 @@ async def test_reimports_and_overlapping_exports_are_counted_once(
     distinct: dict[str, set[str]] = defaultdict(set)
     for lead, event_id in set(produced):
         distinct[lead].add(event_id)
-    store = LeadStore.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix, settings.engagement, 3600)
+    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 3600)
     try:
         for lead, ids in distinct.items():
             state = await store.read_lead(lead)

@@ -142,7 +142,7 @@ async def test_report_figures_equal_the_inputs_of_a_real_run(
         [activity("lead-late", "call", "contacted", contact["lead-late"], owner="abe")],
         topic=settings.activity,
     )
-    store = LeadStore.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix, settings.engagement, 60)
+    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 60)
     try:
 
         async def late_call_recorded() -> bool:
