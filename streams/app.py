@@ -151,7 +151,13 @@ def register_views(worker: Worker, settings: Settings) -> None:
             "rules_version": service.rules.version,
             "namespace": settings.namespace,
         }
-        return web.json(body, status=503 if unavailable else 200)
+        if unavailable:
+            return web.json(body, status=503)
+        if not body["assigned_partitions"]:
+            # Not ready (503) until the group has given this worker engagement partitions.
+            body.update(status="starting", not_ready="no engagement partitions assigned yet")
+            return web.json(body, status=503)
+        return web.json(body, status=200)
 
     # Explained under the live key space and its rules (read per request: a rescore may have
     # switched them since this worker started). Parsed rules are kept by version.

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from streams.core.rules import Rules, load_rules, parse_rules
 from streams.observability import log
 from streams.settings import Settings, load_settings
+from streams.startup import Dependency, Say, wait_for_all
 from streams.store import Generation, LeadStore
 
 if TYPE_CHECKING:
@@ -29,12 +30,46 @@ def open_store(settings: Settings, cache_leads: int = 0) -> LeadStore:
     """The one construction of the Redis adapter for this namespace (the worker keeps the
     states it wrote last in memory: `cache_leads`)."""
     return LeadStore.from_url(
-        settings.redis_url,
+        settings.redis_url.get_secret_value(),
         prefix=settings.redis_prefix,
         source_topic=settings.engagement,
         dedupe_ttl_seconds=settings.dedupe_ttl_days * 86400,
         cache_leads=cache_leads,
     )
+
+
+def redis_dependency(settings: Settings) -> Dependency:
+    """Redis as a start-up dependency: it answers when a PING does (with the configured
+    credentials; wrong ones end the wait at once)."""
+    from redis.exceptions import AuthenticationError, AuthorizationError
+
+    async def probe() -> None:
+        store = open_store(settings)
+        try:
+            await store.ping()
+        finally:
+            await store.close()
+
+    return Dependency(
+        "Redis",
+        str(settings.redis_url),  # without the password
+        "LEADFLOW_REDIS_URL",
+        probe,
+        refusals=(AuthenticationError, AuthorizationError),
+    )
+
+
+async def wait_for_services(
+    settings: Settings, say: Say, *, kafka: bool = False, redis: bool = False, service: bool
+) -> None:
+    """Wait for Kafka and/or Redis to answer, within LEADFLOW_STARTUP_TIMEOUT (or the default
+    of a long-running `service` or of a one-shot command); ServiceUnavailable names the
+    variable to fix."""
+    from streams.kafka.topics import kafka_dependency
+
+    deps = [kafka_dependency(settings)] if kafka else []
+    deps += [redis_dependency(settings)] if redis else []
+    await wait_for_all(deps, settings.startup_within(service), say)
 
 
 class LiveRules:

@@ -7,11 +7,22 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from streams.core.funnel import PeriodKpis
+from streams.settings import scrub
+
+
+def _scrubbing(renderer: structlog.types.Processor) -> structlog.types.Processor:
+    """The renderer, then no known secret in the line, whatever put it there."""
+
+    def render(logger: Any, name: str, event_dict: structlog.types.EventDict) -> str:
+        return scrub(str(renderer(logger, name, event_dict)))
+
+    return render
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
@@ -26,7 +37,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            renderer,
+            _scrubbing(renderer),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),

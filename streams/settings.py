@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import orjson
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -15,8 +17,73 @@ from schemas import catalog
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules" / "example.yaml"
 
 
+# How long a command waits for Kafka and Redis at start-up when LEADFLOW_STARTUP_TIMEOUT is not
+# set: a long-running process (worker, collector; often started beside its broker) waits longer
+# than a one-shot command run by hand.
+STARTUP_TIMEOUT_SERVICE = 60.0
+STARTUP_TIMEOUT_COMMAND = 15.0
+
+_SECRET_QUERY_KEYS = {"password", "pass", "pwd", "secret", "token"}
+
+
 class SettingsError(ValueError):
     """Start-up configuration is unusable; the message names the LEADFLOW_* variable."""
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password: redis://user:***@host:6379/0 (also `?password=...`)."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            if ":" in userinfo:
+                userinfo = userinfo.split(":", 1)[0] + ":***"
+            netloc = f"{userinfo}@{host}"
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            query = urlencode(
+                [(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*"
+            )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        # Not parseable as a URL: hide everything between the scheme and the host.
+        return re.sub(r"//[^/@]*@", "//***@", url)
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The secrets a URL carries: its password and a `?password=...`."""
+    try:
+        parts = urlsplit(url)
+        found = [parts.password or "", unquote(parts.password or "")]
+        found += [v for k, v in parse_qsl(parts.query) if k.lower() in _SECRET_QUERY_KEYS]
+    except ValueError:
+        return ()
+    return tuple(dict.fromkeys(s for s in found if s))
+
+
+# Secrets of the settings loaded in this process: a last line of defence for text leadflow did
+# not write itself (a library's error message) before it is printed or logged.
+_KNOWN_SECRETS: set[str] = set()
+# Shorter values are not scrubbed from free text (they would mangle ordinary words).
+MIN_SCRUBBED_SECRET = 4
+
+
+def scrub(text: str) -> str:
+    """`text` with every known secret (of settings loaded in this process) replaced by ***."""
+    for secret in sorted(_KNOWN_SECRETS, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+class SecretUrl(SecretStr):
+    """A URL with credentials (LEADFLOW_REDIS_URL): printed, logged or put in an f-string it
+    shows itself without the password; `get_secret_value()` is the real URL, for the client."""
+
+    def _display(self) -> str:
+        return redact_url(self.get_secret_value())
 
 
 class Settings(BaseSettings):
@@ -24,7 +91,8 @@ class Settings(BaseSettings):
 
     # Where things are
     kafka_bootstrap: str = catalog.DEFAULT_KAFKA_BOOTSTRAP
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # A secret: str(), repr() and logs show it without its password (SecretUrl).
+    redis_url: SecretUrl = SecretUrl("redis://127.0.0.1:6379/0")
     rules: Path = DEFAULT_RULES
     namespace: str = Field(
         default="",
@@ -76,6 +144,18 @@ class Settings(BaseSettings):
     sla_sweep_batch: int = Field(default=1000, ge=1, description="Most deadlines per look.")
     kpi_refresh_interval: float = Field(
         default=30.0, gt=0, description="Seconds between refreshes of the KPI gauges."
+    )
+
+    # Start-up: how long to wait for Kafka and Redis before giving up (docs/operations.md)
+    startup_timeout: float | None = Field(
+        default=None,
+        ge=0,
+        le=86_400,
+        description=(
+            "Seconds to wait for Kafka and Redis at start-up, retrying with backoff, before "
+            f"exiting; unset: {STARTUP_TIMEOUT_SERVICE:g} for the worker and the collector, "
+            f"{STARTUP_TIMEOUT_COMMAND:g} for the other commands; 0: one attempt."
+        ),
     )
 
     # Operations
@@ -135,6 +215,12 @@ class Settings(BaseSettings):
             raise ValueError(f"rules file {value} does not exist")
         return value
 
+    @field_validator("startup_timeout", mode="before")
+    @classmethod
+    def _startup_timeout(cls, value: Any) -> Any:
+        # An empty variable (LEADFLOW_STARTUP_TIMEOUT=) means "not set": the default applies.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("collector_tokens", mode="before")
     @classmethod
     def _collector_tokens(cls, value: Any) -> Any:
@@ -174,6 +260,23 @@ class Settings(BaseSettings):
                     raise ValueError("expected a JSON list or comma-separated origins") from None
             return [part.strip().rstrip("/") for part in text.split(",") if part.strip()]
         return value
+
+    def startup_within(self, service: bool) -> float:
+        """Seconds to wait for Kafka and Redis at start-up: LEADFLOW_STARTUP_TIMEOUT, or the
+        default of a long-running `service` (worker, collector) or of a one-shot command."""
+        if self.startup_timeout is not None:
+            return self.startup_timeout
+        return STARTUP_TIMEOUT_SERVICE if service else STARTUP_TIMEOUT_COMMAND
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The secret values in these settings (the Redis password, the Kafka SASL password,
+        collector tokens), for scrubbing text that might echo one."""
+        found = list(url_secrets(self.redis_url.get_secret_value()))
+        if self.kafka_sasl_password is not None:
+            found.append(self.kafka_sasl_password.get_secret_value())
+        found += [t.get_secret_value() for t in self.collector_tokens.values()]
+        return tuple(s for s in found if s)
 
     def topic(self, name: str) -> str:
         return f"{self.namespace}.{name}" if self.namespace else name
@@ -232,10 +335,12 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment (plus overrides); errors name the variable."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
             f"LEADFLOW_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
             for err in exc.errors()
         )
         raise SettingsError(f"invalid configuration: {problems}") from None
+    _KNOWN_SECRETS.update(s for s in settings.secrets if len(s) >= MIN_SCRUBBED_SECRET)
+    return settings

@@ -77,7 +77,7 @@ class WorkerProcess:
         env = {
             **os.environ,
             "LEADFLOW_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
-            "LEADFLOW_REDIS_URL": self.settings.redis_url,
+            "LEADFLOW_REDIS_URL": self.settings.redis_url.get_secret_value(),
             "LEADFLOW_NAMESPACE": self.settings.namespace,
             "LEADFLOW_RULES": str(self.settings.rules),
             "LEADFLOW_WEB_PORT": str(self.web_port),
@@ -246,7 +246,7 @@ async def wait_for_handoffs(settings: Settings, handoff_ids: set[str], within: f
 
 
 async def purge_redis(settings: Settings) -> None:
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
     try:
         keys = [k async for k in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000)]
         for i in range(0, len(keys), 500):

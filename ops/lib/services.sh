@@ -12,8 +12,12 @@ is_local_redis() {
     *) return 1 ;;
   esac
 }
+# The Redis URL as it may be shown: without its password (redis://user:***@host:6379/0).
+redacted_redis_url() {
+  printf '%s' "$LEADFLOW_REDIS_URL" | sed -E 's#^([a-z]+://[^:/@]*):[^/]*@#\1:***@#; s#([?&]password=)[^&]*#\1***#'
+}
 start_local_services() {
   local ops_dir="$1"
   if is_local_kafka; then "$ops_dir/stack" up kafka; else echo "using Kafka at $LEADFLOW_KAFKA_BOOTSTRAP" >&2; fi
-  if is_local_redis; then "$ops_dir/stack" up redis; else echo "using Redis at $LEADFLOW_REDIS_URL" >&2; fi
+  if is_local_redis; then "$ops_dir/stack" up redis; else echo "using Redis at $(redacted_redis_url)" >&2; fi
 }

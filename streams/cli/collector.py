@@ -17,4 +17,6 @@ def collector_command() -> None:
         event_types = load_rules(settings.rules).event_types
         check_collector_settings(settings)
     configure_logging(settings.log_level, settings.log_format)
-    run_collector(settings, event_types)
+    # Kafka not answering within LEADFLOW_STARTUP_TIMEOUT: one line naming the variable, exit 3.
+    with user_errors():
+        run_collector(settings, event_types)

@@ -27,7 +27,7 @@ from rich.markup import escape
 from schemas.alert import SlaAlert
 from schemas.handoff import MqlHandoff
 from schemas.lifecycle import LifecycleTransition
-from streams.cli.errors import user_errors
+from streams.cli.errors import require_services, user_errors
 from streams.cli.handoffs import print_handoff
 from streams.cli.output import console, out
 from streams.cli.produce import play_events, read_lines
@@ -78,12 +78,12 @@ def demo_command(
 def _prepare_kafka(namespace: str, rules_path: Path) -> tuple[Settings, Rules]:
     """The demo's settings and rules, once Kafka answers and the topics exist."""
     from streams.bootstrap import checked_settings
-    from streams.kafka import create_topics, wait_for_kafka
+    from streams.kafka import create_topics
 
     with user_errors():
         settings = checked_settings(namespace=namespace, rules=rules_path)
         rules = load_rules(settings.rules)
-        asyncio.run(wait_for_kafka(settings, within=60))
+        require_services(settings, kafka=True, redis=True, service=True)
         asyncio.run(create_topics(settings))
     return settings, rules
 

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from schemas.explain import LeadExplanation
-from streams.cli.errors import fail, user_errors
+from streams.cli.errors import fail, require_services, user_errors
 from streams.cli.output import console
 from streams.cli.render_explain import print_explanation
 from streams.core.explain import explain, lead_id_problem
@@ -39,11 +39,15 @@ def explain_command(
     if problem is not None:
         raise fail(problem, 2)
     lead_id = lead_id.strip()
+    with user_errors():
+        require_services(settings, redis=True)
     try:
         with user_errors():
             explanation = asyncio.run(fetch_explanation(settings, lead_id))
     except (RedisError, OSError) as exc:
-        raise fail(f"cannot read Redis (LEADFLOW_REDIS_URL): {exc}", 3) from None
+        raise fail(
+            f"cannot read Redis at {settings.redis_url} (LEADFLOW_REDIS_URL): {exc}", 3
+        ) from None
     if explanation is None:
         namespace = settings.namespace or "(default, no namespace)"
         raise fail(

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from schemas.handoff import MqlHandoff
-from streams.cli.errors import user_errors
+from streams.cli.errors import require_services, user_errors
 from streams.cli.output import out
 from streams.settings import Settings, load_settings
 
@@ -24,6 +24,7 @@ def handoffs_command(
     """Show MQL handoffs on the handoff topic, from the beginning."""
     with user_errors():
         settings = load_settings()
+        require_services(settings, kafka=True)
         seen = asyncio.run(watch(settings, settings.handoff, idle, limit, show=True))
     out.print(f"{len(seen)} handoffs on {settings.handoff}")
 

@@ -1,7 +1,8 @@
 """`leadflow import`: the command around streams.importer, with a progress bar and a summary.
 
 Exit codes: 0 when it ran (even with rejects), 2 for a bad profile, mapping or option, 1 when
-Kafka is unreachable or did not accept every record.
+Kafka is unreachable (after waiting up to LEADFLOW_STARTUP_TIMEOUT) or did not accept every
+record.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from streams.cli.errors import fail, user_errors
+from streams.cli.errors import fail, user_errors, waiting
 from streams.cli.output import console, out
 
 if TYPE_CHECKING:
@@ -114,6 +115,7 @@ def _run_with_progress(
                 note_missing=note_missing,
                 progress=progress,
                 on_ready=ready,
+                say=waiting,
             )
         )
     finally:

@@ -11,7 +11,7 @@ import orjson
 import typer
 from rich.progress import Progress
 
-from streams.cli.errors import user_errors
+from streams.cli.errors import require_services, user_errors
 from streams.cli.output import console, out
 from streams.settings import Settings, load_settings
 
@@ -23,7 +23,9 @@ def produce_command(
     """Play an NDJSON file into the engagement topic, keyed by lead_id (bad lines too)."""
     with user_errors():
         settings = load_settings()
-        sent = asyncio.run(play_events(settings, read_lines(path), rate))
+        lines = read_lines(path)
+        require_services(settings, kafka=True)
+        sent = asyncio.run(play_events(settings, lines, rate))
     out.print(f"sent {sent} records to {settings.engagement}")
 
 

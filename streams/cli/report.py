@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from streams.cli.errors import user_errors
+from streams.cli.errors import require_services, user_errors
 from streams.cli.output import console, out
 from streams.core.funnel import CLOCKS, ClockKpis, DurationKpis, PeriodKpis
 from streams.core.rules import Rules, load_rules
@@ -228,6 +228,7 @@ def report_command(
 
     with user_errors():
         settings = checked_settings()
+        require_services(settings, redis=True)
         run_report(
             settings,
             load_rules(settings.rules),

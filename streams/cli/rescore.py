@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.progress import Progress
 
-from streams.cli.errors import fail, user_errors
+from streams.cli.errors import fail, require_services, user_errors
 from streams.cli.output import console, out
 from streams.core.rules import load_rules
 from streams.settings import load_settings
@@ -35,6 +35,7 @@ def rescore_command(
     with user_errors():
         settings = load_settings()
         rules = load_rules(rules_path)
+        require_services(settings, kafka=True, redis=True)
     if not yes:
         typer.confirm(
             f"Rebuild every lead in namespace '{settings.namespace}' under rules {rules.version} "

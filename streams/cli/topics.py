@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 
-from streams.cli.errors import user_errors
+from streams.cli.errors import require_services, user_errors
 from streams.cli.output import out
 from streams.settings import load_settings
 
 
 def topics_create() -> None:
     """Create all topics idempotently with the configured partition count (default 8)."""
-    from streams.kafka import create_topics, wait_for_kafka
+    from streams.kafka import create_topics
 
     with user_errors():
         settings = load_settings()
-        asyncio.run(wait_for_kafka(settings, within=60))
+        # A set-up step, often run right after the broker starts: the longer default wait.
+        require_services(settings, kafka=True, service=True)
         outcomes = asyncio.run(create_topics(settings))
     for o in outcomes:
         state = "created" if o.created else "exists"

@@ -14,7 +14,12 @@ def worker_command() -> None:
     # Faust and the Redis store load only when a worker runs, so `--help` stays quick.
     import faust
 
-    from streams.bootstrap import build_worker, checked_settings, live_generation
+    from streams.bootstrap import (
+        build_worker,
+        checked_settings,
+        live_generation,
+        wait_for_services,
+    )
     from streams.observability import configure_logging, log
 
     with user_errors():
@@ -24,13 +29,23 @@ def worker_command() -> None:
     log.info(
         "starting worker",
         kafka=settings.kafka_bootstrap,
+        redis=str(settings.redis_url),  # without the password
         namespace=settings.namespace,
         engagement_topic=settings.engagement,
         rules=str(settings.rules),
         rules_version=rules.version,
         web=f"http://{settings.web_host}:{settings.web_port}",
+        startup_timeout=settings.startup_within(service=True),
     )
-    generation, rules = asyncio.run(live_generation(settings, rules))
+
+    def waiting(line: str, reason: str) -> None:
+        log.warning(line, error=reason)
+
+    # Kafka and Redis may still be starting (a container beside its broker): wait for them,
+    # one log line per attempt, then one error line naming the variable. No traceback.
+    with user_errors():
+        asyncio.run(wait_for_services(settings, waiting, kafka=True, redis=True, service=True))
+        generation, rules = asyncio.run(live_generation(settings, rules))
     built = build_worker(settings, rules, generation)
     # Every batch allocates hundreds of thousands of short-lived objects while the state cache
     # holds many long-lived ones: collecting less often, and never rescanning what exists at

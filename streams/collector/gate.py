@@ -1,5 +1,10 @@
 """The collector's way into Kafka: one producer, started in the background with retries, watched
-every second; its state and detail decide between accepting events and answering 503."""
+every second; its state and detail decide between accepting events and answering 503.
+
+Until the first connection the gate is starting: one log line per attempt ("waiting for Kafka at
+... (attempt N, next in S s)"), and when LEADFLOW_STARTUP_TIMEOUT passes without one it tells
+`on_startup_failure` (the collector then exits naming LEADFLOW_KAFKA_BOOTSTRAP). Once connected,
+an outage is answered with 503s and the gate reconnects for as long as it takes."""
 
 from __future__ import annotations
 
@@ -13,7 +18,9 @@ import structlog
 
 from streams.collector.metrics import CollectorMetrics
 from streams.kafka import KafkaUnavailable, new_producer
+from streams.kafka.topics import kafka_dependency
 from streams.settings import Settings
+from streams.startup import ServiceRefused, ServiceUnavailable, attempt_line, describe
 
 log = structlog.get_logger("leadflow.collector")
 
@@ -45,6 +52,14 @@ class KafkaGate:
         self.since = datetime.now(UTC)
         self._producer: Any = None
         self._task: asyncio.Task[None] | None = None
+        # Start-up: attempts before the first connection, and who hears when they ran out.
+        self.dependency = kafka_dependency(settings)
+        self.connected_once = False
+        self.attempts = 0
+        self.startup_within = settings.startup_within(service=True)
+        self._startup_deadline = 0.0
+        self.startup_failure: ServiceUnavailable | ServiceRefused | None = None
+        self.on_startup_failure: Callable[[ServiceUnavailable | ServiceRefused], None] | None = None
 
     def _new_producer(self) -> Any:
         return new_producer(self.settings, client_id="leadflow-collector", linger_ms=2)
@@ -65,6 +80,7 @@ class KafkaGate:
         self.metrics.kafka_up.set(1 if state == "ready" else 0)
 
     def start(self) -> None:
+        self._startup_deadline = asyncio.get_running_loop().time() + self.startup_within
         self._task = asyncio.create_task(self._run(), name="collector-kafka")
 
     async def _run(self) -> None:
@@ -86,9 +102,10 @@ class KafkaGate:
             except Exception as exc:  # KafkaError, OSError, ...: keep trying
                 await self._stop(producer, within=5)
                 self._set("unavailable", f"cannot reach Kafka: {exc}")
-                await asyncio.sleep(backoff)
+                await asyncio.sleep(self._starting(exc, backoff))
                 return min(backoff * 2, 5.0)
             self._producer = producer
+            self.connected_once = True
             self._set("ready", "producer connected")
         elif self._broken():
             old, self._producer = self._producer, None
@@ -101,6 +118,34 @@ class KafkaGate:
             self._set("unavailable", "no Kafka broker answers")
         await asyncio.sleep(WATCH_INTERVAL)
         return 0.5
+
+    def _starting(self, exc: BaseException, backoff: float) -> float:
+        """Before the first connection: log the attempt, give up once the start-up timeout
+        passed (or at once when Kafka refused the credentials); the wait before the next one."""
+        if self.connected_once or self.startup_failure is not None:
+            return backoff
+        self.attempts += 1
+        remaining = self._startup_deadline - asyncio.get_running_loop().time()
+        reason = describe(exc)
+        if isinstance(exc, self.dependency.refusals):
+            self._give_up(
+                ServiceRefused(
+                    f"Kafka at {self.settings.kafka_bootstrap} refused the connection ({reason}); "
+                    "check the credentials in LEADFLOW_KAFKA_SASL_USERNAME / _PASSWORD"
+                )
+            )
+        elif remaining <= 0:
+            self._give_up(self.dependency.unavailable(self.startup_within, self.attempts, reason))
+        else:
+            backoff = round(min(backoff, remaining), 1) or 0.1
+            log.warning(attempt_line(self.dependency, self.attempts, backoff), error=reason)
+        return backoff
+
+    def _give_up(self, failure: ServiceUnavailable | ServiceRefused) -> None:
+        self.startup_failure = failure
+        log.error("kafka start-up failed", detail=str(failure))
+        if self.on_startup_failure is not None:
+            self.on_startup_failure(failure)
 
     def _broken(self) -> bool:
         sender = getattr(self._producer, "_sender", None)

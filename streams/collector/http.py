@@ -7,6 +7,7 @@ accepted after Kafka acknowledged it.
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -329,6 +330,9 @@ def run_collector(settings: Settings, event_types: frozenset[str]) -> None:
         sources=sorted(settings.collector_tokens),
         cors_origins=list(settings.collector_cors_origins),
     )
+    # Kafka not there by LEADFLOW_STARTUP_TIMEOUT: stop the way SIGTERM does (in-flight
+    # requests answered), then end the command with the gate's one line naming the variable.
+    collector.gate.on_startup_failure = lambda _: signal.raise_signal(signal.SIGTERM)
     web.run_app(
         collector.app(),
         host=settings.collector_host,
@@ -337,3 +341,5 @@ def run_collector(settings: Settings, event_types: frozenset[str]) -> None:
         access_log=None,
         shutdown_timeout=settings.collector_ack_timeout + 5,
     )
+    if collector.gate.startup_failure is not None:
+        raise collector.gate.startup_failure

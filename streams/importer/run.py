@@ -21,6 +21,7 @@ from streams.importer.sink import KafkaSink
 
 if TYPE_CHECKING:
     from streams.settings import Settings
+    from streams.startup import Say
 
 MAX_SKIP_KEYS = 200  # distinct skipped source types counted by name; the rest are "(other)"
 
@@ -192,10 +193,11 @@ async def import_file(
     note_missing: bool = True,
     progress: Progress | None = None,
     on_ready: Callable[[CompiledMapping], None] | None = None,
+    say: Say | None = None,
 ) -> ImportSummary:
     """Import one file; `settings=None` is a dry run (no Kafka). Raises MappingError before
     reading any row when the mapping does not fit the file, KafkaUnavailable when Kafka is not
-    there."""
+    there (after waiting for it up to LEADFLOW_STARTUP_TIMEOUT, each attempt told to `say`)."""
     with path.open("rb") as fh:
         reader, compiled = prepare(
             path,
@@ -207,7 +209,7 @@ async def import_file(
             note_missing=note_missing,
         )
         _check_writable(path)
-        sink = KafkaSink(settings) if settings is not None else None
+        sink = KafkaSink(settings, say=say) if settings is not None else None
         if sink is not None:
             await sink.start()
         if on_ready is not None:

@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from streams.kafka import Producer
+from streams.kafka import Producer, wait_for_kafka
+from streams.kafka.producer import unreachable
+from streams.startup import ServiceUnavailable
 
 if TYPE_CHECKING:
     from streams.settings import Settings
+    from streams.startup import Say
 
 MAX_IN_FLIGHT = 10_000
 # An import can always be checked without a broker: say so whenever Kafka is not there.
@@ -19,8 +22,11 @@ DRY_RUN_HINT = " (or check the file without Kafka: --dry-run)"
 class KafkaSink:
     """Produce to the engagement topic, acks=all, with at most `max_in_flight` unacknowledged."""
 
-    def __init__(self, settings: Settings, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+    def __init__(
+        self, settings: Settings, max_in_flight: int = MAX_IN_FLIGHT, say: Say | None = None
+    ) -> None:
         self.settings = settings
+        self.say = say
         self.topic = settings.engagement
         self.max_in_flight = max_in_flight
         self.in_flight = 0
@@ -34,7 +40,17 @@ class KafkaSink:
 
     async def start(self) -> None:
         """Connect; KafkaUnavailable (naming the fix) when Kafka or the topic is not there. The
-        import never creates the topic: the broker's default partition count would be wrong."""
+        import never creates the topic: the broker's default partition count would be wrong.
+
+        A broker that is still starting is waited for (each attempt told to `say`), up to
+        LEADFLOW_STARTUP_TIMEOUT."""
+        within = self.settings.startup_within(service=False)
+        try:
+            await wait_for_kafka(self.settings, within, self.say)
+        except ServiceUnavailable:
+            raise unreachable(
+                self.settings, f"no answer within {within:g} s", DRY_RUN_HINT
+            ) from None
         producer = Producer(
             self.settings, client_id="leadflow-import", linger_ms=20, max_batch_size=256 * 1024
         )

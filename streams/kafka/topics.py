@@ -3,16 +3,21 @@ partitions. Faust never declares topics (it would invent them with broker defaul
 
 from __future__ import annotations
 
-import asyncio
-import time
+import contextlib
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
 
 from streams.kafka.options import client_options
+from streams.kafka.producer import quiet
 from streams.settings import Settings
+from streams.startup import Dependency, Say, wait_for_all
 
 TOPIC_ALREADY_EXISTS = 36
 
@@ -25,25 +30,41 @@ class TopicOutcome:
     note: str = ""
 
 
-async def wait_for_kafka(settings: Settings, within: float = 60.0) -> None:
-    """Return once the cluster answers a metadata request; raise TimeoutError naming it."""
-    deadline = time.monotonic() + within
-    last: Exception | None = None
-    while time.monotonic() < deadline:
+def kafka_dependency(settings: Settings) -> Dependency:
+    """Kafka as a start-up dependency: it answers when a metadata request succeeds."""
+
+    async def probe() -> None:
         admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=5000)
         try:
-            await admin.start()
-            await admin.list_topics()
-            return
-        except (KafkaError, OSError) as exc:
-            last = exc
+            with quiet():
+                await admin.start()
+                await admin.list_topics()
         finally:
-            await admin.close()
-        await asyncio.sleep(0.5)
-    raise TimeoutError(
-        f"Kafka at {settings.kafka_bootstrap} did not answer within {within:.0f}s ({last!r}); "
-        "start it with `ops/stack up` or point LEADFLOW_KAFKA_BOOTSTRAP at your cluster"
+            with contextlib.suppress(Exception), quiet():
+                await admin.close()
+
+    return Dependency(
+        "Kafka",
+        settings.kafka_bootstrap,
+        "LEADFLOW_KAFKA_BOOTSTRAP",
+        probe,
+        refusals=(
+            SaslAuthenticationFailed,
+            AuthenticationFailedError,
+            UnsupportedSaslMechanismError,
+        ),
     )
+
+
+async def wait_for_kafka(settings: Settings, within: float = 60.0, say: Say | None = None) -> None:
+    """Return once the cluster answers a metadata request, retrying with backoff (each failed
+    attempt told to `say`); raise ServiceUnavailable (a TimeoutError) naming
+    LEADFLOW_KAFKA_BOOTSTRAP after `within` seconds."""
+    await wait_for_all([kafka_dependency(settings)], within, say or _silent)
+
+
+def _silent(line: str, reason: str) -> None:
+    pass
 
 
 async def create_topics(

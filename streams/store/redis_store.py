@@ -17,6 +17,7 @@ from typing import Any
 import msgpack
 import orjson
 import redis.asyncio as aioredis
+from pydantic import SecretStr
 from redis.commands.core import AsyncScript
 
 from streams.core.kpi import KpiCount, KpiSample
@@ -372,12 +373,15 @@ class LeadStore:
     @classmethod
     def from_url(
         cls,
-        url: str,
+        url: str | SecretStr,
         prefix: str,
         source_topic: str,
         dedupe_ttl_seconds: int,
         cache_leads: int = 0,
     ) -> LeadStore:
+        """A store on the Redis at `url` (the settings' secret URL, or a plain string)."""
+        if isinstance(url, SecretStr):
+            url = url.get_secret_value()
         client = aioredis.Redis.from_url(url, socket_timeout=10, health_check_interval=30)
         return cls(client, prefix, source_topic, dedupe_ttl_seconds, cache_leads)
 

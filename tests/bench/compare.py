@@ -175,7 +175,7 @@ async def settled_outputs(system: System, settings: Settings, expected: int) -> 
 async def redis_bytes_per_lead(settings: Settings, leads: list[str]) -> dict[str, float]:
     """MEMORY USAGE of leadflow's lead and seen keys for a sample of leads, averaged."""
     keys = Keys(settings.redis_prefix)
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
     try:
         state = seen = 0
         for lead in leads:

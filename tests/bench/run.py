@@ -148,7 +148,7 @@ async def bench_sla(deadlines: int, leads: int) -> None:
     settings = fresh_settings()
     await ensure_topics(settings)
     keys = Keys(settings.redis_prefix)
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
     now_ms = int(time.time() * 1000)
     month_ms = 30 * 86400 * 1000
     try:

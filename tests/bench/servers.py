@@ -16,7 +16,7 @@ from tests.harness import ROOT
 
 async def redis_pid(settings: Settings) -> int | None:
     """redis-server's pid, from INFO (only meaningful when it runs on this machine)."""
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
     try:
         info = await client.info("server")
     finally:
@@ -49,7 +49,7 @@ async def versions(settings: Settings) -> dict[str, str]:
             out[package] = version(package)
         except PackageNotFoundError:
             out[package] = "not installed"
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
     try:
         out["redis-server"] = str((await client.info("server"))["redis_version"])
     finally:
@@ -92,7 +92,7 @@ async def cleanup(settings: Settings) -> None:
             await admin.delete_topics(topics)
     finally:
         await admin.close()
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
     try:
         keys = [k async for k in client.scan_iter(match=f"{settings.namespace}:*", count=1000)]
         for i in range(0, len(keys), 500):

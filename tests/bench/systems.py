@@ -66,7 +66,7 @@ class System:
             "BENCH_GROUP": self.group(settings),
             "BENCH_RULES": str(BENCH_RULES),
             "BENCH_STATE_DIR": tempfile.mkdtemp(prefix=f"{self.name}-", dir=workdir),
-            "BENCH_REDIS_URL": settings.redis_url,
+            "BENCH_REDIS_URL": settings.redis_url.get_secret_value(),
             "BENCH_REDIS_PREFIX": self.redis_prefix(settings),
             "BENCH_FAUST_MODE": "score" if self.name == "faust-naive" else "parse",
         }

@@ -21,7 +21,7 @@ def services() -> None:
 
     async def check() -> None:
         await wait_for_kafka(settings, within=30)
-        client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        client = aioredis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5)
         try:
             await client.ping()
         except Exception as exc:

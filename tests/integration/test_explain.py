@@ -65,7 +65,7 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "LEADFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "LEADFLOW_REDIS_URL": settings.redis_url,
+        "LEADFLOW_REDIS_URL": settings.redis_url.get_secret_value(),
         "LEADFLOW_NAMESPACE": settings.namespace,
         "LEADFLOW_RULES": str(settings.rules),
         "COLUMNS": "200",

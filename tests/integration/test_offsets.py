@@ -34,7 +34,7 @@ pytestmark = pytest.mark.integration
 
 async def dump_namespace(settings: Settings) -> dict[bytes, tuple[int, bytes]]:
     """DUMP every key of the namespace, as a backup or an async replica would hold it."""
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
     try:
         out = {}
         async for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000):
@@ -49,7 +49,7 @@ async def dump_namespace(settings: Settings) -> dict[bytes, tuple[int, bytes]]:
 async def restore_namespace(settings: Settings, dump: dict[bytes, tuple[int, bytes]]) -> None:
     """Put the namespace back exactly as dumped: newer keys go, older values come back."""
     await purge_redis(settings)
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
     try:
         for key, (ttl, raw) in dump.items():
             await client.restore(key, ttl, raw, replace=True)

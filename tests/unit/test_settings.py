@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from streams.settings import DEFAULT_RULES, SettingsError, load_settings
+from streams.settings import (
+    DEFAULT_RULES,
+    STARTUP_TIMEOUT_COMMAND,
+    STARTUP_TIMEOUT_SERVICE,
+    SettingsError,
+    load_settings,
+    redact_url,
+    scrub,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -23,7 +31,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults() -> None:
     settings = load_settings()
     assert settings.kafka_bootstrap == "127.0.0.1:9092"
-    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.redis_url.get_secret_value() == "redis://127.0.0.1:6379/0"
     assert settings.topic_partitions == 8
     assert settings.rules == DEFAULT_RULES
     assert settings.rules.is_file()
@@ -125,3 +133,71 @@ def test_settings_are_frozen() -> None:
     settings = load_settings()
     with pytest.raises(ValueError, match="frozen"):
         settings.namespace = "other"  # type: ignore[misc]
+
+
+# -- start-up timeout ------------------------------------------------------------------------
+
+
+def test_startup_timeout_defaults_differ_for_services_and_commands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = load_settings()
+    assert settings.startup_timeout is None
+    assert settings.startup_within(service=True) == STARTUP_TIMEOUT_SERVICE == 60
+    assert settings.startup_within(service=False) == STARTUP_TIMEOUT_COMMAND == 15
+    monkeypatch.setenv("LEADFLOW_STARTUP_TIMEOUT", "2.5")
+    settings = load_settings()
+    assert settings.startup_within(service=True) == settings.startup_within(service=False) == 2.5
+    monkeypatch.setenv("LEADFLOW_STARTUP_TIMEOUT", "")  # empty: not set
+    assert load_settings().startup_timeout is None
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "100000"])
+def test_bad_startup_timeout_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("LEADFLOW_STARTUP_TIMEOUT", value)
+    with pytest.raises(SettingsError, match="LEADFLOW_STARTUP_TIMEOUT:"):
+        load_settings()
+
+
+# -- secrets ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://default:S3cretXYZ@10.0.0.5:6379/0", "redis://default:***@10.0.0.5:6379/0"),
+        ("rediss://:S3cretXYZ@cache:6380/2", "rediss://:***@cache:6380/2"),
+        ("redis://user@cache:6379/0", "redis://user@cache:6379/0"),
+        ("redis://u:p%40ss@w0rd@cache/0", "redis://u:***@cache/0"),
+        ("redis://cache/0?password=S3cretXYZ&db=1", "redis://cache/0?password=***&db=1"),
+    ],
+)
+def test_redact_url_hides_the_password(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_redis_url_is_a_secret_shown_without_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = "redis://default:S3cretXYZ@127.0.0.1:6379/0"
+    monkeypatch.setenv("LEADFLOW_REDIS_URL", url)
+    monkeypatch.setenv("LEADFLOW_KAFKA_SASL_PASSWORD", "KafkaPw123")
+    settings = load_settings()
+    assert settings.redis_url.get_secret_value() == url
+    for text in (
+        str(settings.redis_url),
+        f"{settings.redis_url}",
+        repr(settings.redis_url),
+        repr(settings),
+        str(settings),
+        settings.model_dump_json(),
+    ):
+        assert "S3cretXYZ" not in text
+        assert "KafkaPw123" not in text
+    assert str(settings.redis_url) == "redis://default:***@127.0.0.1:6379/0"
+    assert set(settings.secrets) == {"S3cretXYZ", "KafkaPw123"}
+    # Text from elsewhere (a library's error message) is scrubbed before it is shown.
+    assert scrub("AUTH S3cretXYZ failed; sasl KafkaPw123") == "AUTH *** failed; sasl ***"

@@ -236,10 +236,12 @@ async def test_dry_run_needs_no_kafka_and_kafka_down_exits_1(
     assert "would be produced │ 10" in " ".join(dry.stdout.split())
 
     down = await asyncio.to_thread(
-        leadflow_import, settings, path, "--profile", "marketo", LEADFLOW_KAFKA_BOOTSTRAP=nowhere
-    )
+        leadflow_import, settings, path, "--profile", "marketo",
+        LEADFLOW_KAFKA_BOOTSTRAP=nowhere, LEADFLOW_STARTUP_TIMEOUT="1",
+    )  # fmt: skip
     assert down.returncode == 1
     message = " ".join(down.stderr.split())
+    assert f"waiting for Kafka at {nowhere} (attempt 1" in message
     assert "cannot reach Kafka" in message and "ops/stack up" in message
     assert "Traceback" not in down.stderr
 

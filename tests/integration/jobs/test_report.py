@@ -47,7 +47,7 @@ def report(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
         **os.environ,
         "LEADFLOW_NAMESPACE": settings.namespace,
         "LEADFLOW_RULES": str(settings.rules),
-        "LEADFLOW_REDIS_URL": settings.redis_url,
+        "LEADFLOW_REDIS_URL": settings.redis_url.get_secret_value(),
         "LEADFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "COLUMNS": "200",
         "NO_COLOR": "1",
