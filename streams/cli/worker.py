@@ -51,7 +51,8 @@ def worker_command() -> None:
     # holds many long-lived ones: collecting less often, and never rescanning what exists at
     # start-up, cut the worker's CPU per event by 15-20 % (docs/benchmarks.md).
     gc.freeze()
-    gc.set_threshold(100_000, 50, 1_000)
+    # Full collections stay possible (every 10th older one): cyclic garbage must not pile up.
+    gc.set_threshold(100_000, 50, 10)
     faust.Worker(
         built.app, loglevel="WARNING", quiet=True, redirect_stdouts=False
     ).execute_from_commandline()

@@ -70,10 +70,16 @@ class Delivery:
         async with self._turn:
             await self._send(entries)
 
-    def send_later(self, entries: Sequence[OutboxEntry]) -> None:
-        """Deliver reserved entries in the background, after every delivery queued before."""
+    async def send_later(self, entries: Sequence[OutboxEntry], queued_at_most: int = 2) -> None:
+        """Deliver reserved entries in the background, after every delivery queued before.
+
+        Waits first while `queued_at_most` deliveries are still on their way: the next batch is
+        folded while one is in flight, but a Kafka slower than scoring slows scoring down
+        instead of queueing outputs in memory without end."""
         if not entries:
             return
+        while len(self._pending) >= queued_at_most:
+            await asyncio.wait(list(self._pending), return_when=asyncio.FIRST_COMPLETED)
         task = asyncio.ensure_future(self.send(entries))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

@@ -47,7 +47,7 @@ class ScoringService(BatchWriter):
         if wait_for_delivery:
             await self.delivery.send(fold.outbox)
         else:
-            self.delivery.send_later(fold.outbox)
+            await self.delivery.send_later(fold.outbox)
         result.counted = fold.counted
         result.duplicates = sum(len(items) for items in by_lead.values()) - fold.counted
         result.outputs = fold.outputs

@@ -86,5 +86,5 @@ def main(argv: list[str]) -> None:
     configure_logging("WARNING")
     if args.worker_gc:  # as `leadflow worker` sets them (streams/cli/worker.py)
         gc.freeze()
-        gc.set_threshold(100_000, 50, 1_000)
+        gc.set_threshold(100_000, 50, 10)
     asyncio.run(run(args))

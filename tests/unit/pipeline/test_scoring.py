@@ -291,3 +291,30 @@ async def test_overlapped_delivery_keeps_the_order_batches_were_written_in(servi
     ]
     assert [h.lead_id for h in handoffs] == ["a", "b"]
     assert store.outbox == {}
+
+
+async def test_a_kafka_slower_than_scoring_slows_scoring_down_instead_of_queueing(service) -> None:
+    """At most two deliveries are on their way: the third batch waits for the first to be
+    acknowledged (outputs never pile up in memory behind a slow broker)."""
+    svc, _, publisher = service
+    publisher.delay = 0.2
+    await svc.process([event("a", "e1", 0)], wait_for_delivery=False)
+    await svc.process([event("b", "e2", 1)], wait_for_delivery=False)
+    assert publisher.sent == []
+    third = asyncio.ensure_future(svc.process([event("c", "e3", 2)], wait_for_delivery=False))
+    await asyncio.sleep(0.05)
+    assert not third.done()  # written to Redis, but waiting for a delivery slot
+    await third
+    assert publisher.sent != []  # it went on once the first delivery was acknowledged
+    assert {
+        MqlHandoff.model_validate_json(r.value).lead_id
+        for r in publisher.sent
+        if r.topic == svc.settings.handoff
+    } >= {"a"}
+    await svc.delivery.settle()
+    handoffs = [
+        MqlHandoff.model_validate_json(r.value).lead_id
+        for r in publisher.sent
+        if r.topic == svc.settings.handoff
+    ]
+    assert handoffs == ["a", "b", "c"]
