@@ -7,12 +7,15 @@ bootstrap), so a store is opened one way and "which rules are live" is decided i
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from streams.core.rules import Rules, load_rules, parse_rules
 from streams.observability import log
 from streams.settings import Settings, load_settings
-from streams.startup import Dependency, Say, wait_for_all
+from streams.startup import Dependency, Misconfigured, Say, wait_for_all
 from streams.store import Generation, LeadStore
 
 if TYPE_CHECKING:
@@ -35,18 +38,68 @@ def open_store(settings: Settings, cache_leads: int = 0) -> LeadStore:
         source_topic=settings.engagement,
         dedupe_ttl_seconds=settings.dedupe_ttl_days * 86400,
         cache_leads=cache_leads,
+        options=settings.redis_options(),
     )
+
+
+# How long the look for a TLS-only server behind a failed plaintext connection may take.
+TLS_SNIFF_TIMEOUT = 2.0
+
+
+async def speaks_tls(host: str, port: int) -> bool:
+    """Whether the server at host:port completes a TLS handshake (certificate not checked)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=context), TLS_SNIFF_TIMEOUT
+        )
+    except (OSError, TimeoutError, ssl.SSLError):
+        return False
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+    return True
+
+
+def _tls_problem(exc: BaseException) -> str | None:
+    """The fix for a TLS mismatch behind a Redis connection error, if it is one."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return (
+            "its TLS certificate is not trusted; set LEADFLOW_REDIS_SSL_CAFILE to the CA that "
+            "signed it"
+        )
+    if isinstance(cause, ssl.SSLError) and "WRONG_VERSION_NUMBER" in str(cause).upper():
+        return "it does not speak TLS; use redis:// in LEADFLOW_REDIS_URL"
+    return None
 
 
 def redis_dependency(settings: Settings) -> Dependency:
     """Redis as a start-up dependency: it answers when a PING does (with the configured
-    credentials; wrong ones end the wait at once)."""
+    credentials; wrong ones, or a TLS mismatch, end the wait at once naming the variable)."""
     from redis.exceptions import AuthenticationError, AuthorizationError
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
     async def probe() -> None:
         store = open_store(settings)
         try:
             await store.ping()
+        except (AuthenticationError, AuthorizationError):
+            raise
+        except RedisConnectionError as exc:
+            problem = _tls_problem(exc)
+            if problem is None and not settings.redis_tls:
+                parts = urlsplit(settings.redis_url.get_secret_value())
+                if parts.hostname and await speaks_tls(parts.hostname, parts.port or 6379):
+                    problem = (
+                        "it accepts TLS connections only; use rediss:// in LEADFLOW_REDIS_URL "
+                        "(and LEADFLOW_REDIS_SSL_CAFILE for its CA)"
+                    )
+            if problem is not None:
+                raise Misconfigured(problem) from None
+            raise
         finally:
             await store.close()
 
@@ -56,6 +109,7 @@ def redis_dependency(settings: Settings) -> Dependency:
         "LEADFLOW_REDIS_URL",
         probe,
         refusals=(AuthenticationError, AuthorizationError),
+        credentials=settings.redis_credentials_variable,
     )
 
 

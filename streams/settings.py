@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import orjson
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas import catalog
@@ -93,6 +93,13 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = catalog.DEFAULT_KAFKA_BOOTSTRAP
     # A secret: str(), repr() and logs show it without its password (SecretUrl).
     redis_url: SecretUrl = SecretUrl("redis://127.0.0.1:6379/0")
+    # Redis credentials and TLS, apart from the URL (docs/operations.md, "Redis with a password
+    # and TLS"); the URL then carries no credentials. The TLS files need a rediss:// URL.
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    redis_ssl_cafile: Path | None = None
+    redis_ssl_certfile: Path | None = None
+    redis_ssl_keyfile: Path | None = None
     rules: Path = DEFAULT_RULES
     namespace: str = Field(
         default="",
@@ -215,6 +222,63 @@ class Settings(BaseSettings):
             raise ValueError(f"rules file {value} does not exist")
         return value
 
+    @field_validator(
+        "redis_username",
+        "redis_password",
+        "redis_ssl_cafile",
+        "redis_ssl_certfile",
+        "redis_ssl_keyfile",
+        mode="before",
+    )
+    @classmethod
+    def _unset_if_empty(cls, value: Any) -> Any:
+        # An empty variable (LEADFLOW_REDIS_PASSWORD=) means "not set".
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_ssl_cafile", "redis_ssl_certfile", "redis_ssl_keyfile")
+    @classmethod
+    def _file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file {value} does not exist")
+        return value
+
+    @model_validator(mode="after")
+    def _redis_security(self) -> Settings:
+        url = self.redis_url.get_secret_value()
+        try:
+            parts = urlsplit(url)
+            in_url = parts.username is not None or parts.password is not None
+            in_url = in_url or any(
+                k.lower() in _SECRET_QUERY_KEYS for k, _ in parse_qsl(parts.query)
+            )
+        except ValueError:
+            raise ValueError(f"LEADFLOW_REDIS_URL: not a URL: {redact_url(url)}") from None
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(
+                f"LEADFLOW_REDIS_URL: {redact_url(url)} must start with redis:// or rediss:// (TLS)"
+            )
+        if in_url and (self.redis_username is not None or self.redis_password is not None):
+            raise ValueError(
+                "LEADFLOW_REDIS_USERNAME/LEADFLOW_REDIS_PASSWORD are set and LEADFLOW_REDIS_URL "
+                "carries credentials too; keep them in one place (the variables)"
+            )
+        files = {
+            "LEADFLOW_REDIS_SSL_CAFILE": self.redis_ssl_cafile,
+            "LEADFLOW_REDIS_SSL_CERTFILE": self.redis_ssl_certfile,
+            "LEADFLOW_REDIS_SSL_KEYFILE": self.redis_ssl_keyfile,
+        }
+        given = [name for name, path in files.items() if path is not None]
+        if given and parts.scheme != "rediss":
+            raise ValueError(
+                f"{', '.join(given)} set, but LEADFLOW_REDIS_URL ({redact_url(url)}) is not "
+                "TLS; use rediss://"
+            )
+        if self.redis_ssl_keyfile is not None and self.redis_ssl_certfile is None:
+            raise ValueError(
+                "LEADFLOW_REDIS_SSL_KEYFILE is set without LEADFLOW_REDIS_SSL_CERTFILE"
+            )
+        return self
+
     @field_validator("startup_timeout", mode="before")
     @classmethod
     def _startup_timeout(cls, value: Any) -> Any:
@@ -269,10 +333,41 @@ class Settings(BaseSettings):
         return STARTUP_TIMEOUT_SERVICE if service else STARTUP_TIMEOUT_COMMAND
 
     @property
+    def redis_tls(self) -> bool:
+        return self.redis_url.get_secret_value().startswith("rediss://")
+
+    def redis_options(self) -> dict[str, Any]:
+        """redis-py's connection options besides the URL: the credentials and TLS files of their
+        own LEADFLOW_REDIS_* variables (the one place that turns them into client options)."""
+        options: dict[str, Any] = {}
+        if self.redis_username is not None:
+            options["username"] = self.redis_username
+        if self.redis_password is not None:
+            options["password"] = self.redis_password.get_secret_value()
+        if self.redis_tls:
+            for key, path in (
+                ("ssl_ca_certs", self.redis_ssl_cafile),
+                ("ssl_certfile", self.redis_ssl_certfile),
+                ("ssl_keyfile", self.redis_ssl_keyfile),
+            ):
+                if path is not None:
+                    options[key] = str(path)
+        return options
+
+    @property
+    def redis_credentials_variable(self) -> str:
+        """Where the Redis credentials come from, to name in a refusal."""
+        if self.redis_password is not None or self.redis_username is not None:
+            return "LEADFLOW_REDIS_USERNAME / LEADFLOW_REDIS_PASSWORD"
+        return "LEADFLOW_REDIS_URL"
+
+    @property
     def secrets(self) -> tuple[str, ...]:
         """The secret values in these settings (the Redis password, the Kafka SASL password,
         collector tokens), for scrubbing text that might echo one."""
         found = list(url_secrets(self.redis_url.get_secret_value()))
+        if self.redis_password is not None:
+            found.append(self.redis_password.get_secret_value())
         if self.kafka_sasl_password is not None:
             found.append(self.kafka_sasl_password.get_secret_value())
         found += [t.get_secret_value() for t in self.collector_tokens.values()]
@@ -339,6 +434,8 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = "; ".join(
             f"LEADFLOW_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            if err["loc"]
+            else str(err["msg"]).removeprefix("Value error, ")
             for err in exc.errors()
         )
         raise SettingsError(f"invalid configuration: {problems}") from None

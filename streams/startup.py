@@ -31,6 +31,11 @@ class ServiceUnavailable(TimeoutError):
     to fix and how (a TimeoutError: the CLI ends with exit code 3 and this one line)."""
 
 
+class Misconfigured(Exception):
+    """A probe found that the client is set up wrongly for the dependency (e.g. plaintext to a
+    TLS-only server); the message says what to change. Waiting would not help."""
+
+
 class ServiceRefused(ValueError):
     """A dependency answered but refused us (wrong credentials): waiting would not help; the
     message names the variable to fix."""
@@ -46,6 +51,8 @@ class Dependency:
     probe: Callable[[], Awaitable[object]]
     # Errors that mean "it answered, and said no": stop waiting at once.
     refusals: tuple[type[BaseException], ...] = ()
+    # The variable(s) holding the credentials, named when they are refused (default: variable).
+    credentials: str = ""
 
     def unavailable(self, within: float, attempts: int, reason: str) -> ServiceUnavailable:
         return ServiceUnavailable(
@@ -80,10 +87,12 @@ async def wait_until_reachable(dep: Dependency, deadline: float, within: float, 
         try:
             await asyncio.wait_for(dep.probe(), timeout=max(min(ATTEMPT_TIMEOUT, remaining), 1.0))
             return
+        except Misconfigured as exc:
+            raise ServiceRefused(f"{dep.name} at {dep.address}: {scrub(str(exc))}") from None
         except dep.refusals as exc:
             raise ServiceRefused(
                 f"{dep.name} at {dep.address} refused the connection ({describe(exc)}); "
-                f"check the credentials in {dep.variable}"
+                f"check the credentials in {dep.credentials or dep.variable}"
             ) from None
         except Exception as exc:
             reason = describe(exc)

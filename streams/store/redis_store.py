@@ -378,11 +378,16 @@ class LeadStore:
         source_topic: str,
         dedupe_ttl_seconds: int,
         cache_leads: int = 0,
+        options: Mapping[str, Any] | None = None,
     ) -> LeadStore:
-        """A store on the Redis at `url` (the settings' secret URL, or a plain string)."""
+        """A store on the Redis at `url` (the settings' secret URL, or a plain string);
+        `options` are redis-py's connection options besides the URL (credentials, TLS files:
+        `Settings.redis_options()`)."""
         if isinstance(url, SecretStr):
             url = url.get_secret_value()
-        client = aioredis.Redis.from_url(url, socket_timeout=10, health_check_interval=30)
+        client = aioredis.Redis.from_url(
+            url, socket_timeout=10, health_check_interval=30, **dict(options or {})
+        )
         return cls(client, prefix, source_topic, dedupe_ttl_seconds, cache_leads)
 
     async def close(self) -> None:

@@ -201,3 +201,58 @@ def test_redis_url_is_a_secret_shown_without_its_password(
     assert set(settings.secrets) == {"S3cretXYZ", "KafkaPw123"}
     # Text from elsewhere (a library's error message) is scrubbed before it is shown.
     assert scrub("AUTH S3cretXYZ failed; sasl KafkaPw123") == "AUTH *** failed; sasl ***"
+
+
+def test_redis_credentials_and_tls_files_are_their_own_variables(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ca, cert, key = (tmp_path / n for n in ("ca.crt", "client.crt", "client.key"))
+    for f in (ca, cert, key):
+        f.write_text("-----BEGIN-----\n")
+    monkeypatch.setenv("LEADFLOW_REDIS_URL", "rediss://redis.internal:6380/0")
+    monkeypatch.setenv("LEADFLOW_REDIS_USERNAME", "leadflow")
+    monkeypatch.setenv("LEADFLOW_REDIS_PASSWORD", "RedisPw-9876")
+    monkeypatch.setenv("LEADFLOW_REDIS_SSL_CAFILE", str(ca))
+    monkeypatch.setenv("LEADFLOW_REDIS_SSL_CERTFILE", str(cert))
+    monkeypatch.setenv("LEADFLOW_REDIS_SSL_KEYFILE", str(key))
+    settings = load_settings()
+    assert settings.redis_options() == {
+        "username": "leadflow",
+        "password": "RedisPw-9876",
+        "ssl_ca_certs": str(ca),
+        "ssl_certfile": str(cert),
+        "ssl_keyfile": str(key),
+    }
+    for text in (repr(settings), str(settings), settings.model_dump_json()):
+        assert "RedisPw-9876" not in text
+    assert "RedisPw-9876" in settings.secrets
+    assert scrub("WRONGPASS RedisPw-9876") == "WRONGPASS ***"
+    assert "LEADFLOW_REDIS_PASSWORD" in settings.redis_credentials_variable
+
+
+def test_redis_security_mistakes_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LEADFLOW_REDIS_URL", "rediss://127.0.0.1:6380/0")
+    monkeypatch.setenv("LEADFLOW_REDIS_SSL_CAFILE", str(tmp_path / "missing-ca.crt"))
+    with pytest.raises(SettingsError, match=r"LEADFLOW_REDIS_SSL_CAFILE: .*missing-ca.crt"):
+        load_settings()
+
+    (tmp_path / "ca.crt").write_text("x")
+    monkeypatch.setenv("LEADFLOW_REDIS_SSL_CAFILE", str(tmp_path / "ca.crt"))
+    monkeypatch.setenv("LEADFLOW_REDIS_URL", "redis://127.0.0.1:6379/0")
+    with pytest.raises(SettingsError, match=r"LEADFLOW_REDIS_SSL_CAFILE set.*use rediss://"):
+        load_settings()
+
+    monkeypatch.delenv("LEADFLOW_REDIS_SSL_CAFILE")
+    monkeypatch.setenv("LEADFLOW_REDIS_URL", "redis://app:UrlPw-1234@127.0.0.1:6379/0")
+    monkeypatch.setenv("LEADFLOW_REDIS_PASSWORD", "VarPw-5678")
+    with pytest.raises(SettingsError, match="keep them in one place") as raised:
+        load_settings()
+    assert "UrlPw-1234" not in str(raised.value) and "VarPw-5678" not in str(raised.value)
+
+    # Empty variables mean "not set".
+    monkeypatch.setenv("LEADFLOW_REDIS_URL", "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("LEADFLOW_REDIS_PASSWORD", "")
+    monkeypatch.setenv("LEADFLOW_REDIS_SSL_CAFILE", "")
+    assert load_settings().redis_options() == {}
