@@ -80,6 +80,8 @@ async def wait_until_reachable(dep: Dependency, deadline: float, within: float, 
         try:
             await asyncio.wait_for(dep.probe(), timeout=max(min(ATTEMPT_TIMEOUT, remaining), 1.0))
             return
+        except ServiceRefused:
+            raise  # already says which variable to fix
         except dep.refusals as exc:
             raise ServiceRefused(
                 f"{dep.name} at {dep.address} refused the connection ({describe(exc)}); "
