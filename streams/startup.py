@@ -87,6 +87,8 @@ async def wait_until_reachable(dep: Dependency, deadline: float, within: float, 
         try:
             await asyncio.wait_for(dep.probe(), timeout=max(min(ATTEMPT_TIMEOUT, remaining), 1.0))
             return
+        except ServiceRefused:
+            raise  # already says which variable to fix
         except Misconfigured as exc:
             raise ServiceRefused(f"{dep.name} at {dep.address}: {scrub(str(exc))}") from None
         except dep.refusals as exc:

@@ -12,6 +12,7 @@ attempt on stderr, until LEADFLOW_STARTUP_TIMEOUT. Nothing printed here shows a 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -53,6 +54,35 @@ def require_services(
     from streams.bootstrap import wait_for_services
 
     asyncio.run(wait_for_services(settings, waiting, kafka=kafka, redis=redis, service=service))
+
+
+def denied(exc: BaseException) -> str | None:
+    """The one-line message for a Kafka ACL refusal (the principal may not use a topic, group or
+    the cluster), naming what to fix; None for anything else."""
+    from aiokafka.errors import (
+        ClusterAuthorizationFailedError,
+        GroupAuthorizationFailedError,
+        TopicAuthorizationFailedError,
+        TransactionalIdAuthorizationFailed,
+    )
+
+    kinds = {
+        TopicAuthorizationFailedError: "topic",
+        GroupAuthorizationFailedError: "consumer group",
+        ClusterAuthorizationFailedError: "cluster operation",
+        TransactionalIdAuthorizationFailed: "transactional id",
+    }
+    for kind, what in kinds.items():
+        if isinstance(exc, kind):
+            detail = " ".join(str(exc).replace(f"[Error {kind.errno}] {kind.__name__}", "").split())
+            detail = detail.strip(": ") or "?"
+            return (
+                f"Kafka denied this {what} ({detail}) to user "
+                f"{os.environ.get('LEADFLOW_KAFKA_SASL_USERNAME') or '(anonymous)'}: the ACLs "
+                "allow it only its own prefix; check LEADFLOW_NAMESPACE (and the topic "
+                "variables), or grant the ACLs in docs/operations.md"
+            )
+    return None
 
 
 def outage(exc: BaseException) -> str | None:
@@ -99,6 +129,9 @@ def user_errors(*input_errors: type[Exception]) -> Iterator[None]:
     except TimeoutError as exc:
         raise fail(str(exc), 3) from None
     except Exception as exc:
+        refused = denied(exc)
+        if refused is not None:
+            raise fail(refused, 2) from None
         message = outage(exc)
         if message is None:
             raise

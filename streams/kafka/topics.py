@@ -3,13 +3,17 @@ partitions. Faust never declares topics (it would invent them with broker defaul
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ssl
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
+    KafkaConnectionError,
     SaslAuthenticationFailed,
     UnsupportedSaslMechanismError,
 )
@@ -17,7 +21,13 @@ from aiokafka.errors import (
 from streams.kafka.options import client_options
 from streams.kafka.producer import quiet
 from streams.settings import Settings
-from streams.startup import Dependency, Say, wait_for_all
+from streams.startup import (
+    ATTEMPT_TIMEOUT,
+    Dependency,
+    Say,
+    ServiceRefused,
+    wait_for_all,
+)
 
 TOPIC_ALREADY_EXISTS = 36
 
@@ -31,7 +41,10 @@ class TopicOutcome:
 
 
 def kafka_dependency(settings: Settings) -> Dependency:
-    """Kafka as a start-up dependency: it answers when a metadata request succeeds."""
+    """Kafka as a start-up dependency: it answers when a metadata request succeeds. A broker
+    that answers but refuses us (wrong password, TLS against a plaintext port or the reverse, a
+    CA that does not sign its certificate) ends the wait at once with ServiceRefused naming the
+    variable to fix (aiokafka's bootstrap only says "Unable to bootstrap"; `diagnose` asks why)."""
 
     async def probe() -> None:
         admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=5000)
@@ -39,6 +52,11 @@ def kafka_dependency(settings: Settings) -> Dependency:
             with quiet():
                 await admin.start()
                 await admin.list_topics()
+        except KafkaConnectionError:
+            refusal = await diagnose(settings)
+            if refusal is not None:
+                raise ServiceRefused(refusal) from None
+            raise
         finally:
             with contextlib.suppress(Exception), quiet():
                 await admin.close()
@@ -49,11 +67,91 @@ def kafka_dependency(settings: Settings) -> Dependency:
         "LEADFLOW_KAFKA_BOOTSTRAP",
         probe,
         refusals=(
+            ServiceRefused,
             SaslAuthenticationFailed,
             AuthenticationFailedError,
             UnsupportedSaslMechanismError,
         ),
     )
+
+
+async def _tls_answers(host: str, port: int) -> bool:
+    """Whether HOST:PORT completes a TLS handshake (the certificate is not checked here)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=context), timeout=ATTEMPT_TIMEOUT
+        )
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+    return True
+
+
+async def diagnose(settings: Settings) -> str | None:
+    """Why a reachable broker refused the connection, as one line naming the variable to fix;
+    None if it did not answer at all (keep waiting) or the reason is unknown. Tries the first
+    bootstrap server with one connection (and, for a plaintext setting, one TLS handshake)."""
+    first = settings.kafka_bootstrap.split(",")[0].strip()
+    host, _, port_text = first.rpartition(":")
+    host = host.strip("[]") or first
+    try:
+        port = int(port_text)
+    except ValueError:
+        return None
+    protocol = settings.kafka_security_protocol
+    where = f"Kafka at {first}"
+    options = client_options(settings)
+    options.pop("bootstrap_servers", None)
+    try:
+        with quiet():
+            conn = await asyncio.wait_for(
+                create_conn(host, port, request_timeout_ms=5000, **options),
+                timeout=ATTEMPT_TIMEOUT,
+            )
+        conn.close()
+    except (SaslAuthenticationFailed, AuthenticationFailedError):
+        user = settings.kafka_sasl_username or "(none)"
+        return (
+            f"{where} refused the SASL {settings.kafka_sasl_mechanism} login of user {user}: "
+            "check LEADFLOW_KAFKA_SASL_PASSWORD (and LEADFLOW_KAFKA_SASL_USERNAME)"
+        )
+    except UnsupportedSaslMechanismError:
+        return (
+            f"{where} does not accept SASL mechanism {settings.kafka_sasl_mechanism}: "
+            "set LEADFLOW_KAFKA_SASL_MECHANISM to one it enables"
+        )
+    except ssl.SSLCertVerificationError as exc:
+        return (
+            f"{where}: its TLS certificate is not trusted ({exc.verify_message}): set "
+            "LEADFLOW_KAFKA_SSL_CAFILE to the CA that signed it"
+        )
+    except ssl.SSLError as exc:
+        if protocol in ("SSL", "SASL_SSL"):
+            return (
+                f"{where} does not speak TLS ({exc.reason or exc}) but "
+                f"LEADFLOW_KAFKA_SECURITY_PROTOCOL={protocol}: set it to "
+                f"{'SASL_PLAINTEXT' if protocol == 'SASL_SSL' else 'PLAINTEXT'} or use the TLS port"
+            )
+        return None
+    except (OSError, TimeoutError):
+        return None  # not listening (yet): keep waiting
+    except Exception:
+        pass
+    else:
+        return None
+    if protocol in ("PLAINTEXT", "SASL_PLAINTEXT") and await _tls_answers(host, port):
+        return (
+            f"{where} expects TLS, but LEADFLOW_KAFKA_SECURITY_PROTOCOL={protocol} connects "
+            f"without it: set LEADFLOW_KAFKA_SECURITY_PROTOCOL="
+            f"{'SASL_SSL' if protocol == 'SASL_PLAINTEXT' else 'SSL or SASL_SSL'} "
+            "(and LEADFLOW_KAFKA_SSL_CAFILE)"
+        )
+    return None
 
 
 async def wait_for_kafka(settings: Settings, within: float = 60.0, say: Say | None = None) -> None:
