@@ -285,3 +285,23 @@ async def test_overlapped_delivery_keeps_the_order_batches_were_written_in(servi
     ]
     assert [h.lead_id for h in handoffs] == ["a", "b"]
     assert store.outbox == {}
+
+
+async def test_an_event_at_the_end_of_time_is_dead_lettered_not_a_crash(service) -> None:
+    # Found by fuzzing: occurred_at 9999-12-31T23:59:59-01:00 was accepted, and folding it
+    # raised ("year 10000 is out of range") on every retry of the batch.
+    svc, _, publisher = service
+    late = {
+        "event_id": "e-late",
+        "lead_id": "a",
+        "type": "pricing_page_view",
+        "occurred_at": "9999-12-31T23:59:59-01:00",
+    }
+    records = [InRecord(b"a", orjson.dumps(late), "leads.engagement", 0, 0), event("a", "e2", 1)]
+    result = await svc.process(records)
+    assert result.counted == 1
+    assert [d.headers.error_kind.value for d in result.deadletters] == ["invalid_event"]
+    assert "occurred_at" in result.deadletters[0].headers.error_message
+    assert [r.value for r in publisher.sent if r.topic == svc.settings.deadletter] == [
+        records[0].value
+    ]
