@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from schemas.engagement import Identifier
 
@@ -16,10 +16,11 @@ class Bant(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", title="Bant")
 
-    budget: bool
-    authority: bool
-    need: bool
-    timeframe: bool
+    # JSON booleans only: "no", 0 or "off" are not read as false.
+    budget: StrictBool
+    authority: StrictBool
+    need: StrictBool
+    timeframe: StrictBool
 
 
 class SalesActivity(BaseModel):

@@ -25,6 +25,13 @@ NDJSON_TYPES = frozenset(
 JSON_TYPES = frozenset({"", "application/json", "text/plain"})
 HTTP_LOCATION = RecordLocation(topic="http", partition=-1, offset=-1)
 NOT_JSON = DeadLetterKind.NOT_JSON.value
+INVALID_EVENT = DeadLetterKind.INVALID_EVENT.value
+# orjson reads JSON nested up to 1024 levels but writes at most 254: an event the collector must
+# re-encode (an array item, or one it adds `source` to) deeper than that is rejected, not a 500.
+TOO_DEEP = (
+    "the event is nested more than 254 levels deep, too deep to be re-encoded; "
+    "flatten its properties"
+)
 
 # -- body parsing --------------------------------------------------------------------------
 
@@ -39,7 +46,8 @@ class Item:
     value: Any  # the decoded JSON (anything: validation says what is wrong with it)
     raw: bytes  # the event's JSON as sent (object body, NDJSON line) or re-encoded (array item)
     line: int | None = None  # NDJSON: 1-based line number in the body
-    error: str | None = None  # NDJSON: this line is not JSON
+    error: str | None = None  # NDJSON: this line is not JSON; an array item: nested too deep
+    reason: str = NOT_JSON  # the reason of `error`
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +73,21 @@ def body_format(content_type: str | None) -> BodyFormat | None:
     if media in JSON_TYPES or media.endswith("+json"):
         return "json"
     return None
+
+
+def _reencoded(value: Any) -> bytes | None:
+    """Compact JSON of a decoded value; None when it is nested too deep for orjson to write."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return None
+
+
+def _array_item(index: int, value: Any) -> Item:
+    raw = _reencoded(value)
+    if raw is None:
+        return Item(index, value, b"", error=TOO_DEEP, reason=INVALID_EVENT)
+    return Item(index, value, raw)
 
 
 def _json_problem(exc: orjson.JSONDecodeError) -> str:
@@ -108,10 +131,7 @@ def _json_body(body: bytes) -> Body | BodyError:
     if isinstance(decoded, list):
         if not decoded:
             return _empty_body()
-        return Body(
-            tuple(Item(i, value, orjson.dumps(value)) for i, value in enumerate(decoded)),
-            single=False,
-        )
+        return Body(tuple(_array_item(i, value) for i, value in enumerate(decoded)), single=False)
     return BodyError(
         f"expected a JSON object (one event) or an array of event objects, "
         f"got {type(decoded).__name__}",
@@ -191,10 +211,12 @@ def check_event(
     raw_id = item.value.get("event_id") if isinstance(item.value, dict) else None
     event_id = raw_id.strip() if isinstance(raw_id, str) and raw_id.strip() else None
     if item.error is not None:
-        return Checked(item.index, event_id, item.line, reason=NOT_JSON, error=item.error)
-    value = item.raw
+        return Checked(item.index, event_id, item.line, reason=item.reason, error=item.error)
+    value: bytes | None = item.raw
     if source and isinstance(item.value, dict) and _blank(item.value.get("source")):
-        value = orjson.dumps({**item.value, "source": source})
+        value = _reencoded({**item.value, "source": source})
+        if value is None:
+            return Checked(item.index, event_id, item.line, reason=INVALID_EVENT, error=TOO_DEEP)
     parsed = parse_engagement(None, value, HTTP_LOCATION, known_types, max_bytes)
     if isinstance(parsed, DeadLetter):
         kind = parsed.headers.error_kind

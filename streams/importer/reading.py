@@ -10,7 +10,7 @@ from typing import IO, Any, Literal
 
 import orjson
 
-from streams.importer.mapping import ImportMapping
+from streams.importer.mapping import ImportMapping, MappingError
 from streams.importer.rows import Rejected
 
 NDJSON_SUFFIXES = (".ndjson", ".jsonl", ".json")
@@ -59,7 +59,10 @@ class ExportReader:
             self._csv = csv.DictReader(
                 iter(self.lines), delimiter=delimiter, restkey=_EXTRA, restval=None
             )
-            self.header = list(self._csv.fieldnames or [])
+            try:
+                self.header = list(self._csv.fieldnames or [])
+            except csv.Error as exc:  # e.g. a lone CR (old Mac line ends): no row can be read
+                raise MappingError(f"the header line is not CSV: {exc}") from None
 
     @property
     def bytes_read(self) -> int:

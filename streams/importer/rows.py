@@ -24,7 +24,12 @@ from streams.importer.cells import (
     first_value,
 )
 from streams.importer.compile import CompiledMapping, normalize_type
-from streams.pipeline.intake import DeadLetter, RecordLocation, parse_engagement
+from streams.pipeline.intake import (
+    OCCURRED_AT_YEARS,
+    DeadLetter,
+    RecordLocation,
+    parse_engagement,
+)
 
 # Epoch timestamps outside 1990..2100 are a unit mistake (seconds read as milliseconds or back).
 EPOCH_RANGE = (631_152_000.0, 4_102_444_800.0)
@@ -162,10 +167,15 @@ def _occurred_at(c: CompiledMapping, row: Mapping[str, Any]) -> datetime | Rejec
     time_column, time_value = first_of(row, c.time)
     if time_value is None:
         return Rejected("bad_time", f"{column_names(c.time)}: empty; every row needs its time")
+    text = as_text(time_value)
     try:
-        return parse_time(as_text(time_value), c.time_formats, c.tz)
+        at = parse_time(text, c.time_formats, c.tz)
     except ValueError as exc:
         return Rejected("bad_time", f"{time_column}: {exc}")
+    first, last = OCCURRED_AT_YEARS  # the worker's range: date arithmetic stays in datetime's
+    if not first <= at.year <= last:
+        return Rejected("bad_time", f"{time_column}: {text!r} is outside the years {first}-{last}")
+    return at
 
 
 def _event_id(
@@ -256,6 +266,15 @@ def map_row(c: CompiledMapping, row: Mapping[str, Any]) -> Outcome:
 
     Pure: no I/O, and `row` is not modified.
     """
+    try:
+        return _map_row(c, row)
+    except orjson.JSONEncodeError as exc:
+        # orjson reads JSON nested up to 1024 levels (NDJSON lines, JSON columns) but writes at
+        # most 254: such a value cannot become an event, an event id or a rejected-file cell.
+        return Rejected("bad_json", f"a value is nested too deeply to be written as JSON ({exc})")
+
+
+def _map_row(c: CompiledMapping, row: Mapping[str, Any]) -> Outcome:
     source = _source_type(c, row)
     if not isinstance(source, tuple):
         return source

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import TypeVar
+from datetime import datetime
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -26,6 +28,33 @@ class DeadLetter:
     key: bytes | None
     value: bytes | None
     headers: DeadLetterHeaders
+
+
+# occurred_at is an RFC 3339 string: a JSON number (or a string of digits) would otherwise be read
+# as a Unix time, in seconds or milliseconds depending on its size. Its years are bounded so that
+# every computation on it (UTC, days, SLA deadlines) stays within what datetime can represent.
+OCCURRED_AT_YEARS = (1900, 2999)
+_RFC3339_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
+# A reason travels in a Kafka header beside the original record: it never grows with the input.
+REASON_MAX_CHARS = 1000
+
+
+def _shown(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + "...'"
+
+
+def occurred_at_problem(sent: Any, at: datetime) -> str | None:
+    """Why an occurred_at pydantic accepted is still not the contract's, or None."""
+    if not isinstance(sent, str) or not _RFC3339_DATE_TIME.match(sent):
+        return (
+            "occurred_at: expected an RFC 3339 date-time string with offset, e.g. "
+            f"2025-03-01T10:15:00+01:00; got {type(sent).__name__} {_shown(sent)}"
+        )
+    first, last = OCCURRED_AT_YEARS
+    if not first <= at.year <= last:
+        return f"occurred_at: {_shown(sent)} is outside the years {first} to {last}"
+    return None
 
 
 def _describe(exc: ValidationError) -> str:
@@ -70,12 +99,16 @@ def parse_record(
         parsed = model.model_validate(raw)
     except ValidationError as exc:
         return reject(DeadLetterKind.INVALID_EVENT, _describe(exc))
+    at = getattr(parsed, "occurred_at", None)
+    problem = occurred_at_problem(raw.get("occurred_at"), at) if at is not None else None
+    if problem is not None:
+        return reject(DeadLetterKind.INVALID_EVENT, problem)
     lead_id = getattr(parsed, "lead_id", None)
     if key is not None and lead_id is not None and key.decode("utf-8", "replace") != lead_id:
         return reject(
             DeadLetterKind.KEY_MISMATCH,
-            f"Kafka key {key.decode('utf-8', 'replace')!r} differs from lead_id "
-            f"{lead_id!r}; produce with key = lead_id so a lead's records stay in order",
+            f"Kafka key {_shown(key.decode('utf-8', 'replace'))} differs from lead_id "
+            f"{_shown(lead_id)}; produce with key = lead_id so a lead's records stay in order",
         )
     return parsed
 
@@ -87,6 +120,8 @@ def dead_letter(
     kind: DeadLetterKind,
     message: str,
 ) -> DeadLetter:
+    if len(message) > REASON_MAX_CHARS:
+        message = message[: REASON_MAX_CHARS - 3] + "..."
     headers = DeadLetterHeaders(
         error_kind=kind,
         error_message=message,

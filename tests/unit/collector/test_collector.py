@@ -469,3 +469,41 @@ def test_collector_command_refuses_to_start_without_tokens(clean_env: pytest.Mon
     result = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"}).invoke(app, ["collector"])
     assert result.exit_code == 2
     assert "LEADFLOW_COLLECTOR_TOKENS" in " ".join(result.output.split())
+
+
+# -- found by fuzzing (tests/fuzz) ----------------------------------------------------------------
+
+
+def deep(depth: int) -> bytes:
+    """JSON nested `depth` levels: orjson reads up to 1024 levels but writes at most 254."""
+    return b'{"n":' * depth + b"1" + b"}" * depth
+
+
+def with_deep_properties(depth: int, **extra: Any) -> bytes:
+    return orjson.dumps(event(1, properties="@@", **extra)).replace(b'"@@"', deep(depth))
+
+
+def test_an_array_item_too_deep_to_re_encode_is_rejected_not_a_crash() -> None:
+    # Raised TypeError("Recursion limit reached") from parse_body: the request got a 500.
+    body = b"[" + with_deep_properties(300, source="web") + b"," + orjson.dumps(event(2)) + b"]"
+    first, second = check_all(body)
+    assert not first.accepted and first.reason == "invalid_event"
+    assert first.error is not None and "nested more than 254 levels" in first.error
+    assert first.event_id == "e-1"
+    assert second.accepted
+
+
+def test_an_event_without_source_too_deep_to_re_encode_is_rejected_not_a_crash() -> None:
+    # Adding `source` re-encodes the event: raised TypeError from check_event (a 500).
+    (checked,) = check_all(with_deep_properties(300))
+    assert not checked.accepted and checked.reason == "invalid_event"
+    assert checked.error is not None and "nested more than 254 levels" in checked.error
+    status, answer = c.summarize([checked], single=True)
+    assert status == 400 and answer["reason"] == "invalid_event"
+
+
+def test_a_deep_event_with_its_source_is_produced_as_sent() -> None:
+    # Nothing to re-encode: the worker reads it (up to orjson's 1024 levels), so it is accepted.
+    raw = with_deep_properties(300, source="web")
+    (checked,) = check_all(raw)
+    assert checked.accepted and checked.value == raw

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from streams.importer.mapping import MappingError
 from streams.importer.rows import Rejected
-from tests.unit.importer.samples import events, outcomes, rejects
+from tests.unit.importer.samples import DATA, events, outcomes, rejects
 
 pytestmark = pytest.mark.unit
 
@@ -68,3 +69,45 @@ def test_a_quoted_field_over_several_lines_is_one_row(tmp_path: Path) -> None:
     result = outcomes(export, None, mapping)
     assert events(result)[2].properties == {"note": "two\nlines"}
     assert rejects(result) == {4: "bad_time"}
+
+
+# -- found by fuzzing (tests/fuzz) ----------------------------------------------------------------
+
+WEBINAR_HEADER = "Email;Action;Date;Company;Industry;Employees;Webinar\n"
+
+
+@pytest.mark.parametrize("date", ["01.01.0001 00:30", "31.12.9999 23:59", "31.12.1899 12:00"])
+def test_a_time_outside_the_workers_years_is_a_bad_time(tmp_path: Path, date: str) -> None:
+    # 01.01.0001 00:30 in Europe/Berlin raised OverflowError deriving the event id (UTC is
+    # before year 1); 31.12.9999 was produced, and the worker's fold then failed on it.
+    export = tmp_path / "attendees.csv"
+    export.write_text(WEBINAR_HEADER + f"a@x.example;Attended;{date};;;;\n", encoding="utf-8")
+    (outcome,) = outcomes(export, None, DATA / "generic_webinar_mapping.yaml").values()
+    assert isinstance(outcome, Rejected) and outcome.reason == "bad_time"
+    assert outcome.message.startswith("Date: ") and "1900-2999" in outcome.message
+
+
+def test_a_value_too_deep_to_write_as_json_is_a_bad_json_reject(tmp_path: Path) -> None:
+    # orjson reads 1024 levels but writes 254: deriving the id or the event raised TypeError.
+    deep = '{"n":' * 300 + "1" + "}" * 300
+    export = tmp_path / "events.ndjson"
+    export.write_text(
+        '{"objectId": "601", "eventType": "e_submitted_form", '
+        f'"occurredAt": "2024-03-05T09:03:00Z", "properties": {deep}}}\n'
+        '{"objectId": "602", "eventType": "e_submitted_form", '
+        '"occurredAt": "2024-03-05T09:04:00Z"}\n',
+        encoding="utf-8",
+    )
+    result = outcomes(export, "hubspot")
+    assert rejects(result) == {1: "bad_json"}
+    assert "nested too deeply" in result[1].message  # type: ignore[union-attr]
+    assert [e.lead_id for e in events(result).values()] == ["602"]
+
+
+def test_a_header_that_is_not_csv_is_a_mapping_error(tmp_path: Path) -> None:
+    # A lone CR (old Mac line ends) made csv raise from the header: a traceback, not exit 2.
+    export = tmp_path / "mac.csv"
+    export.write_bytes(b"lead,at,kind\rL1,2024-03-05T10:00:00Z,download\r")
+    mapping = {"lead": "lead", "time": "at", "type": "kind", "types": {"download": "download"}}
+    with pytest.raises(MappingError, match="the header line is not CSV"):
+        outcomes(export, None, mapping)

@@ -192,3 +192,56 @@ def test_headers_on_the_wire_are_plain_utf8_strings() -> None:
     # Headers of other producers, in any order, do not get in the way.
     shuffled = [("traceparent", b"00-abc"), *reversed(headers.to_kafka())]
     assert DeadLetterHeaders.from_kafka(shuffled) == headers
+
+
+# --- found by fuzzing (tests/fuzz) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("occurred_at", "words"),
+    [
+        # A JSON number was read as a Unix time: seconds, or milliseconds when large enough, so
+        # 253402300800 (year 9999 in seconds) became 1978-01-11.
+        (1772410500, ["occurred_at", "RFC 3339", "int"]),
+        (253402300800, ["occurred_at", "RFC 3339"]),
+        (1.7e9, ["occurred_at", "RFC 3339", "float"]),
+        ("1772410500", ["occurred_at", "RFC 3339", "'1772410500'"]),
+        # Accepted, then the batch crashed in the core (date arithmetic past year 9999 or before
+        # year 1: "year 10000 is out of range", "date value out of range"), batch after batch.
+        ("9999-12-31T23:59:59-01:00", ["occurred_at", "2999"]),
+        ("9999-12-31T23:59:59Z", ["occurred_at", "2999"]),
+        ("0001-01-01T00:00:00+01:00", ["occurred_at", "1900"]),
+        ("1899-12-31T23:59:59Z", ["occurred_at", "1900"]),
+        ("3000-01-01T00:00:00+14:00", ["occurred_at", "2999"]),
+    ],
+)
+def test_occurred_at_is_an_rfc3339_string_in_a_bounded_range(
+    occurred_at: Any, words: list[str]
+) -> None:
+    letter = dead(body(occurred_at=occurred_at))
+    assert letter.headers.error_kind is DeadLetterKind.INVALID_EVENT
+    for word in words:
+        assert word in letter.headers.error_message
+
+
+@pytest.mark.parametrize(
+    "occurred_at", ["1900-01-01T00:00:00Z", "2999-12-31T23:59:59-12:00", "2026-03-02 09:15:00z"]
+)
+def test_occurred_at_at_the_edges_of_the_range_is_accepted(occurred_at: str) -> None:
+    assert isinstance(parse(body(occurred_at=occurred_at)), EngagementEvent)
+
+
+def test_a_huge_key_is_not_repeated_in_the_reason() -> None:
+    # The reason is a header beside the original key: a 100 KB key made a 200 KB dead letter.
+    letter = dead(body(), key=b"x" * 100_000)
+    assert letter.headers.error_kind is DeadLetterKind.KEY_MISMATCH
+    assert "'lead-42'" in letter.headers.error_message
+    assert len(letter.headers.error_message) < 300
+
+
+def test_a_reason_is_at_most_1000_characters() -> None:
+    # Five errors, each naming an attribute by its (long) name.
+    attributes = {("a" * 400) + str(i): [i] for i in range(5)}
+    letter = dead(body(attributes=attributes))
+    assert letter.headers.error_message.startswith("attributes.aaa")
+    assert len(letter.headers.error_message) <= 1000
