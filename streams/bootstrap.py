@@ -7,7 +7,6 @@ bootstrap), so a store is opened one way and "which rules are live" is decided i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -15,7 +14,7 @@ from urllib.parse import urlsplit
 from streams.core.rules import Rules, load_rules, parse_rules
 from streams.observability import log
 from streams.settings import Settings, load_settings
-from streams.startup import Dependency, Misconfigured, Say, wait_for_all
+from streams.startup import Dependency, Misconfigured, Say, speaks_tls, wait_for_all
 from streams.store import Generation, LeadStore
 
 if TYPE_CHECKING:
@@ -40,27 +39,6 @@ def open_store(settings: Settings, cache_leads: int = 0) -> LeadStore:
         cache_leads=cache_leads,
         options=settings.redis_options(),
     )
-
-
-# How long the look for a TLS-only server behind a failed plaintext connection may take.
-TLS_SNIFF_TIMEOUT = 2.0
-
-
-async def speaks_tls(host: str, port: int) -> bool:
-    """Whether the server at host:port completes a TLS handshake (certificate not checked)."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=context), TLS_SNIFF_TIMEOUT
-        )
-    except (OSError, TimeoutError, ssl.SSLError):
-        return False
-    writer.close()
-    with contextlib.suppress(Exception):
-        await writer.wait_closed()
-    return True
 
 
 def _tls_problem(exc: BaseException) -> str | None:

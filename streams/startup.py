@@ -10,6 +10,8 @@ knows how to wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -112,3 +114,25 @@ async def wait_for_all(deps: list[Dependency], within: float, say: Say) -> None:
     deadline = asyncio.get_running_loop().time() + within
     for dep in deps:
         await wait_until_reachable(dep, deadline, within, say)
+
+
+# How long the look for a TLS-only server behind a failed plaintext connection may take.
+TLS_SNIFF_TIMEOUT = 3.0
+
+
+async def speaks_tls(host: str, port: int) -> bool:
+    """Whether the server at host:port completes a TLS handshake (certificate not checked): a
+    plaintext client refused by it is then told to use TLS, not that the server is down."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=context), TLS_SNIFF_TIMEOUT
+        )
+    except (OSError, TimeoutError, ssl.SSLError):
+        return False
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+    return True

@@ -26,6 +26,7 @@ from streams.startup import (
     Dependency,
     Say,
     ServiceRefused,
+    speaks_tls,
     wait_for_all,
 )
 
@@ -73,23 +74,6 @@ def kafka_dependency(settings: Settings) -> Dependency:
             UnsupportedSaslMechanismError,
         ),
     )
-
-
-async def _tls_answers(host: str, port: int) -> bool:
-    """Whether HOST:PORT completes a TLS handshake (the certificate is not checked here)."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=context), timeout=ATTEMPT_TIMEOUT
-        )
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(Exception):
-        await writer.wait_closed()
-    return True
 
 
 async def diagnose(settings: Settings) -> str | None:
@@ -144,7 +128,7 @@ async def diagnose(settings: Settings) -> str | None:
         pass
     else:
         return None
-    if protocol in ("PLAINTEXT", "SASL_PLAINTEXT") and await _tls_answers(host, port):
+    if protocol in ("PLAINTEXT", "SASL_PLAINTEXT") and await speaks_tls(host, port):
         return (
             f"{where} expects TLS, but LEADFLOW_KAFKA_SECURITY_PROTOCOL={protocol} connects "
             f"without it: set LEADFLOW_KAFKA_SECURITY_PROTOCOL="
