@@ -228,14 +228,20 @@ class Settings(BaseSettings):
         "redis_ssl_cafile",
         "redis_ssl_certfile",
         "redis_ssl_keyfile",
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ssl_cafile",
         mode="before",
     )
     @classmethod
     def _unset_if_empty(cls, value: Any) -> Any:
-        # An empty variable (LEADFLOW_REDIS_PASSWORD=) means "not set".
+        # An empty variable (LEADFLOW_REDIS_PASSWORD=) means "not set" (an empty file setting
+        # would otherwise become Path("."), the current directory).
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("redis_ssl_cafile", "redis_ssl_certfile", "redis_ssl_keyfile")
+    @field_validator(
+        "redis_ssl_cafile", "redis_ssl_certfile", "redis_ssl_keyfile", "kafka_ssl_cafile"
+    )
     @classmethod
     def _file_exists(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():

@@ -256,3 +256,23 @@ def test_redis_security_mistakes_name_the_variable(
     monkeypatch.setenv("LEADFLOW_REDIS_PASSWORD", "")
     monkeypatch.setenv("LEADFLOW_REDIS_SSL_CAFILE", "")
     assert load_settings().redis_options() == {}
+
+
+def test_empty_kafka_security_variables_mean_not_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An empty LEADFLOW_KAFKA_SSL_CAFILE= used to become Path(".") and end, after the whole
+    # start-up wait, in an "is a directory" error.
+    monkeypatch.setenv("LEADFLOW_KAFKA_SSL_CAFILE", "")
+    monkeypatch.setenv("LEADFLOW_KAFKA_SASL_USERNAME", " ")
+    monkeypatch.setenv("LEADFLOW_KAFKA_SASL_PASSWORD", "")
+    settings = load_settings()
+    assert settings.kafka_ssl_cafile is None
+    assert settings.kafka_sasl_username is None
+    assert settings.kafka_sasl_password is None
+
+
+def test_a_missing_kafka_ca_file_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LEADFLOW_KAFKA_SSL_CAFILE", str(tmp_path / "no-ca.pem"))
+    with pytest.raises(SettingsError, match=r"LEADFLOW_KAFKA_SSL_CAFILE: .*no-ca.pem"):
+        load_settings()
