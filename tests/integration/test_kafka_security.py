@@ -255,3 +255,26 @@ async def test_worker_principal_is_denied_outside_its_prefix(
             await consumer.getmany(timeout_ms=10_000)
     finally:
         await consumer.stop()
+
+
+def test_a_ca_that_did_not_sign_the_broker_is_refused_with_one_line(
+    secure_env: dict[str, dict[str, str]], sample: Path, tmp_path: Path
+) -> None:
+    # A CA of its own (openssl, as ops/stack makes the broker's): valid, but not the broker's.
+    other_ca = tmp_path / "other-ca.pem"
+    made = subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=some other CA", "-keyout", str(tmp_path / "other-ca.key"),
+            "-out", str(other_ca),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    env = {**secure_env["leadflow"], "LEADFLOW_NAMESPACE": new_namespace()}
+    done = leadflow(env, "produce", str(sample), LEADFLOW_KAFKA_SSL_CAFILE=str(other_ca))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "LEADFLOW_KAFKA_SSL_CAFILE" in one_error_line(done)
+    assert secure_env["leadflow"]["LEADFLOW_KAFKA_SASL_PASSWORD"] not in done.stdout + done.stderr
