@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -92,15 +93,22 @@ def redis_dependency(settings: Settings) -> Dependency:
 
 
 async def wait_for_services(
-    settings: Settings, say: Say, *, kafka: bool = False, redis: bool = False, service: bool
+    settings: Settings,
+    say: Say,
+    *,
+    kafka: bool = False,
+    redis: bool = False,
+    service: bool,
+    topics: Sequence[str] = (),
 ) -> None:
-    """Wait for Kafka and/or Redis to answer, within LEADFLOW_STARTUP_TIMEOUT (or the default
-    of a long-running `service` or of a one-shot command); ServiceUnavailable names the
-    variable to fix."""
-    from streams.kafka.topics import kafka_dependency
+    """Wait for Kafka and/or Redis to answer, and for `topics` to exist, within
+    LEADFLOW_STARTUP_TIMEOUT (or the default of a long-running `service` or of a one-shot
+    command); ServiceUnavailable names the variable to fix."""
+    from streams.kafka.topics import kafka_dependency, topics_dependency
 
     deps = [kafka_dependency(settings)] if kafka else []
     deps += [redis_dependency(settings)] if redis else []
+    deps += [topics_dependency(settings, topics)] if topics else []
     await wait_for_all(deps, settings.startup_within(service), say)
 
 

@@ -55,12 +55,19 @@ class Dependency:
     refusals: tuple[type[BaseException], ...] = ()
     # The variable(s) holding the credentials, named when they are refused (default: variable).
     credentials: str = ""
+    # What to do when it never becomes ready (default: start it, or point `variable` at it).
+    advice: str = ""
 
     def unavailable(self, within: float, attempts: int, reason: str) -> ServiceUnavailable:
+        tries = f"{attempts} attempt{'s' if attempts != 1 else ''}; last: {reason}"
+        if self.advice:
+            return ServiceUnavailable(
+                f"{self.name} at {self.address} not ready within {within:g} s ({tries}); "
+                f"{self.advice}"
+            )
         return ServiceUnavailable(
-            f"{self.name} at {self.address} did not answer within {within:g} s ({attempts} "
-            f"attempt{'s' if attempts != 1 else ''}; last: {reason}); start it (`ops/stack up` "
-            f"for the local one) or set {self.variable} to where it runs"
+            f"{self.name} at {self.address} did not answer within {within:g} s ({tries}); start "
+            f"it (`ops/stack up` for the local one) or set {self.variable} to where it runs"
         )
 
 

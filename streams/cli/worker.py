@@ -44,7 +44,17 @@ def worker_command() -> None:
     # Kafka and Redis may still be starting (a container beside its broker): wait for them,
     # one log line per attempt, then one error line naming the variable. No traceback.
     with user_errors():
-        asyncio.run(wait_for_services(settings, waiting, kafka=True, redis=True, service=True))
+        # ... and for its topics: created by `leadflow topics create`, and allowed by the ACLs.
+        asyncio.run(
+            wait_for_services(
+                settings,
+                waiting,
+                kafka=True,
+                redis=True,
+                service=True,
+                topics=settings.all_topics,
+            )
+        )
         generation, rules = asyncio.run(live_generation(settings, rules))
     built = build_worker(settings, rules, generation)
     # Every batch allocates hundreds of thousands of short-lived objects while the state cache

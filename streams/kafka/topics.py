@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
@@ -143,6 +144,36 @@ async def wait_for_kafka(settings: Settings, within: float = 60.0, say: Say | No
     attempt told to `say`); raise ServiceUnavailable (a TimeoutError) naming
     LEADFLOW_KAFKA_BOOTSTRAP after `within` seconds."""
     await wait_for_all([kafka_dependency(settings)], within, say or _silent)
+
+
+def topics_dependency(settings: Settings, topics: Sequence[str]) -> Dependency:
+    """The worker's topics as a start-up dependency: ready once every one is listed. A topic
+    not created yet, or one this client may not describe (Kafka's ACLs hide it), is not."""
+
+    async def probe() -> None:
+        admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=5000)
+        try:
+            with quiet():
+                await admin.start()
+                listed = set(await admin.list_topics())
+        finally:
+            with contextlib.suppress(Exception), quiet():
+                await admin.close()
+        missing = [t for t in topics if t not in listed]
+        if missing:
+            raise LookupError(f"missing or not allowed: {', '.join(missing)}")
+
+    return Dependency(
+        "Kafka topics",
+        settings.kafka_bootstrap,
+        "LEADFLOW_NAMESPACE",
+        probe,
+        advice=(
+            "create them with `leadflow topics create` (same LEADFLOW_NAMESPACE), or, on a "
+            "broker with ACLs, allow this client's principal on them (docs/operations.md, "
+            '"ACLs for the worker principal")'
+        ),
+    )
 
 
 def _silent(line: str, reason: str) -> None:

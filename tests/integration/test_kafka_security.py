@@ -278,3 +278,24 @@ def test_a_ca_that_did_not_sign_the_broker_is_refused_with_one_line(
     assert done.returncode == 2, done.stdout + done.stderr
     assert "LEADFLOW_KAFKA_SSL_CAFILE" in one_error_line(done)
     assert secure_env["leadflow"]["LEADFLOW_KAFKA_SASL_PASSWORD"] not in done.stdout + done.stderr
+
+
+def test_worker_denied_its_topics_ends_in_one_line_naming_the_acls(
+    secure_env: dict[str, dict[str, str]],
+) -> None:
+    # The topics exist (the admin made them), but outside the worker principal's prefix: the
+    # ACLs hide them from it. The worker waits for them, then says what to do, no traceback.
+    outside = f"other{uuid.uuid4().hex[:8]}"
+    created = leadflow({**secure_env["admin"], "LEADFLOW_NAMESPACE": outside}, "topics", "create")
+    assert created.returncode == 0, created.stdout + created.stderr
+    done = leadflow(
+        {**secure_env["leadflow"], "LEADFLOW_NAMESPACE": outside},
+        "worker",
+        LEADFLOW_STARTUP_TIMEOUT="3",
+        LEADFLOW_WEB_PORT=str(free_port()),
+        timeout=60,
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    line = one_error_line(done)
+    assert f"{outside}.leads.engagement" in line
+    assert "ACLs" in line and "LEADFLOW_NAMESPACE" in line

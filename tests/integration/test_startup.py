@@ -190,6 +190,37 @@ def test_worker_waits_for_redis_and_names_its_variable(settings: Settings, tmp_p
     assert_no_secret(output)
 
 
+def test_worker_waits_for_its_topics_then_says_how_to_create_them(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # Kafka and Redis answer, but nobody ran `leadflow topics create` for this namespace.
+    namespace = f"{settings.namespace}x"
+    env = leadflow_env(
+        KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+        REDIS_URL=settings.redis_url.get_secret_value(),
+        NAMESPACE=namespace,
+        RULES=str(settings.rules),
+        WEB_PORT=str(free_port()),
+        STARTUP_TIMEOUT="3",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "worker"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 3, output
+    assert f"waiting for Kafka topics at {settings.kafka_bootstrap} (attempt 2" in output
+    assert f"{namespace}.leads.engagement" in output  # the reason names what is missing
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Kafka topics at"), output
+    assert "leadflow topics create" in last and "LEADFLOW_NAMESPACE" in last
+    assert "Traceback" not in output
+
+
 # -- the dependency comes up during the wait: the command goes on -----------------------------
 
 
