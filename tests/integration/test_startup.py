@@ -163,6 +163,18 @@ def _file(arg: str, tmp_path: Path) -> str:
     return arg
 
 
+def run_worker(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`leadflow worker` to its end (a failed start-up), output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", "worker"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_worker_waits_for_redis_and_names_its_variable(settings: Settings, tmp_path: Path) -> None:
     redis_port = free_port()
     env = leadflow_env(
@@ -173,14 +185,7 @@ def test_worker_waits_for_redis_and_names_its_variable(settings: Settings, tmp_p
         WEB_PORT=str(free_port()),
         STARTUP_TIMEOUT="3",
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "worker"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_worker(env)
     output = done.stdout + done.stderr
     assert done.returncode == 3, output
     assert f"waiting for Redis at redis://default:***@127.0.0.1:{redis_port}/0 (attempt 2" in output
@@ -203,14 +208,7 @@ def test_worker_waits_for_its_topics_then_says_how_to_create_them(
         WEB_PORT=str(free_port()),
         STARTUP_TIMEOUT="3",
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "worker"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_worker(env)
     output = done.stdout + done.stderr
     assert done.returncode == 3, output
     assert f"waiting for Kafka topics at {settings.kafka_bootstrap} (attempt 2" in output
