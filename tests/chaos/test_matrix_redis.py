@@ -38,6 +38,8 @@ import asyncio
 import os
 import shutil
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -58,6 +60,7 @@ from streams.settings import Settings
 from streams.store import LeadStore
 from tests.faultproxy import FaultProxy
 from tests.harness import (
+    Consumed,
     WorkerProcess,
     activity,
     consumer_caught_up,
@@ -93,7 +96,7 @@ class Rig:
     proxy: FaultProxy | None = None
     workers: list[WorkerProcess] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
-    stats: dict[str, object] = field(default_factory=dict)
+    stats: dict[str, float | int] = field(default_factory=dict)
 
 
 MakeRig = Callable[..., Awaitable[Rig]]
@@ -173,9 +176,6 @@ def record_counters(rig: Rig) -> None:
 
 def status(worker: WorkerProcess) -> int | None:
     """/health's HTTP status (503 included); None when the worker does not answer."""
-    import urllib.error
-    import urllib.request
-
     try:
         with urllib.request.urlopen(f"{worker.url}/health", timeout=5) as resp:
             return int(resp.status)
@@ -267,7 +267,7 @@ async def cut_connections(rig: Rig, during: Callable[[], Awaitable[None]]) -> No
         await all_workers(rig, 503, 30, "every worker to report Redis unreachable")
     finally:
         proxy.refuse = False
-    rig.stats["connections_cut"] = int(rig.stats.get("connections_cut", 0)) + cut  # type: ignore[call-overload]
+    rig.stats["connections_cut"] = rig.stats.get("connections_cut", 0) + cut
     assert cut > 0
 
 
@@ -393,7 +393,7 @@ async def sales_phase(rig: Rig, fault: Fault, historic_handoffs: int) -> None:
     leads = {f"sales-{i:03d}": t0 + timedelta(milliseconds=20 * i) for i in range(SALES_LEADS)}
     await produce(s, [r for lead, at in leads.items() for r in qualifying(lead, at)])
 
-    def handed_off(rs: list) -> bool:  # type: ignore[type-arg]
+    def handed_off(rs: list[Consumed]) -> bool:
         return {orjson.loads(r.value)["lead_id"] for r in rs} >= set(leads)
 
     await wait_for(s, s.handoff, handed_off, within=90)
@@ -408,7 +408,7 @@ async def sales_phase(rig: Rig, fault: Fault, historic_handoffs: int) -> None:
 
     missed = {lead for i, lead in enumerate(leads) if i % 5 == 4}
 
-    def alerted(rs: list) -> bool:  # type: ignore[type-arg]
+    def alerted(rs: list[Consumed]) -> bool:
         return {SlaAlert.model_validate_json(r.value).lead_id for r in rs} >= missed
 
     await wait_for(s, s.alerts, alerted, within=120)
