@@ -116,6 +116,7 @@ class EngagementConsumer(Service):
         self._resync = False
         self._task: asyncio.Task[None] | None = None
         self._last_kafka_commit = 0.0
+        self._last_offsets_check = 0.0
         self._committing: asyncio.Task[None] | None = None
         # Background work that logs and skips a failure instead of raising (retry.Ticks).
         self._loop_ticks = Ticks("engagement_loop", metrics)
@@ -208,7 +209,33 @@ class EngagementConsumer(Service):
             return  # fetched across a rebalance: from positions not read from Redis
         if fetched:
             await self._score(fetched)
+        await self._check_offsets()
         await self._commit_to_kafka()
+
+    async def _check_offsets(self) -> None:
+        """Notice a Redis that came back older (or emptied) even while no partition gets records.
+
+        A batch finds other offsets in Redis at its write, but an idle partition has no next
+        write: its leads would stay as old as Redis until its next record. So every
+        LEADFLOW_OFFSETS_COMMIT_INTERVAL seconds the offsets Redis holds for the partitions this
+        worker owns are compared with the ones it wrote; any difference resumes from Redis (and
+        replays the gap). One attempt: an outage fails the step, which resumes from Redis too.
+        """
+        now = time.monotonic()
+        if now - self._last_offsets_check < self.settings.offsets_commit_interval:
+            return
+        self._last_offsets_check = now
+        mine = [p for p in self.assigned() if p in self.stored and p not in self.stopped]
+        held = await self.scoring.store.read_offsets(mine)
+        moved = {p: o for p, o in held.items() if o != self.stored.get(p)}
+        if moved and not self._resync:
+            log.warning(
+                "Redis holds other offsets than this worker wrote (restored, failed over or "
+                "emptied?); resuming from the offsets in Redis",
+                stored=moved,
+            )
+            self.metrics.resyncs.inc()
+            self._resync = True
 
     async def _score(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         records: list[InRecord] = []

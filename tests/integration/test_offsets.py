@@ -173,3 +173,44 @@ async def test_redis_emptied_stops_the_partitions_instead_of_scoring_from_a_late
     await replaying.wait_ready()
     await eventually(lambda: consumer_caught_up(settings), 180, "the replay to catch up")
     await assert_equals_the_oracle(settings, records)
+
+
+async def test_redis_restored_older_under_an_idle_worker_is_replayed_without_new_records(
+    settings: Settings, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    """Regression (fault matrix, Redis restored older): a running worker with nothing left to
+    read never wrote again, so it never noticed that Redis went back; the leads stayed old and
+    Kafka's committed offsets said all was read. Now the worker compares the offsets in Redis
+    with its own every LEADFLOW_OFFSETS_COMMIT_INTERVAL and replays the gap by itself."""
+    records = generate(leads=200, events=2_000, seed=43, duplicate_every=20, invalid_every=400)
+    first, second = records[: len(records) // 2], records[len(records) // 2 :]
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    workers.append(worker)
+    await worker.wait_ready()
+    await play(settings, first)
+    backup = await dump_namespace(settings)
+    await play(settings, second)
+
+    await restore_namespace(settings, backup)  # under the running, idle worker
+
+    async def noticed() -> bool:
+        return (worker.metric("leadflow_offset_resyncs_total") or 0) >= 1
+
+    await eventually(noticed, 30, "the idle worker to notice the older offsets")
+    # Kafka's committed offsets go back only at the next commit: wait for the states instead.
+    expected = expected_outcome(records, load_rules(settings.rules), settings)
+
+    async def replayed() -> bool:
+        store = open_store(settings)
+        try:
+            stored = await store.read_all_leads()
+        finally:
+            await store.close()
+        return set(stored) == set(expected.leads) and all(
+            comparable(stored[lead]) == comparable(state) for lead, state in expected.leads.items()
+        )
+
+    await eventually(replayed, 120, "the gap to be replayed", every=0.5)
+    await eventually(lambda: consumer_caught_up(settings), 60, "the worker to catch up")
+    await assert_equals_the_oracle(settings, records)
+    assert worker.proc is not None and worker.proc.poll() is None
