@@ -156,12 +156,14 @@ Disrupt = Callable[[int], Awaitable[str]]
 async def play(
     settings: Settings, workers: list[WorkerProcess], stream: Stream, disrupt: Disrupt
 ) -> list[str]:
-    """Produce segment k, then disrupt(k), for every segment; returns what was done."""
+    """Produce the segments one after the other; disrupt(k) runs while segment k + 1 is being
+    produced and scored (so disruptions land mid-stream). Returns what was done."""
     done = []
     for k in range(stream.segments):
-        await stream.produce_segment(settings, k)
-        if k < stream.segments - 1:
-            done.append(await disrupt(k))
+        producing = asyncio.create_task(stream.produce_segment(settings, k))
+        if k > 0:
+            done.append(await disrupt(k - 1))
+        await producing
     await stream.follow_up(settings, every=True)
     return done
 
@@ -319,16 +321,18 @@ async def test_random_kill_9s_among_three_workers(
     async def kill_one(k: int) -> str:
         # A random moment (seeded), a random victim, restarted at once as a supervisor would;
         # the next kill waits until it is ready again, so at most one is down at a time.
-        await asyncio.sleep(rng.uniform(0.2, 2.5))
+        await asyncio.sleep(rng.uniform(0.0, 1.5))
         victim = rng.randrange(3)
+        busy = not await consumer_caught_up(settings)
         pool[victim].kill()
         pool[victim].start()
         await pool[victim].wait_ready(within=120)
-        return f"kill w{victim}"
+        return f"kill w{victim} ({'mid-stream' if busy else 'idle'})"
 
     done = await play(settings, workers, stream, kill_one)
     print(f"kills: {done}")
     assert len(done) == KILLS
+    assert any("mid-stream" in d for d in done), "no kill landed while the workers were busy"
     report = await settle_and_check(settings, workers, stream, started)
     assert report["events"] >= EVENTS
 
