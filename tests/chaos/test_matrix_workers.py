@@ -62,7 +62,7 @@ FAIL = {"budget": False, "authority": False, "need": True, "timeframe": False}
 
 def seed_of(name: str) -> int:
     seed = int(os.environ.get("LEADFLOW_CHAOS_SEED") or random.SystemRandom().randrange(10**6))
-    print(f"{name}: seed={seed} (LEADFLOW_CHAOS_SEED={seed} replays the same schedule)")
+    print(f"{name}: seed={seed} (LEADFLOW_CHAOS_SEED={seed} replays the same choices and delays)")
     return seed
 
 
