@@ -75,11 +75,13 @@ def first_contact(i: int, lead: str, qualified_at: datetime) -> list[tuple[bytes
     return [call, call] if i % 3 == 0 else [call]
 
 
-def follow_up(i: int, lead: str) -> list[tuple[bytes, bytes]]:
+def follow_up(i: int, lead: str, qualified_at: datetime) -> list[tuple[bytes, bytes]]:
     """After the handoff: SQL (2 in 5; the follow-up action is recorded first, as a CRM sync
     may deliver it), nurture (BANT fails), or disqualified. A BANT or a disqualification can
-    only follow the handoff; sent before it, it would move the lead out of the funnel first."""
-    now = datetime.now(UTC)
+    only follow the handoff; sent before it, it would move the lead out of the funnel first.
+    Never before the first contact (qualified_at + 1 s): a BANT is a contact too, and an
+    earlier one would be the lead's first contact."""
+    now = max(datetime.now(UTC), qualified_at + timedelta(seconds=2))
     kind = i % 5
     if kind in (0, 1):
         return [
@@ -137,7 +139,7 @@ class Stream:
         ready = sorted(pending & handed)
         await produce(
             settings,
-            [r for lead in ready for r in follow_up(self.live[lead][0], lead)],
+            [r for lead in ready for r in follow_up(self.live[lead][0], lead, self.live[lead][1])],
             topic=settings.activity,
         )
         self.followed |= set(ready)
