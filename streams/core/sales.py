@@ -175,11 +175,14 @@ def open_first_contact_clock(
     clock = _new_clock(
         "mql_first_contact", handoff.handoff_id, handoff.qualified_at, rules, state.owner
     )
-    if state.stage in CLOSED_STAGES or state.stage == "disqualified":
-        clock = replace(clock, status="closed", ended_at=now)
-    else:
-        clock = _settle_on_open(clock, state.contact_times, now, rules)
-    return replace(state, clocks=_replace_clock(state, clock))
+    settled = _settle_on_open(clock, state.contact_times, now, rules)
+    # A lead that left the funnel before this handoff reached us: a contact seen first still
+    # decides (met, or breached if late), as if everything had arrived in order; without one,
+    # the stage closed the clock.
+    left = state.stage in CLOSED_STAGES or state.stage == "disqualified"
+    if left and settled.status not in ("met", "breached"):
+        settled = replace(clock, status="closed", ended_at=now)
+    return replace(state, clocks=_replace_clock(state, settled))
 
 
 def _meet(state: LeadState, kind: ClockKind, at: datetime) -> tuple[Clock, ...]:

@@ -279,6 +279,27 @@ def test_handoff_of_a_lead_already_closed_opens_a_closed_clock(final: ActivityTy
         assert alert_if_due(state, c.clock_id, "breach", DUE + HOUR) == (state, [])
 
 
+@pytest.mark.parametrize("final", ["won", "lost", "disqualified"])
+def test_handoff_after_the_lead_closed_is_met_by_a_contact_seen_first(final: ActivityType) -> None:
+    """Found by the fault matrix (tests/chaos/test_matrix_workers.py): after a worker kill the
+    sales side saw a lead's contact (in time) and its disqualification before its handoff, and
+    opened the first-contact clock as closed: one `met` missing from the KPIs. In order the
+    contact met the clock first, as the reference model says."""
+    now = T0 + 2 * HOUR
+    scored, h = qualified()
+    contact = T0 + MINUTE
+    lead, _ = act(scored, [activity("contacted", contact), activity(final, T0 + HOUR)])
+    state = open_first_contact_clock(lead, h, RULES, now)
+    c = clock(state, handoff_id=h.handoff_id)
+    assert (c.status, c.ended_at) == ("met", contact)
+    assert state.stage == final
+    assert reminders(state) == []
+    # A late contact seen first is a breach (no alert: the rep already acted).
+    lead, _ = act(scored, [activity("contacted", DUE + MINUTE), activity(final, DUE + HOUR)])
+    c = clock(open_first_contact_clock(lead, h, RULES, DUE + 2 * HOUR), handoff_id=h.handoff_id)
+    assert (c.status, c.late_action_at) == ("breached", DUE + MINUTE)
+
+
 def test_handoff_arriving_after_the_bant_keeps_the_lead_sql() -> None:
     lead, moved = act(LeadState(lead_id=LEAD), [activity("bant_assessed", T0 + HOUR)])
     assert [t.to_stage for t in moved] == ["sql"]
