@@ -17,7 +17,7 @@ import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,13 @@ class WorkerProcess:
                 ):
                     return float(sample.value)
         return None
+
+    def scored(self) -> float:
+        """Events this worker has scored so far (0 while its /metrics does not answer)."""
+        try:
+            return self.metric("leadflow_events_total", outcome="scored") or 0.0
+        except OSError:
+            return 0.0
 
     async def wait_ready(self, within: float = 90.0, assigned: bool = True) -> None:
         async def ready() -> bool:
@@ -282,6 +289,28 @@ def activity(lead: str, n: str, kind: str, at: datetime, **extra: object) -> tup
         "occurred_at": at.isoformat(),
     }
     return lead.encode(), orjson.dumps({**body, **extra})
+
+
+# BANT answers: 3 of 4 (an SQL) and 1 of 4 (back to nurture).
+BANT_PASS = {"budget": True, "authority": True, "need": True, "timeframe": False}
+BANT_FAIL = {"budget": False, "authority": False, "need": True, "timeframe": False}
+
+
+def sales_plan(i: int, lead: str, qualified_at: datetime) -> list[tuple[bytes, bytes]]:
+    """What sales does with lead i: SQL (2 in 5), nurture, disqualified, or nothing (breach)."""
+    call = qualified_at + timedelta(seconds=1)
+    kind = i % 5
+    if kind == 4:
+        return []
+    steps = [activity(lead, "call", "contacted", call, owner="sato")]
+    if kind in (0, 1):
+        steps.append(activity(lead, "bant", "bant_assessed", call, bant=BANT_PASS))
+        steps.append(activity(lead, "act", "sales_action", call + timedelta(seconds=1)))
+    elif kind == 2:
+        steps.append(activity(lead, "bant", "bant_assessed", call, bant=BANT_FAIL))
+    else:
+        steps.append(activity(lead, "dq", "disqualified", call, reason="no budget"))
+    return steps
 
 
 async def wait_for(

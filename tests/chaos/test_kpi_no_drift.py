@@ -13,37 +13,18 @@ from streams.settings import Settings
 from streams.store import LeadStore
 from tests.harness import (
     WorkerProcess,
-    activity,
     consumer_caught_up,
     eventually,
     produce,
     qualifying,
     read_topic,
+    sales_plan,
     wait_for,
 )
 
 pytestmark = pytest.mark.chaos
 
 LEADS = 50
-PASS = {"budget": True, "authority": True, "need": True, "timeframe": False}
-FAIL = {"budget": False, "authority": False, "need": True, "timeframe": False}
-
-
-def plan(i: int, lead: str, qualified_at: datetime) -> list[tuple[bytes, bytes]]:
-    """What sales does with lead i: SQL (2 in 5), nurture, disqualified, or nothing (breach)."""
-    call = qualified_at + timedelta(seconds=1)
-    kind = i % 5
-    if kind == 4:
-        return []
-    steps = [activity(lead, "call", "contacted", call, owner="sato")]
-    if kind in (0, 1):
-        steps.append(activity(lead, "bant", "bant_assessed", call, bant=PASS))
-        steps.append(activity(lead, "act", "sales_action", call + timedelta(seconds=1)))
-    elif kind == 2:
-        steps.append(activity(lead, "bant", "bant_assessed", call, bant=FAIL))
-    else:
-        steps.append(activity(lead, "dq", "disqualified", call, reason="no budget"))
-    return steps
 
 
 async def test_kpis_equal_independent_counts_after_a_kill_and_redelivery(
@@ -59,7 +40,7 @@ async def test_kpis_equal_independent_counts_after_a_kill_and_redelivery(
     await produce(settings, engagement)
     await wait_for(settings, settings.handoff, lambda rs: len(rs) == LEADS, within=60)
 
-    activities = [r for i, (lead, at) in enumerate(leads.items()) for r in plan(i, lead, at)]
+    activities = [r for i, (lead, at) in enumerate(leads.items()) for r in sales_plan(i, lead, at)]
     half = len(activities) // 2
     await produce(settings, activities[:half], topic=settings.activity)
     first.kill()  # mid-run: uncommitted inputs are delivered again to the next worker

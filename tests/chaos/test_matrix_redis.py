@@ -62,7 +62,6 @@ from tests.faultproxy import FaultProxy
 from tests.harness import (
     Consumed,
     WorkerProcess,
-    activity,
     consumer_caught_up,
     ensure_topics,
     eventually,
@@ -70,6 +69,7 @@ from tests.harness import (
     produce,
     qualifying,
     read_topic,
+    sales_plan,
     wait_for,
     wait_for_handoffs,
 )
@@ -83,8 +83,6 @@ RUNS = int(os.environ.get("LEADFLOW_CHAOS_RUNS", "1"))
 WORKERS = int(os.environ.get("LEADFLOW_CHAOS_WORKERS", "2"))
 SALES_LEADS = 40
 FREEZE_SECONDS = 10.0
-PASS = {"budget": True, "authority": True, "need": True, "timeframe": False}
-FAIL = {"budget": False, "authority": False, "need": True, "timeframe": False}
 
 
 @dataclass
@@ -136,18 +134,6 @@ async def make_rig(
 
 
 # -- observing the workers ------------------------------------------------------------------
-
-
-def scored(worker: WorkerProcess) -> float:
-    try:
-        text = worker.metrics()
-    except OSError:
-        return 0.0
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "leadflow_events_total" and s.labels.get("outcome") == "scored":
-                return float(s.value)
-    return 0.0
 
 
 def metric_sum(worker: WorkerProcess, name: str) -> float:
@@ -251,11 +237,11 @@ async def cut_connections(rig: Rig, during: Callable[[], Awaitable[None]]) -> No
     assert proxy is not None
     cut = proxy.cut()
     await during()
-    before = sum(scored(w) for w in rig.workers)
+    before = sum(w.scored() for w in rig.workers)
 
     async def progressed() -> bool:
         assert_alive(rig)
-        if sum(scored(w) for w in rig.workers) > before:
+        if sum(w.scored() for w in rig.workers) > before:
             return True
         return await consumer_caught_up(rig.direct)  # nothing left to score (sales phase)
 
@@ -298,7 +284,7 @@ async def engagement_phase(rig: Rig, fault: Fault, seed: int) -> int:
 
     async def a_third_scored() -> bool:
         assert_alive(rig)
-        return sum(scored(w) for w in rig.workers) >= len(records) // 3
+        return sum(w.scored() for w in rig.workers) >= len(records) // 3
 
     await eventually(a_third_scored, 180, "a third of the stream to be scored")
     assert not await consumer_caught_up(s), "the fault would not land mid-stream"
@@ -370,23 +356,6 @@ async def assert_scoring_exact(rig: Rig, records: list[SampleRecord]) -> int:
 # -- phase 2: sales activity and deadlines --------------------------------------------------
 
 
-def plan(i: int, lead: str, qualified_at: datetime) -> list[tuple[bytes, bytes]]:
-    """What sales does with lead i: SQL (2 in 5), nurture, disqualified, or nothing (breach)."""
-    call = qualified_at + timedelta(seconds=1)
-    kind = i % 5
-    if kind == 4:
-        return []
-    steps = [activity(lead, "call", "contacted", call, owner="sato")]
-    if kind in (0, 1):
-        steps.append(activity(lead, "bant", "bant_assessed", call, bant=PASS))
-        steps.append(activity(lead, "act", "sales_action", call + timedelta(seconds=1)))
-    elif kind == 2:
-        steps.append(activity(lead, "bant", "bant_assessed", call, bant=FAIL))
-    else:
-        steps.append(activity(lead, "dq", "disqualified", call, reason="no budget"))
-    return steps
-
-
 async def sales_phase(rig: Rig, fault: Fault, historic_handoffs: int) -> None:
     s = rig.direct
     t0 = datetime.now(UTC)
@@ -397,7 +366,7 @@ async def sales_phase(rig: Rig, fault: Fault, historic_handoffs: int) -> None:
         return {orjson.loads(r.value)["lead_id"] for r in rs} >= set(leads)
 
     await wait_for(s, s.handoff, handed_off, within=90)
-    activities = [r for i, (lead, at) in enumerate(leads.items()) for r in plan(i, lead, at)]
+    activities = [r for i, (lead, at) in enumerate(leads.items()) for r in sales_plan(i, lead, at)]
     await produce(s, activities, topic=s.activity)
     inputs = (s.engagement, s.handoff, s.activity)
     await eventually(lambda: consumer_caught_up(s, inputs), 90, "the sales activity applied")
@@ -579,7 +548,7 @@ async def test_redis_restored_older_replays_exactly(make_rig: MakeRig, run: int)
 
     async def a_third_scored() -> bool:
         assert_alive(rig)
-        return sum(scored(w) for w in rig.workers) >= len(records) // 3
+        return sum(w.scored() for w in rig.workers) >= len(records) // 3
 
     await eventually(a_third_scored, 180, "a third of the stream to be scored")
     await restore_older_copy(rig, records)

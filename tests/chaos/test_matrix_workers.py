@@ -38,6 +38,8 @@ from streams.jobs.sample import SampleRecord, generate
 from streams.settings import Settings
 from streams.store import LeadStore
 from tests.harness import (
+    BANT_FAIL,
+    BANT_PASS,
     WorkerProcess,
     activity,
     consumer_caught_up,
@@ -56,8 +58,6 @@ KILLS = int(os.environ.get("LEADFLOW_CHAOS_KILLS", "5"))
 EVENTS = int(os.environ.get("LEADFLOW_CHAOS_EVENTS", "20000"))
 STORM_STEPS = int(os.environ.get("LEADFLOW_CHAOS_STORM_STEPS", "10"))
 LIVE_PER_SEGMENT = 5
-PASS = {"budget": True, "authority": True, "need": True, "timeframe": False}
-FAIL = {"budget": False, "authority": False, "need": True, "timeframe": False}
 
 
 def seed_of(name: str) -> int:
@@ -86,10 +86,10 @@ def follow_up(i: int, lead: str, qualified_at: datetime) -> list[tuple[bytes, by
     if kind in (0, 1):
         return [
             activity(lead, "act", "sales_action", now + timedelta(seconds=1)),
-            activity(lead, "bant", "bant_assessed", now, bant=PASS),
+            activity(lead, "bant", "bant_assessed", now, bant=BANT_PASS),
         ]
     if kind == 2:
-        return [activity(lead, "bant", "bant_assessed", now, bant=FAIL)]
+        return [activity(lead, "bant", "bant_assessed", now, bant=BANT_FAIL)]
     if kind == 3:
         return [activity(lead, "dq", "disqualified", now, reason="no budget")]
     return []

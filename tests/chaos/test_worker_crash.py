@@ -6,7 +6,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.handoff import MqlHandoff
 from streams.core.rules import load_rules
@@ -24,18 +23,6 @@ from tests.harness import (
 from tests.oracle import comparable, expected_outcome, reference_disagreements
 
 pytestmark = pytest.mark.chaos
-
-
-def scored_so_far(worker: WorkerProcess) -> float:
-    try:
-        text = worker.metrics()
-    except OSError:
-        return 0.0
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "leadflow_events_total" and s.labels.get("outcome") == "scored":
-                return float(s.value)
-    return 0.0
 
 
 async def assert_matches_oracle(settings: Settings, records: list, min_handoffs: int = 1) -> None:
@@ -78,7 +65,7 @@ async def test_kill_9_mid_stream_then_restart(
     await first.wait_ready()
 
     async def part_done() -> bool:
-        return scored_so_far(first) >= 2_000
+        return first.scored() >= 2_000
 
     await eventually(part_done, 120, "the first worker to score 2,000 events")
     first.kill()
