@@ -13,6 +13,7 @@ import os
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -60,7 +61,8 @@ async def test_three_masters_share_all_slots(cluster: RedisCluster) -> None:
     assert sorted(n.port for n in masters) == sorted(PORTS), cluster.get_nodes()
     assert len(masters) == MASTERS and cluster.get_replicas() == []
 
-    infos = await cluster.cluster_info(target_nodes=RedisCluster.ALL_NODES)
+    answer = await cluster.cluster_info(target_nodes=RedisCluster.ALL_NODES)
+    infos = cast("dict[str, dict[str, str]]", answer)  # one per node (redis-py's hints say one)
     assert len(infos) == MASTERS, infos
     for name, info in infos.items():
         assert info["cluster_state"] == "ok", (name, info)
@@ -70,7 +72,8 @@ async def test_three_masters_share_all_slots(cluster: RedisCluster) -> None:
         assert int(info["cluster_size"]) == MASTERS, (name, info)
 
     # every slot has exactly one master, and each master serves some
-    ranges = await cluster.cluster_slots(target_nodes=RedisCluster.RANDOM)
+    slots = await cluster.cluster_slots(target_nodes=RedisCluster.RANDOM)
+    ranges = cast("dict[tuple[int, int], dict[str, Any]]", slots)  # parsed into a dict
     owners: dict[int, int] = defaultdict(int)
     served = set()
     for (first, last), where in ranges.items():
@@ -89,7 +92,7 @@ async def test_keys_spread_over_all_masters(cluster: RedisCluster, prefix: str) 
         assert cluster.keyslot(key) == key_slot(key.encode())
         node = cluster.get_node_from_key(key)
         assert node is not None and node.server_type == "primary", key
-        by_port[node.port].append(key)
+        by_port[int(node.port)].append(key)
     assert sorted(by_port) == sorted(PORTS), {p: len(k) for p, k in by_port.items()}
 
     try:
@@ -100,19 +103,19 @@ async def test_keys_spread_over_all_masters(cluster: RedisCluster, prefix: str) 
 
         # each key lives on the master of its slot; the others redirect with MOVED
         for port, owned in by_port.items():
-            node = aioredis.Redis(host=HOST, port=port, socket_timeout=5)
+            direct = aioredis.Redis(host=HOST, port=port, socket_timeout=5)
             try:
-                sizes = await node.dbsize()
+                sizes = await direct.dbsize()
                 assert sizes >= len(owned), (port, sizes)
                 for key in owned:
-                    assert await node.get(key) == f"v{keys.index(key)}".encode()
+                    assert await direct.get(key) == f"v{keys.index(key)}".encode()
                 other_port, other = next((p, ks[0]) for p, ks in by_port.items() if p != port)
                 with pytest.raises(MovedError) as moved:
-                    await node.get(other)
+                    await direct.get(other)
                 assert moved.value.slot_id == key_slot(other.encode())
                 assert moved.value.port == other_port
             finally:
-                await node.aclose()
+                await direct.aclose()
     finally:
         for key in keys:
             await cluster.delete(key)
