@@ -383,6 +383,7 @@ async def every_command(
     files: Path,
 ) -> None:
     settings = secured.settings(env)
+    url_env = secured.env(ns, redis_url=True)
     events = events_file(tmp_path / "events.ndjson", LEADS)
     imported = files / IMPORT_FILE.name  # the importer writes FILE.rejected.csv beside it
     imported.write_bytes(IMPORT_FILE.read_bytes())
@@ -496,6 +497,8 @@ async def every_command(
                 Run("report", ["report", "--period", "day"], env),
                 Run("report --json", ["report", "--json"], env),
                 Run("report --charts", ["report", "--charts", str(charts)], env),
+                Run("report (password in the URL)", ["report", "--json"], url_env),
+                Run("explain (password in the URL)", ["explain", "leak-1"], url_env),
             ],
             seen,
         )
@@ -514,17 +517,12 @@ async def every_command(
     seen.add("collector stderr", collector.stderr.read_bytes())
 
     # Rebuild under other rules (no worker running: the switch is immediate).
-    rescored = await run_all(
-        [
-            Run(
-                "rescore",
-                ["rescore", "--rules", str(ROOT / "rules" / "example.yaml"), "--yes"],
-                env,
-            )
-        ],
-        seen,
-    )
-    rescored[0].ok()
+    rescore = ["rescore", "--yes", "--rules"]
+    for run in [
+        Run("rescore", [*rescore, str(ROOT / "rules" / "example.yaml")], env),
+        Run("rescore (password in the URL)", [*rescore, str(TEST_RULES)], url_env),
+    ]:
+        (await run_all([run], seen))[0].ok()
 
     # What went onto Kafka: the dead-letter headers carry error messages.
     for topic in (settings.deadletter, settings.engagement, settings.handoff):
@@ -578,3 +576,82 @@ async def post_to_collector(port: int, token: str, seen: Seen) -> None:
         seen.add(f"collector POST ({what})", answer)
     for path in ("/health", "/metrics"):
         seen.add(f"collector GET {path}", (await asyncio.to_thread(http, "GET", url + path))[1])
+
+
+# -- refused and unreachable: one line naming the fix, no secret ----------------------------
+
+
+async def test_refusals_and_outages_name_the_variable_to_fix_without_a_secret(
+    secured: Secured, tmp_path: Path
+) -> None:
+    seen = Seen(secured.needles)
+    ns = namespace()  # no topics: nothing gets that far
+    closed = free_port()
+    events = events_file(tmp_path / "events.ndjson", ["leak-1"])
+    imported = tmp_path / IMPORT_FILE.name
+    imported.write_bytes(IMPORT_FILE.read_bytes())
+    rescore = ["rescore", "--rules", str(ROOT / "rules" / "example.yaml"), "--yes"]
+    import_ = ["import", str(imported), "--profile", "marketo"]
+    quick = {"LEADFLOW_STARTUP_TIMEOUT": "1", "LEADFLOW_WEB_PORT": str(free_port())}
+    quick["LEADFLOW_COLLECTOR_PORT"] = str(free_port())
+
+    def env(**extra: str) -> Env:
+        return secured.env(ns, **quick, **extra)
+
+    def url_env(**extra: str) -> Env:
+        return secured.env(ns, redis_url=True, **quick, **extra)
+
+    wrong_redis = env(LEADFLOW_REDIS_PASSWORD=secured.wrong)
+    wrong_redis_url = url_env(
+        LEADFLOW_REDIS_URL=secured.redis.url_variables(password=secured.wrong)["REDIS_URL"]
+    )
+    wrong_kafka = env(LEADFLOW_KAFKA_SASL_PASSWORD=secured.wrong)
+    redis_down = env(LEADFLOW_REDIS_URL=f"rediss://127.0.0.1:{closed}/0")
+    redis_down_url = url_env(
+        LEADFLOW_REDIS_URL=f"rediss://{secured.redis.user}:{secured.redis.password}"
+        f"@127.0.0.1:{closed}/0"
+    )
+    kafka_down = env(LEADFLOW_KAFKA_BOOTSTRAP=f"127.0.0.1:{closed}")
+    redis_url, bootstrap = "LEADFLOW_REDIS_URL", "LEADFLOW_KAFKA_BOOTSTRAP"
+    redis_password = ("refused", "LEADFLOW_REDIS_USERNAME / LEADFLOW_REDIS_PASSWORD")
+    redis_url_password = ("refused", redis_url)
+    sasl = ("refused", "LEADFLOW_KAFKA_SASL_PASSWORD")
+    # (label, command, environment, exit code, what the error line must name)
+    cases: list[tuple[str, list[str], Env, int, tuple[str, ...]]] = [
+        ("redis password refused", ["report"], wrong_redis, 2, redis_password),
+        ("redis password refused", ["explain", "x"], wrong_redis, 2, redis_password),
+        ("redis password refused", ["worker"], wrong_redis, 2, redis_password),
+        ("redis password refused", rescore, wrong_redis, 2, redis_password),
+        ("redis URL password refused", ["report"], wrong_redis_url, 2, redis_url_password),
+        ("redis URL password refused", ["worker"], wrong_redis_url, 2, redis_url_password),
+        ("kafka password refused", ["produce", str(events)], wrong_kafka, 2, sasl),
+        ("kafka password refused", ["handoffs"], wrong_kafka, 2, sasl),
+        ("kafka password refused", ["topics", "create"], wrong_kafka, 2, sasl),
+        ("kafka password refused", ["collector"], wrong_kafka, 2, sasl),
+        ("kafka password refused", import_, wrong_kafka, 2, sasl),
+        ("kafka password refused", rescore, wrong_kafka, 2, sasl),
+        ("topics denied", ["topics", "create"], env(), 2, ("denied", "LEADFLOW_NAMESPACE")),
+        ("redis down", ["report"], redis_down, 3, (redis_url,)),
+        ("redis down", ["explain", "x"], redis_down, 3, (redis_url,)),
+        ("redis down (URL)", ["report"], redis_down_url, 3, (redis_url, ":***@")),
+        ("redis down (URL)", ["worker"], redis_down_url, 3, (redis_url, ":***@")),
+        ("kafka down", ["produce", str(events)], kafka_down, 3, (bootstrap,)),
+        ("kafka down", ["handoffs"], kafka_down, 3, (bootstrap,)),
+        ("kafka down", ["collector"], kafka_down, 3, (bootstrap,)),
+        ("kafka down", ["topics", "create"], kafka_down, 3, (bootstrap,)),
+        ("kafka down", import_, kafka_down, 1, (bootstrap,)),
+    ]  # fmt: skip
+    runs = await run_all([Run(label, args, e, timeout=45) for label, args, e, _, _ in cases], seen)
+    problems = []
+    for run, (_, _, _, code, names) in zip(runs, cases, strict=True):
+        try:
+            line = run.error_line()
+            assert run.code == code, f"exit code {run.code}, expected {code}"
+            assert all(name in line for name in names), f"{names} not all in the error line"
+        except AssertionError as exc:
+            tail = "\n".join(run.output.splitlines()[-6:])
+            problems.append(f"{run.label}: {str(exc).splitlines()[0][:200]}\n{tail}")
+    seen.files(tmp_path)
+    seen.assert_clean()
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)
