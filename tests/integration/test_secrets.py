@@ -22,8 +22,9 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,8 +33,9 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from PIL import Image
+from redis.exceptions import RedisError
 
-from streams.settings import Settings, load_settings
+from streams.settings import SecretUrl, Settings, load_settings
 from tests.harness import (
     BANT_PASS,
     ROOT,
@@ -655,3 +657,103 @@ async def test_refusals_and_outages_name_the_variable_to_fix_without_a_secret(
     seen.assert_clean()
     if problems:
         pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+# -- a password revoked while the worker runs ------------------------------------------------
+
+
+@contextmanager
+def redis_with_password(port: int, password: str, directory: Path) -> Iterator[aioredis.Redis]:
+    """A throwaway redis-server on `port` that requires `password` (never a shared one), and an
+    admin client of it."""
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    command += ["--appendonly", "no", "--requirepass", password, "--dir", str(directory)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield aioredis.Redis(port=port, password=password, socket_timeout=5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+async def test_a_redis_password_revoked_mid_run_is_named_as_refused_not_unavailable(
+    settings: Settings, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    old, new = f"Old{uuid.uuid4().hex}", f"New{uuid.uuid4().hex}"
+    port = free_port()
+    refused = (
+        "redis refused the credentials for user default: check "
+        "LEADFLOW_REDIS_USERNAME / LEADFLOW_REDIS_PASSWORD"
+    )
+    on_private = settings.model_copy(update={"redis_url": SecretUrl(f"redis://127.0.0.1:{port}/0")})
+    with redis_with_password(port, old, tmp_path) as admin:
+
+        async def answers() -> bool:
+            try:
+                return bool(await admin.ping())
+            except (OSError, RedisError):
+                return False
+
+        await eventually(answers, 30, "the private redis-server")
+        worker = WorkerProcess(
+            on_private, tmp_path / "worker.log", extra_env={"LEADFLOW_REDIS_PASSWORD": old}
+        )
+        workers.append(worker.start())
+        await worker.wait_ready()
+
+        # Revoked: a new password, every client (but this one) disconnected.
+        await admin.config_set("requirepass", new)
+        await admin.execute_command("CLIENT", "KILL", "TYPE", "normal")
+        await produce(settings, qualifying("revoked-1", datetime.now(UTC)))
+
+        def log_lines() -> list[dict[str, object]]:
+            text = worker.log_path.read_text(errors="replace")
+            return [orjson.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+        async def named() -> bool:
+            events = [str(line.get("event")) for line in log_lines()]
+            return any(e.startswith(refused) and e.endswith("; retrying") for e in events) and any(
+                refused in e and "next tick" in e for e in events
+            )
+
+        await eventually(named, 60, "the worker to log the refusal (batch and ticks)")
+        status, answer = await asyncio.to_thread(http, "GET", f"{worker.url}/health")
+        body = orjson.loads(answer.splitlines()[-1])  # the JSON body, after the headers
+        assert status == 503 and body["unavailable"]["redis"]["hint"] == refused, answer
+
+        # A command started now stops at once, naming the variable (no waiting).
+        report = await run_all(
+            [
+                Run(
+                    "report",
+                    ["report"],
+                    Env(
+                        {
+                            **os.environ,
+                            "PYTHONPATH": str(ROOT),
+                            "LEADFLOW_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+                            "LEADFLOW_REDIS_PASSWORD": old,
+                            "LEADFLOW_NAMESPACE": settings.namespace,
+                        }
+                    ),
+                )
+            ],
+            Seen(()),
+        )
+        line = report[0].error_line()
+        assert report[0].code == 2 and "refused" in line and "LEADFLOW_REDIS_PASSWORD" in line
+
+        # Restored: the worker goes on by itself.
+        await admin.config_set("requirepass", old)
+        await eventually(
+            lambda: asyncio.to_thread(lambda: worker.scored() >= 3), 60, "scoring after restore"
+        )
+        await admin.aclose()
+        worker.stop()
+    lines = log_lines()
+    refusals = [line for line in lines if "AuthenticationError" in str(line)]
+    assert refusals, worker.tail()
+    # Never "unavailable" for a refusal, and neither password in the log.
+    assert not [line for line in refusals if "unavailable" in str(line.get("event"))], refusals
+    text = worker.log_path.read_text() + report[0].stdout + report[0].stderr
+    assert old not in text and new not in text
