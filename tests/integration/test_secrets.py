@@ -300,6 +300,17 @@ class Service:
         out = self.stdout.read_text(errors="replace")[-3000:]
         return redact(out + self.stderr.read_text(errors="replace")[-3000:])
 
+    def interrupt(self) -> None:
+        """Ctrl-C if it still runs (the demo then stops its own worker), kill if that fails."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
     def stop(self, within: float = 40) -> int:
         """SIGTERM, as an orchestrator stops it; its exit code."""
         assert self.proc is not None
@@ -367,9 +378,12 @@ async def test_every_command_against_the_secured_services_shows_no_secret(
     env = secured.env(ns)
     files = tmp_path / "written"
     files.mkdir()
+    started: list[Service] = []
     try:
-        await every_command(secured, seen, ns, demo_ns, env, tmp_path, files)
+        await every_command(secured, seen, ns, demo_ns, env, tmp_path, files, started)
     finally:
+        for service in started:
+            service.interrupt()  # if a failure left it running
         await delete_keys(secured, ns, demo_ns)
     assert seen.files(files) >= 6  # reports, charts, backtest, the importer's rejects, ...
     seen.assert_clean()
@@ -383,6 +397,7 @@ async def every_command(
     env: Env,
     tmp_path: Path,
     files: Path,
+    started: list[Service],
 ) -> None:
     settings = secured.settings(env)
     url_env = secured.env(ns, redis_url=True)
@@ -407,6 +422,7 @@ async def every_command(
         ),
         tmp_path,
     ).start()
+    started.append(demo)
 
     # Set-up and the commands that need no service: the admin creates the topics.
     admin = secured.env(ns, admin=True)
@@ -437,6 +453,7 @@ async def every_command(
         {**env, "LEADFLOW_COLLECTOR_PORT": str(collector_port)},
         tmp_path,
     ).start()
+    started.append(collector)
     outcomes = files / "outcomes.csv"
     outcomes.write_text("lead_id,outcome,occurred_at\nL0001,opportunity,2030-01-01T00:00:00Z\n")
     backtest = ["backtest", "--events", str(sample), "--outcomes", str(outcomes)]
