@@ -231,8 +231,24 @@ class PrivateKafka:
             return True
         return False
 
+    def down(self) -> None:
+        """`ops/stack down kafka`: a controlled shutdown (SIGTERM); `start()` brings it back."""
+        self.stack("down", "kafka")
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open, nothing is answered (a hung broker)."""
+        pid = self.pid()
+        assert pid is not None and self.running(), "the broker is not running"
+        os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)
+
     def stop(self) -> None:
         """The end of the test: the broker goes away with a kill (its data is thrown away)."""
+        self.thaw()
         self.kill()
 
     def tail(self, lines: int = 30) -> str:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -43,9 +44,13 @@ async def kill_and_restart(rig: Rig, during: Callable[[], Awaitable[None]]) -> N
     """kill -9 of the broker; restarted once every worker has noticed, on the same data."""
     kafka = rig.kafka
     assert kafka is not None
+    t0 = time.monotonic()
     await asyncio.to_thread(kafka.kill)
     await all_workers(rig, 503, 30, "every worker to report Kafka down")
+    noticed = time.monotonic()
     await asyncio.to_thread(kafka.start)  # ops/stack waits until the broker is ready
+    for key, value in (("all_503_s", noticed - t0), ("restart_s", time.monotonic() - noticed)):
+        rig.stats[key] = max(rig.stats.get(key, 0.0), round(value, 1))  # the longer of the two
     rig.stats["broker_kills"] = rig.stats.get("broker_kills", 0) + 1
     await during()  # the rest of the stream: nobody can produce to a dead broker
 

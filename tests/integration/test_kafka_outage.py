@@ -27,11 +27,13 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka.errors import KafkaError
 
 from schemas.alert import SlaAlert
 from schemas.handoff import MqlHandoff
 from streams.core.rules import load_rules
 from streams.jobs.sample import SampleRecord
+from streams.kafka import KafkaPing
 from streams.settings import Settings
 from streams.store import LeadStore
 from tests.harness import (
@@ -39,6 +41,7 @@ from tests.harness import (
     WorkerProcess,
     ensure_topics,
     eventually,
+    free_port,
     fresh_settings,
     produce,
     purge_redis,
@@ -177,3 +180,22 @@ async def test_worker_lives_through_a_broker_kill_and_scores_after_the_restart(
     assert worker.proc is not None and worker.proc.poll() is None and worker.proc.pid == pid
     assert "Crashed reason" not in worker.log_path.read_text(errors="replace")
     print(f"kafka outage: 503 after {detected:.1f}s, 200 again {recovered:.1f}s after the kill")
+
+
+async def test_kafka_ping_answers_on_a_broker_and_fails_fast_without_one(services: None) -> None:
+    """/health's Kafka ping (streams/kafka/ping.py): a Metadata request on the real broker; on a
+    port where nothing listens it raises at once rather than waiting inside aiokafka."""
+    up = KafkaPing(fresh_settings())
+    try:
+        await asyncio.wait_for(up(), timeout=10)
+        await asyncio.wait_for(up(), timeout=2)  # the connection is kept: one round trip
+    finally:
+        await up.close()
+    down = KafkaPing(fresh_settings(kafka_bootstrap=f"127.0.0.1:{free_port()}"))
+    started = time.monotonic()
+    try:
+        with pytest.raises(KafkaError):
+            await asyncio.wait_for(down(), timeout=5)
+    finally:
+        await down.close()
+    assert time.monotonic() - started < 2
