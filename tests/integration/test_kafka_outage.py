@@ -16,6 +16,7 @@ own namespace.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -37,6 +38,7 @@ from streams.kafka import KafkaPing
 from streams.settings import Settings
 from streams.store import LeadStore
 from tests.harness import (
+    ROOT,
     Consumed,
     WorkerProcess,
     ensure_topics,
@@ -199,3 +201,31 @@ async def test_kafka_ping_answers_on_a_broker_and_fails_fast_without_one(service
     finally:
         await down.close()
     assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize(
+    "ports",
+    [
+        {"KAFKA_PROXIED_PORT": "19999"},
+        {"KAFKA_PROXIED_PORT": "1", "KAFKA_PROXIED_ADVERTISED_PORT": "1"},
+    ],
+    ids=["advertised port missing", "same port twice"],
+)
+def test_ops_stack_refuses_a_half_configured_proxied_listener(
+    tmp_path: Path, ports: dict[str, str]
+) -> None:
+    """KAFKA_PROXIED_PORT and KAFKA_PROXIED_ADVERTISED_PORT go together, and differ: ops/stack
+    says so in one line before starting anything."""
+    broker = PrivateKafka(tmp_path / "stack")
+    env = {**broker.env(), **ports}
+    done = subprocess.run(
+        [str(ROOT / "ops" / "stack"), "up", "kafka"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode != 0
+    assert "KAFKA_PROXIED" in done.stderr, done.stderr
+    assert not broker.running() and not (tmp_path / "stack" / "kafka" / "kafka.pid").exists()
