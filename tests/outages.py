@@ -186,7 +186,11 @@ class PrivateKafka:
         """`ops/stack up kafka`: returns once ops/stack found the broker ready (it fails, and so
         does this, when the broker cannot start)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.stack("up", "kafka")
+        try:
+            self.stack("up", "kafka")
+        except BaseException:
+            self.kill()  # a broker that did not get ready is not left behind
+            raise
         return self
 
     def pid(self) -> int | None:
@@ -201,8 +205,11 @@ class PrivateKafka:
             return False
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return False
+        if b"kafka.Kafka" not in cmdline or str(self.directory).encode() not in cmdline:
+            return False  # the pid was reused by another process: never signal it
         return stat.rsplit(")", 1)[-1].split()[0] != "Z"  # a zombie is dead (threads may linger)
 
     def kill(self, within: float = 20.0) -> None:
@@ -243,7 +250,7 @@ class PrivateKafka:
 
     def thaw(self) -> None:
         pid = self.pid()
-        if pid is not None:
+        if pid is not None and self.running():
             os.kill(pid, signal.SIGCONT)
 
     def stop(self) -> None:

@@ -41,32 +41,37 @@ async def make_rig(
         kafka: Literal["private", "shared"] = "shared",
         proxy: Literal["redis", "kafka"] | None = None,
     ) -> Rig:
+        if proxy is not None:
+            assert {"redis": redis, "kafka": kafka}[proxy] == "private", "a proxy needs its own"
         ns = f"t{uuid.uuid4().hex[:10]}"
-        direct, via = fresh_settings(ns), fresh_settings(ns)
-        rig = Rig(direct, via, tmp_path)
+        shared = fresh_settings(ns)
+        rig = Rig(shared, shared, tmp_path)
         rigs.append(rig)
+        # (this test's address, the workers' address) of each service
+        redis_urls = (shared.redis_url.get_secret_value(),) * 2
+        kafka_addresses = (shared.kafka_bootstrap,) * 2
         if redis == "private":
             rig.redis = PrivateRedis(tmp_path / "redis", appendfsync=appendfsync).start()
-            direct = via = fresh_settings(ns, redis_url=rig.redis.url)
+            redis_urls = (rig.redis.url, rig.redis.url)
             if proxy == "redis":
                 rig.proxy = FaultProxy(rig.redis.port).start()
-                via = fresh_settings(ns, redis_url=rig.proxy.url)
+                redis_urls = (rig.redis.url, rig.proxy.url)
         if kafka == "private":
-            listener = free_port() if proxy == "kafka" else None
-            if proxy == "kafka":
-                assert listener is not None
-                rig.proxy = FaultProxy(listener).start()
-            rig.kafka = PrivateKafka(
-                tmp_path / "stack",
-                proxied_port=listener,
-                proxy_port=rig.proxy.port if rig.proxy and proxy == "kafka" else None,
-            ).start()
-            redis_url = direct.redis_url.get_secret_value()
-            direct = fresh_settings(ns, redis_url=redis_url, kafka_bootstrap=rig.kafka.bootstrap)
-            behind = rig.kafka.proxied_bootstrap if proxy == "kafka" else rig.kafka.bootstrap
-            via = fresh_settings(
-                ns, redis_url=via.redis_url.get_secret_value(), kafka_bootstrap=behind
-            )
+            if proxy == "kafka":  # the proxy forwards to the PROXIED listener, which names it
+                rig.proxy = FaultProxy(free_port()).start()
+                rig.kafka = PrivateKafka(
+                    tmp_path / "stack",
+                    proxied_port=rig.proxy.target_port,
+                    proxy_port=rig.proxy.port,
+                ).start()
+                kafka_addresses = (rig.kafka.bootstrap, rig.kafka.proxied_bootstrap)
+            else:
+                rig.kafka = PrivateKafka(tmp_path / "stack").start()
+                kafka_addresses = (rig.kafka.bootstrap, rig.kafka.bootstrap)
+        direct, via = (
+            fresh_settings(ns, redis_url=url, kafka_bootstrap=address)
+            for url, address in zip(redis_urls, kafka_addresses, strict=True)
+        )
         rig.direct, rig.via = direct, via
         await ensure_topics(direct)
         return rig
