@@ -35,6 +35,7 @@ from tests.chaos.matrix import (
     Size,
     a_third_scored,
     all_workers,
+    assert_alive,
     assert_recovered_by_themselves,
     assert_scoring_exact,
     cut_connections,
@@ -137,6 +138,7 @@ async def test_redis_restored_older_replays_exactly(make_rig: MakeRig, size: Siz
     await all_workers(rig, 200, 90, "every worker healthy after the restore")
 
     async def noticed() -> bool:
+        assert_alive(rig)
         return sum(metric_sum(w, "leadflow_offset_resyncs_total") for w in rig.workers) >= 1
 
     await eventually(noticed, 60, "a worker to notice that Redis went back")
@@ -145,6 +147,7 @@ async def test_redis_restored_older_replays_exactly(make_rig: MakeRig, size: Siz
     expected = expected_outcome(records, load_rules(s.rules), s)
 
     async def replayed() -> bool:
+        assert_alive(rig)
         store = LeadStore.from_url(s.redis_url, s.redis_prefix, s.engagement, 60)
         try:
             stored = await store.read_all_leads()
