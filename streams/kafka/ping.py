@@ -10,6 +10,7 @@ ping costs one round trip. It raises on any failure; the caller bounds it with a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from aiokafka.client import AIOKafkaClient
@@ -25,9 +26,18 @@ class KafkaPing:
         self.settings = settings
         self.timeout = timeout
         self._client: AIOKafkaClient | None = None
+        self._lock = asyncio.Lock()
 
     async def __call__(self) -> None:
         """Return when a broker answered a Metadata request; raise otherwise."""
+        async with self._lock:  # concurrent /health requests share one client
+            client = await self._connected()
+        node = client.get_random_node()
+        if node is None:
+            raise KafkaConnectionError("no broker known to the health client")
+        await client.send(node, MetadataRequest([]))
+
+    async def _connected(self) -> AIOKafkaClient:
         client = self._client
         if client is None:
             client = AIOKafkaClient(
@@ -42,10 +52,7 @@ class KafkaPing:
                     await client.close()
                 raise
             self._client = client
-        node = client.get_random_node()
-        if node is None:
-            raise KafkaConnectionError("no broker known to the health client")
-        await client.send(node, MetadataRequest([]))
+        return client
 
     async def close(self) -> None:
         client, self._client = self._client, None
