@@ -4,6 +4,7 @@ views (/health, /metrics, /leads/<id>/explain). Built by streams.bootstrap."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +18,7 @@ from streams.bootstrap import LiveRules, open_store
 from streams.core.explain import explain, lead_id_problem
 from streams.core.lead import LeadState
 from streams.core.rules import Rules
-from streams.kafka import Producer, faust_credentials
+from streams.kafka import KafkaPing, Producer, faust_credentials
 from streams.observability import Metrics, dependency_hint, log
 from streams.pipeline.background import BackgroundTasks
 from streams.pipeline.retry import OUTAGES
@@ -27,6 +28,7 @@ from streams.settings import Settings
 from streams.store import Generation, LeadStore
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4"
+HEALTH_PING_SECONDS = 2.0
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Worker:
     store: LeadStore
     metrics: Metrics
     rules: Rules
+    kafka_ping: KafkaPing
 
 
 def new_app(settings: Settings) -> faust.App:
@@ -84,7 +87,12 @@ def create_worker(settings: Settings, rules: Rules, generation: int = 0) -> Work
         settings.handoff, settings.activity, value_serializer="raw", key_serializer="raw"
     )
     register_sales_agent(app, sales_inputs, sales, settings)
-    worker = Worker(app, service, sales, engagement, store, metrics, rules)
+    worker = Worker(app, service, sales, engagement, store, metrics, rules, KafkaPing(settings))
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def close_kafka_ping(app: faust.App, *args: Any, **kwargs: Any) -> None:
+        await worker.kafka_ping.close()
+
     register_timers(worker, settings)
     register_views(worker, settings)
     return worker
@@ -129,16 +137,23 @@ def register_views(worker: Worker, settings: Settings) -> None:
         # aiohttp rejects a charset inside content_type, so the text format is named without it.
         return web.bytes(generate_latest(metrics.registry), content_type=PROMETHEUS_TEXT)
 
+    async def answers(dependency: str, ping: Callable[[], Awaitable[object]]) -> bool:
+        try:
+            await asyncio.wait_for(ping(), timeout=HEALTH_PING_SECONDS)
+        except Exception as exc:
+            metrics.dependencies.failed(dependency, exc)
+            return False
+        metrics.dependencies.succeeded(dependency)
+        return True
+
     @app.page("/health")
     async def health_view(web: Any, request: Any) -> Any:
-        try:
-            redis_ok = await asyncio.wait_for(store.ping(), timeout=2)
-        except Exception as exc:
-            redis_ok = False
-            metrics.dependencies.failed("redis", exc)
-        else:
-            metrics.dependencies.succeeded("redis")
-        # Redis as PING found it; Kafka as the worker's last calls found it (no cheap ping).
+        # Both asked now, at once (2 s at most): Redis with PING, Kafka with a Metadata request
+        # on the health client's own connection (streams/kafka/ping.py). The worker's own
+        # calls report failures between two /health requests (leadflow_dependency_up).
+        redis_ok, _ = await asyncio.gather(
+            answers("redis", store.ping), answers("kafka", worker.kafka_ping)
+        )
         unavailable = metrics.dependencies.unavailable()
         stopped = worker.engagement.stopped
         body = {

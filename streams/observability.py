@@ -48,6 +48,56 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
 
 log = structlog.get_logger("leadflow")
 
+
+class RepeatFilter(logging.Filter):
+    """Lets the first warning or error of a kind through, then one every `every` seconds that
+    says how many like it were held back. A kind is the logger and the message template (the
+    text before its %-arguments are filled in).
+
+    For libraries that log every retry: during a broker outage aiokafka's fetcher, coordinator
+    and metadata loops log an error each time they try a dead node (about 70 lines a second
+    per worker, ~4,000 in a 30 s outage of the fault matrix), which buries the worker's own
+    one-line warnings. Records below WARNING pass untouched."""
+
+    MAX_KINDS = 1000
+
+    def __init__(self, every: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every = every
+        self.clock = clock
+        self._kinds: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = self.clock()
+        seen = self._kinds.get(key)
+        if seen is not None and now - seen[0] < self.every:
+            self._kinds[key] = (seen[0], seen[1] + 1)
+            return False
+        if len(self._kinds) >= self.MAX_KINDS:
+            self._kinds.clear()
+        self._kinds[key] = (now, 0)
+        if seen is not None and seen[1]:
+            held = f" [{seen[1]} more like this in the last {now - seen[0]:.0f} s]"
+            record.msg = f"{record.msg}{held.replace('%', '%%') if record.args else held}"
+        return True
+
+
+def quiet_repeats(prefix: str = "aiokafka", every: float = 30.0) -> RepeatFilter:
+    """Install one RepeatFilter on every logger named `prefix` or `prefix.*` that exists now (a
+    logger's filters do not apply to its children, so each gets it; import the library
+    first)."""
+    repeat = RepeatFilter(every)
+    names = [
+        n for n in logging.Logger.manager.loggerDict if n == prefix or n.startswith(prefix + ".")
+    ]
+    for name in {prefix, *names}:
+        logging.getLogger(name).addFilter(repeat)
+    return repeat
+
+
 NAN = float("nan")
 
 

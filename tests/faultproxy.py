@@ -42,6 +42,7 @@ class FaultProxy:
 
     @property
     def url(self) -> str:
+        """The proxy as a Redis URL (a proxy in front of Redis)."""
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> FaultProxy:

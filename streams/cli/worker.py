@@ -20,7 +20,7 @@ def worker_command() -> None:
         live_generation,
         wait_for_services,
     )
-    from streams.observability import configure_logging, log
+    from streams.observability import configure_logging, log, quiet_repeats
 
     with user_errors():
         settings = checked_settings()
@@ -57,6 +57,8 @@ def worker_command() -> None:
         )
         generation, rules = asyncio.run(live_generation(settings, rules))
     built = build_worker(settings, rules, generation)
+    # aiokafka logs an error on every retry of a dead broker: one per kind every 30 s instead.
+    quiet_repeats("aiokafka")
     # Every batch allocates hundreds of thousands of short-lived objects while the state cache
     # holds many long-lived ones: collecting less often, and never rescanning what exists at
     # start-up, cut the worker's CPU per event by 15-20 % (docs/benchmarks.md).

@@ -2,10 +2,12 @@
 topic creation and readiness, and the one producer (acks=all, idempotent)."""
 
 from streams.kafka.options import client_options, faust_credentials
+from streams.kafka.ping import KafkaPing
 from streams.kafka.producer import KafkaUnavailable, OutRecord, Producer, new_producer
 from streams.kafka.topics import TopicOutcome, create_topics, topic_partitions, wait_for_kafka
 
 __all__ = [
+    "KafkaPing",
     "KafkaUnavailable",
     "OutRecord",
     "Producer",

@@ -5,6 +5,7 @@ answer normally again once the dependency is back. The aiohttp handlers are call
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import make_mocked_request
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, NodeNotReadyError, RequestTimedOutError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from streams.app import Worker, create_worker
@@ -38,7 +39,24 @@ def worker(tmp_path: Path) -> Iterator[Worker]:
     worker = create_worker(settings, load_rules(settings.rules))
     # As if the group had given it partitions (until then /health says "starting", 503).
     worker.engagement.assigned = lambda: [0, 1]  # type: ignore[method-assign]
+    worker.kafka_ping = Kafka()  # type: ignore[assignment]
     yield worker
+
+
+class Kafka:
+    """The health client's ping: down (raising `error`) or answering."""
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+        self.pings = 0
+
+    async def __call__(self) -> None:
+        self.pings += 1
+        if self.error is not None:
+            raise self.error
+
+    async def close(self) -> None:
+        return None
 
 
 class Redis:
@@ -85,13 +103,55 @@ async def test_health_names_redis_while_it_is_down_and_recovers(worker, error) -
     assert status == 200 and body["status"] == "ok" and body["unavailable"] == {}
 
 
+def kafka_up(worker: Worker) -> float | None:
+    return worker.metrics.registry.get_sample_value(
+        "leadflow_dependency_up", {"dependency": "kafka"}
+    )
+
+
+KAFKA_OUTAGES = {
+    "KafkaConnectionError": lambda: KafkaConnectionError("Unable to bootstrap from 127.0.0.1:9"),
+    "NodeNotReadyError": lambda: NodeNotReadyError("node 1 is not ready"),
+    "RequestTimedOutError": lambda: RequestTimedOutError(),
+    "TimeoutError": lambda: TimeoutError(),
+}
+
+
+@pytest.mark.parametrize("error", KAFKA_OUTAGES.values(), ids=KAFKA_OUTAGES.keys())
+async def test_health_names_kafka_while_it_does_not_answer_and_recovers(worker, error) -> None:
+    """A broker that is gone (or does not answer a ping in time) is reported at once, even by
+    a worker that had nothing to send (its own calls would only wait inside aiokafka)."""
+    Redis(worker)
+    worker.kafka_ping.error = error()
+    status, body = await get(worker, "/health")
+    assert status == 503 and body["status"] == "degraded"
+    assert body["kafka"] is False and body["redis"] is True
+    assert "LEADFLOW_KAFKA_BOOTSTRAP" in body["unavailable"]["kafka"]["hint"]
+    assert kafka_up(worker) == 0
+    worker.kafka_ping.error = None
+    status, body = await get(worker, "/health")
+    assert status == 200 and body["kafka"] is True and body["unavailable"] == {}
+
+
+async def test_health_waits_for_a_hung_kafka_ping_2_seconds_at_most(worker, monkeypatch) -> None:
+    Redis(worker)
+    monkeypatch.setattr("streams.app.HEALTH_PING_SECONDS", 0.05)
+
+    async def hung() -> None:
+        await asyncio.sleep(3600)
+
+    worker.kafka_ping = hung  # type: ignore[assignment]
+    status, body = await asyncio.wait_for(get(worker, "/health"), timeout=5)
+    assert status == 503 and body["kafka"] is False
+    assert "TimeoutError" in body["unavailable"]["kafka"]["error"]
+
+
 async def test_health_names_kafka_when_the_workers_kafka_calls_fail(worker) -> None:
+    """A failed delivery or commit marks Kafka down for /metrics at once; /health asks Kafka
+    itself, so a broker that answers again is healthy again."""
     Redis(worker)
     worker.metrics.dependencies.failed("kafka", KafkaConnectionError("broker down"))
-    status, body = await get(worker, "/health")
-    assert status == 503 and body["kafka"] is False and body["redis"] is True
-    assert "LEADFLOW_KAFKA_BOOTSTRAP" in body["unavailable"]["kafka"]["hint"]
-    worker.metrics.dependencies.succeeded("kafka")  # the next delivery or commit went through
+    assert kafka_up(worker) == 0
     status, body = await get(worker, "/health")
     assert status == 200 and body["kafka"] is True
 

@@ -27,7 +27,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from streams.kafka import wait_for_kafka
 from streams.settings import Settings
 from tests.harness import (
-    ROOT,
     Consumed,
     ensure_topics,
     eventually,
@@ -35,6 +34,7 @@ from tests.harness import (
     fresh_settings,
     read_topic,
 )
+from tests.outages import PrivateKafka
 
 pytestmark = pytest.mark.integration
 
@@ -473,64 +473,26 @@ async def test_broker_down_is_503_with_retry_after(
     assert (status, body["field"]) == (400, "occurred_at")
 
 
-@dataclass
-class OwnBroker:
-    """A second, throwaway Kafka broker (ops/stack with its own ports and directory)."""
-
-    directory: Path
-    port: int = field(default_factory=free_port)
-    controller_port: int = field(default_factory=free_port)
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "KAFKA_PORT": str(self.port),
-            "KAFKA_CONTROLLER_PORT": str(self.controller_port),
-            "REDIS_PORT": str(free_port()),
-            "LEADFLOW_STACK_DIR": str(self.directory),
-        }
-
-    async def stack(self, *args: str) -> None:
-        done = await asyncio.to_thread(
-            subprocess.run,
-            [str(ROOT / "ops" / "stack"), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-        assert done.returncode == 0, f"ops/stack {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
-
-    async def up(self) -> None:
-        await self.stack("up", "kafka")
-
-    async def down(self) -> None:
-        await self.stack("down", "kafka")
-
-    @contextmanager
-    def frozen(self) -> Iterator[None]:
-        """SIGSTOP the broker: connections stay open, nothing is answered (a hung broker)."""
-        pid = int((self.directory / "kafka" / "kafka.pid").read_text().strip())
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            yield
-        finally:
-            os.kill(pid, signal.SIGCONT)
+@contextmanager
+def frozen(broker: PrivateKafka) -> Iterator[None]:
+    """SIGSTOP the broker: connections stay open, nothing is answered (a hung broker)."""
+    broker.freeze()
+    try:
+        yield
+    finally:
+        broker.thaw()
 
 
 @pytest.fixture
-async def own_broker(tmp_path: Path) -> AsyncIterator[OwnBroker]:
-    broker = OwnBroker(tmp_path / "stack")
-    await broker.up()
-    try:
-        yield broker
-    finally:
-        await broker.stack("down", "--purge", "kafka")
+def own_broker(tmp_path: Path) -> Iterator[PrivateKafka]:
+    """A second, throwaway Kafka broker (ops/stack with its own ports and directory)."""
+    broker = PrivateKafka(tmp_path / "stack").start()
+    yield broker
+    broker.stop()
 
 
 async def test_events_answered_202_survive_a_broker_outage(
-    settings: Settings, spawn: Spawn, http: aiohttp.ClientSession, own_broker: OwnBroker
+    settings: Settings, spawn: Spawn, http: aiohttp.ClientSession, own_broker: PrivateKafka
 ) -> None:
     on_own = fresh_settings(kafka_bootstrap=f"127.0.0.1:{own_broker.port}")
     await wait_for_kafka(on_own, within=60)
@@ -546,14 +508,14 @@ async def test_events_answered_202_survive_a_broker_outage(
         accepted += [r["event_id"] for r in body["results"]]
 
     # A hung broker: connected but silent. No acknowledgement within the ack timeout -> 503.
-    with own_broker.frozen():
+    with frozen(own_broker):
         status, body, headers = await post(http, collector, [event("hung-1"), event("hung-2")])
         assert (status, body["reason"]) == (503, "kafka_unavailable")
         assert int(headers["Retry-After"]) >= 1
     await collector.wait_ready(http)
 
     # A broker that is gone.
-    await own_broker.down()
+    await asyncio.to_thread(own_broker.down)
     status, body, headers = await post(http, collector, [event("out-1"), event("out-2")])
     assert (status, body["reason"]) == (503, "kafka_unavailable")
     assert int(headers["Retry-After"]) >= 1
@@ -567,7 +529,7 @@ async def test_events_answered_202_survive_a_broker_outage(
     assert status == 503
 
     # The broker comes back: the collector recovers by itself and the client's retry is taken.
-    await own_broker.up()
+    await asyncio.to_thread(own_broker.start)
     await collector.wait_ready(http)
     retried = ["hung-1", "hung-2", "out-1", "out-2", "out-3"]
     status, body, _ = await post(http, collector, [event(n) for n in retried])
