@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams.kafka import client_options, create_topics
 from streams.settings import Settings, load_settings
+from streams.store.redis_store import Keys
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_RULES = ROOT / "tests" / "data" / "rules.yaml"
@@ -252,10 +253,18 @@ async def wait_for_handoffs(settings: Settings, handoff_ids: set[str], within: f
     await eventually(delivered, within, "every expected handoff on the topic")
 
 
+async def namespace_keys(client: aioredis.Redis, settings: Settings) -> list[bytes]:
+    """Every Redis key of the settings' namespace (the tagged ones and the layout record)."""
+    keys = Keys(settings.redis_prefix, settings.topic_partitions)
+    return [
+        k for pattern in keys.namespace_patterns() async for k in client.scan_iter(match=pattern)
+    ]
+
+
 async def purge_redis(settings: Settings) -> None:
     client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
     try:
-        keys = [k async for k in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000)]
+        keys = await namespace_keys(client, settings)
         for i in range(0, len(keys), 500):
             await client.delete(*keys[i : i + 500])
     finally:

@@ -1,8 +1,10 @@
 """One batch, the shell around the core: read the batch's leads, fold the core, write back.
 
-A batch is one read round trip (states and seen ids), a fold in Python (every decision is the
-core's), and one guarded write: states, dedupe markers, outbox, reminders, KPI counts and input
-offsets in one Lua step, all or nothing. A batch that loses a race (another writer changed a
+A batch is split by input partition (every key of a partition shares one Redis Cluster hash
+slot: streams/store/redis_store.py `Keys`); the partitions of one fetch run side by side. Each
+is one read round trip (states and seen ids), a fold in Python (every decision is the core's),
+and one guarded write: states, dedupe markers, outbox, reminders, KPI counts and the input
+offset in one Lua step, all or nothing. A batch that loses a race (another writer changed a
 lead) is read and folded again; one that finds other input offsets in Redis than it started
 from, or a rescore's new generation, is given up and re-read from Kafka (`Resync`).
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -69,6 +71,12 @@ class BatchPositions:
 
     def advances(self) -> list[OffsetAdvance]:
         return [OffsetAdvance(p, self.starts.get(p), end) for p, end in self.ends.items()]
+
+    def only(self, partition: int) -> BatchPositions:
+        """The positions of one of the batch's partitions."""
+        start = {partition: self.starts[partition]} if partition in self.starts else {}
+        end = {partition: self.ends[partition]} if partition in self.ends else {}
+        return BatchPositions(start, end, self.epoch)
 
 
 class Resync(Exception):
@@ -155,6 +163,41 @@ class BatchResult:
     def of_type(self, kind: type[T]) -> list[T]:
         return [o for o in self.outputs if isinstance(o, kind)]
 
+    def add(self, other: BatchResult) -> BatchResult:
+        self.counted += other.counted
+        self.duplicates += other.duplicates
+        self.deadletters += other.deadletters
+        self.outputs += other.outputs
+        self.latest += other.latest
+        return self
+
+
+def by_partition(records: Iterable[InRecord]) -> dict[int, list[InRecord]]:
+    groups: dict[int, list[InRecord]] = {}
+    for rec in records:
+        groups.setdefault(rec.partition, []).append(rec)
+    return groups
+
+
+async def each_partition(
+    groups: Mapping[int, T], step: Callable[[int, T], Awaitable[BatchResult]]
+) -> BatchResult:
+    """Run `step` for every partition's part of a batch, side by side, and add up the results.
+    Every part finishes (or fails) before this returns: a part that failed raises afterwards,
+    the others' writes stand (each is whole on its own)."""
+    if len(groups) == 1:
+        ((partition, part),) = groups.items()
+        return await step(partition, part)
+    outcomes = await asyncio.gather(
+        *(step(p, part) for p, part in groups.items()), return_exceptions=True
+    )
+    total = BatchResult()
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        total.add(outcome)
+    return total
+
 
 def wall_clock_now() -> datetime:
     return datetime.now(UTC)
@@ -198,13 +241,14 @@ class BatchWriter:
 
     async def _write(
         self,
+        partition: int,
         wanted: Mapping[str, Sequence[str]],
         fold: Callable[[dict[str, StoredLead]], BatchChanges],
         positions: BatchPositions | None = None,
     ) -> BatchChanges:
-        """Read the leads, fold, write guarded by versions (and input offsets); on a version
-        conflict read again. Outputs are reserved for this worker's delivery before the write.
-        """
+        """Read one partition's leads, fold, write guarded by versions (and the input offset);
+        on a version conflict read again. Outputs are reserved for this worker's delivery
+        before the write."""
         while True:
             load = partial(self.store.load, wanted, self.seen_apart)
             stored = await self.retrying("redis", load) if wanted else {}
@@ -214,7 +258,7 @@ class BatchWriter:
                 return decided
             self.delivery.reserve(decided.outbox)
             try:
-                await self.retrying("redis", partial(self._commit, decided, advances))
+                await self.retrying("redis", partial(self._commit, partition, decided, advances))
                 self._maybe_crash(decided)
                 return decided
             except Fenced:
@@ -236,8 +280,11 @@ class BatchWriter:
                 self.delivery.release(decided.outbox)
                 raise
 
-    async def _commit(self, decided: BatchChanges, advances: list[OffsetAdvance]) -> None:
+    async def _commit(
+        self, partition: int, decided: BatchChanges, advances: list[OffsetAdvance]
+    ) -> None:
         await self.store.commit(
+            partition,
             decided.changes,
             outbox=decided.outbox,
             schedule=decided.schedule,

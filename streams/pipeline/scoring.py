@@ -18,7 +18,9 @@ from streams.pipeline.batch import (
     BatchResult,
     BatchWriter,
     InRecord,
+    by_partition,
     deadletter_entry,
+    each_partition,
 )
 from streams.pipeline.intake import DeadLetter, RecordLocation, parse_engagement
 from streams.store import OutboxEntry, StoredLead
@@ -35,15 +37,31 @@ class ScoringService(BatchWriter):
         positions: BatchPositions | None = None,
         wait_for_delivery: bool = True,
     ) -> BatchResult:
-        """Score one batch. With `positions`, the input offsets move in the same Redis step as
-        the states (raises Resync when Redis holds other offsets). Without waiting for
-        delivery, the outputs go to Kafka in the background while the next batch is folded."""
+        """Score one batch, each of its partitions in one Redis step. With `positions`, the
+        input offsets move in the same step as the states (raises Resync when Redis holds other
+        offsets). Without waiting for delivery, the outputs go to Kafka in the background while
+        the next batch is folded."""
+
+        async def step(partition: int, part: list[InRecord]) -> BatchResult:
+            where = positions.only(partition) if positions is not None else None
+            return await self._process(partition, part, where, wait_for_delivery)
+
+        return await each_partition(by_partition(records), step)
+
+    async def _process(
+        self,
+        partition: int,
+        records: Sequence[InRecord],
+        positions: BatchPositions | None,
+        wait_for_delivery: bool,
+    ) -> BatchResult:
         started = time.perf_counter()
         result = BatchResult()
         by_lead = self._parse(records, result)
         wanted = {lead: [e.event_id for e, _ in items] for lead, items in by_lead.items()}
         deadletters = [deadletter_entry(d, self.settings.deadletter) for d in result.deadletters]
-        fold = await self._write(wanted, partial(self._fold, by_lead, deadletters), positions)
+        fold_part = partial(self._fold, by_lead, deadletters)
+        fold = await self._write(partition, wanted, fold_part, positions)
         if wait_for_delivery:
             await self.delivery.send(fold.outbox)
         else:

@@ -22,6 +22,7 @@ from tests.harness import (
     WorkerProcess,
     consumer_caught_up,
     eventually,
+    namespace_keys,
     produce,
     purge_redis,
     read_topic,
@@ -37,7 +38,7 @@ async def dump_namespace(settings: Settings) -> dict[bytes, tuple[int, bytes]]:
     client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
     try:
         out = {}
-        async for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000):
+        for key in await namespace_keys(client, settings):
             raw = await client.dump(key)
             if raw is not None:
                 out[key] = (max(await client.pttl(key), 0), raw)

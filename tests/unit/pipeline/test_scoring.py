@@ -77,6 +77,7 @@ class MemoryStore:
 
     async def commit(
         self,
+        partition: int,
         changes: Sequence[tuple[StoredLead, LeadState]],
         outbox: Iterable[OutboxEntry] = (),
         schedule: Iterable[ReminderEntry] = (),
