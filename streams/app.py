@@ -179,17 +179,18 @@ def register_views(worker: Worker, settings: Settings) -> None:
             state, live = await asyncio.wait_for(read_live_lead(lead_id), timeout=5)
         except OUTAGES as exc:
             metrics.dependencies.failed("redis", exc)
+            hint = dependency_hint("redis", exc)
             log.warning(
                 "explain: redis unavailable",
                 lead_id=lead_id,
                 error=type(exc).__name__,
                 detail=str(exc)[:300],
-                hint=dependency_hint("redis"),
+                hint=hint,
             )
             body = {
                 "error": "redis unavailable",
                 "unavailable": "redis",
-                "hint": dependency_hint("redis"),
+                "hint": hint,
                 "lead_id": lead_id,
             }
             return web.json(body, status=503)

@@ -11,9 +11,10 @@ from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError
 
 from streams.core.funnel import PeriodKpis
-from streams.settings import scrub
+from streams.settings import REDIS_LOGIN, scrub
 
 
 def _scrubbing(renderer: structlog.types.Processor) -> structlog.types.Processor:
@@ -281,7 +282,30 @@ class Metrics:
 DEPENDENCY_VARIABLE = {"redis": "LEADFLOW_REDIS_URL", "kafka": "LEADFLOW_KAFKA_BOOTSTRAP"}
 
 
-def dependency_hint(dependency: str) -> str:
+def redis_refusal(error: BaseException | None) -> str | None:
+    """What to fix when Redis answered but refused us (redis-py's AuthenticationError is a
+    ConnectionError: without this it reads as "redis unavailable"); None for anything else."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        user, variable = REDIS_LOGIN["user"], REDIS_LOGIN["variable"]
+        if isinstance(error, AuthenticationError | AuthorizationError):
+            return f"redis refused the credentials for user {user}: check {variable}"
+        if isinstance(error, NoPermissionError):
+            return (
+                f"redis denied a command to user {user} (its ACL): grant it leadflow's keys and "
+                "commands (docs/operations.md)"
+            )
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def dependency_hint(dependency: str, error: BaseException | None = None) -> str:
+    """What an operator checks: the credentials if Redis refused them (`error`), else whether
+    the dependency is reachable at its variable."""
+    refusal = redis_refusal(error) if dependency == "redis" else None
+    if refusal is not None:
+        return refusal
     variable = DEPENDENCY_VARIABLE.get(dependency)
     if variable is None:
         return "check that Redis (LEADFLOW_REDIS_URL) and Kafka (LEADFLOW_KAFKA_BOOTSTRAP) answer"
@@ -293,6 +317,7 @@ class Down:
     since: float
     last_failure: float
     error: str
+    hint: str
 
 
 class DependencyHealth:
@@ -318,14 +343,15 @@ class DependencyHealth:
         if dependency not in DEPENDENCY_VARIABLE:
             return
         now = self.clock()
-        text = f"{type(error).__name__}: {error}"[:300]
+        text = scrub(f"{type(error).__name__}: {error}")[:300]
         if isinstance(error, TimeoutError) and not str(error):
             text = "TimeoutError: no answer in time"
+        hint = dependency_hint(dependency, error)
         down = self._down.get(dependency)
         if down is None or now - down.last_failure > self.forget_after:
-            self._down[dependency] = Down(now, now, text)
+            self._down[dependency] = Down(now, now, text, hint)
         else:
-            down.last_failure, down.error = now, text
+            down.last_failure, down.error, down.hint = now, text, hint
         if self.gauge is not None:
             self.gauge.labels(dependency).set(0)
 
@@ -344,6 +370,6 @@ class DependencyHealth:
             out[dependency] = {
                 "down_for_seconds": round(now - down.since, 1),
                 "error": down.error,
-                "hint": dependency_hint(dependency),
+                "hint": down.hint,
             }
         return out

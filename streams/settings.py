@@ -66,6 +66,9 @@ def url_secrets(url: str) -> tuple[str, ...]:
 # Secrets of the settings loaded in this process: a last line of defence for text leadflow did
 # not write itself (a library's error message) before it is printed or logged.
 _KNOWN_SECRETS: set[str] = set()
+# The Redis login of the settings loaded last in this process: the user, and the variable(s)
+# that configure it; named when Redis refuses it (a password rotated or revoked mid-run).
+REDIS_LOGIN = {"user": "default", "variable": "LEADFLOW_REDIS_URL"}
 # Shorter values are not scrubbed from free text (they would mangle ordinary words).
 MIN_SCRUBBED_SECRET = 4
 
@@ -364,6 +367,16 @@ class Settings(BaseSettings):
         return options
 
     @property
+    def redis_user(self) -> str:
+        """The Redis user logged in as: LEADFLOW_REDIS_USERNAME, the URL's, or `default`."""
+        if self.redis_username is not None:
+            return self.redis_username
+        try:
+            return urlsplit(self.redis_url.get_secret_value()).username or "default"
+        except ValueError:
+            return "default"
+
+    @property
     def redis_credentials_variable(self) -> str:
         """Where the Redis credentials come from, to name in a refusal."""
         if self.redis_password is not None or self.redis_username is not None:
@@ -449,4 +462,5 @@ def load_settings(**overrides: object) -> Settings:
         )
         raise SettingsError(f"invalid configuration: {problems}") from None
     _KNOWN_SECRETS.update(s for s in settings.secrets if len(s) >= MIN_SCRUBBED_SECRET)
+    REDIS_LOGIN.update(user=settings.redis_user, variable=settings.redis_credentials_variable)
     return settings

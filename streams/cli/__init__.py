@@ -27,6 +27,8 @@ app = typer.Typer(
     help="leadflow: real-time lead scoring, MQL handoff and sales SLA watching on Kafka + Redis.",
     no_args_is_help=True,
     rich_markup_mode="rich",
+    # An unexpected error's traceback must never print local variables (settings, passwords).
+    pretty_exceptions_show_locals=False,
 )
 topics_app = typer.Typer(help="Manage leadflow's Kafka topics.", no_args_is_help=True)
 rules_app = typer.Typer(help="Check and inspect rules files.", no_args_is_help=True)

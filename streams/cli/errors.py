@@ -129,7 +129,11 @@ def user_errors(*input_errors: type[Exception]) -> Iterator[None]:
     except TimeoutError as exc:
         raise fail(str(exc), 3) from None
     except Exception as exc:
-        refused = denied(exc)
+        from streams.observability import redis_refusal
+
+        # An ACL refusal, or Redis refusing the credentials after start-up (redis-py's
+        # AuthenticationError is a ConnectionError: not an outage).
+        refused = denied(exc) or redis_refusal(exc)
         if refused is not None:
             raise fail(refused, 2) from None
         message = outage(exc)

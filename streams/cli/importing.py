@@ -1,8 +1,8 @@
 """`leadflow import`: the command around streams.importer, with a progress bar and a summary.
 
-Exit codes: 0 when it ran (even with rejects), 2 for a bad profile, mapping or option, 1 when
-Kafka is unreachable (after waiting up to LEADFLOW_STARTUP_TIMEOUT) or did not accept every
-record.
+Exit codes: 0 when it ran (even with rejects), 2 for a bad profile, mapping or option (or
+credentials the broker refused), 1 when Kafka is unreachable (after waiting up to
+LEADFLOW_STARTUP_TIMEOUT) or did not accept every record.
 """
 
 from __future__ import annotations
@@ -154,6 +154,7 @@ def import_command(
     from streams.core.rules import load_rules
     from streams.importer import MappingError, load_mapping
     from streams.kafka import KafkaUnavailable
+    from streams.startup import ServiceRefused
 
     with user_errors():
         settings = checked_settings()
@@ -169,7 +170,8 @@ def import_command(
             settings=settings,
             known_types=known_types,
         )
-    except MappingError as exc:
+    except (MappingError, ServiceRefused) as exc:
+        # A refused login (wrong SASL password, untrusted CA) is a configuration mistake: 2.
         raise fail(str(exc), 2) from None
     except KafkaUnavailable as exc:
         raise fail(str(exc), 1) from None

@@ -15,10 +15,11 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import structlog
+from aiokafka.errors import KafkaConnectionError
 
 from streams.collector.metrics import CollectorMetrics
 from streams.kafka import KafkaUnavailable, new_producer
-from streams.kafka.topics import kafka_dependency
+from streams.kafka.topics import diagnose, kafka_dependency
 from streams.settings import Settings
 from streams.startup import ServiceRefused, ServiceUnavailable, attempt_line, describe
 
@@ -102,7 +103,7 @@ class KafkaGate:
             except Exception as exc:  # KafkaError, OSError, ...: keep trying
                 await self._stop(producer, within=5)
                 self._set("unavailable", f"cannot reach Kafka: {exc}")
-                await asyncio.sleep(self._starting(exc, backoff))
+                await asyncio.sleep(await self._starting(exc, backoff))
                 return min(backoff * 2, 5.0)
             self._producer = producer
             self.connected_once = True
@@ -119,7 +120,7 @@ class KafkaGate:
         await asyncio.sleep(WATCH_INTERVAL)
         return 0.5
 
-    def _starting(self, exc: BaseException, backoff: float) -> float:
+    async def _starting(self, exc: BaseException, backoff: float) -> float:
         """Before the first connection: log the attempt, give up once the start-up timeout
         passed (or at once when Kafka refused the credentials); the wait before the next one."""
         if self.connected_once or self.startup_failure is not None:
@@ -127,7 +128,12 @@ class KafkaGate:
         self.attempts += 1
         remaining = self._startup_deadline - asyncio.get_running_loop().time()
         reason = describe(exc)
-        if isinstance(exc, self.dependency.refusals):
+        # aiokafka's bootstrap says only "Unable to bootstrap" when the broker refused the SASL
+        # login or the TLS handshake: ask why, as the other commands' start-up does.
+        refusal = await diagnose(self.settings) if isinstance(exc, KafkaConnectionError) else None
+        if refusal is not None:
+            self._give_up(ServiceRefused(refusal))
+        elif isinstance(exc, self.dependency.refusals):
             self._give_up(
                 ServiceRefused(
                     f"Kafka at {self.settings.kafka_bootstrap} refused the connection ({reason}); "

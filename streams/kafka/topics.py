@@ -17,6 +17,7 @@ from aiokafka.errors import (
     KafkaConnectionError,
     SaslAuthenticationFailed,
     UnsupportedSaslMechanismError,
+    for_code,
 )
 
 from streams.kafka.options import client_options
@@ -206,7 +207,9 @@ async def create_topics(
     for name in names:
         code = errors.get(name, TOPIC_ALREADY_EXISTS if name in existing else 0)
         if code not in (0, TOPIC_ALREADY_EXISTS):
-            raise RuntimeError(f"could not create topic {name}: Kafka error code {code}")
+            # The broker's own error (TopicAuthorizationFailedError for an ACL refusal, which
+            # the CLI turns into one line naming what to fix), not a bare code.
+            raise for_code(code)(f"could not create topic {name}")
         count = partitions.get(name, 0)
         note = ""
         if code == TOPIC_ALREADY_EXISTS and count != settings.topic_partitions:

@@ -24,7 +24,13 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from streams.kafka import KafkaUnavailable
-from streams.observability import DEPENDENCY_VARIABLE, Metrics, dependency_hint, log
+from streams.observability import (
+    DEPENDENCY_VARIABLE,
+    Metrics,
+    dependency_hint,
+    log,
+    redis_refusal,
+)
 
 T = TypeVar("T")
 
@@ -98,12 +104,13 @@ class Retrying:
                 dependencies.failed(operation, exc)
                 if _single_attempt.get():
                     raise Unavailable(operation, exc) from exc
+                refused = redis_refusal(exc) if operation == "redis" else None
                 log.error(
-                    f"{operation} unavailable; retrying",
+                    f"{refused or f'{operation} unavailable'}; retrying",
                     error=repr(exc),
                     detail=str(exc)[:300],
                     retry_in_seconds=delay,
-                    hint=dependency_hint(operation),
+                    hint=dependency_hint(operation, exc),
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_delay)
@@ -178,9 +185,11 @@ class Ticks:
         new_kind = type(cause) not in self._tracebacks
         if outage and (first or now - self._last_logged >= self.repeat_every):
             self._last_logged = now
+            refused = redis_refusal(cause) if dependency == "redis" else None
             log.warning(
-                f"{self.task}: {dependency} unavailable; skipped, the next tick tries again",
-                hint=dependency_hint(dependency),
+                f"{self.task}: {refused or f'{dependency} unavailable'}; skipped, the next tick "
+                "tries again",
+                hint=dependency_hint(dependency, cause),
                 **fields,
             )
         elif not outage and (new_kind or now - self._last_logged >= self.repeat_every):

@@ -32,44 +32,18 @@ from tests.harness import (
     read_topic,
     wait_for,
 )
+from tests.secured import KAFKA_SECURE_PREFIX, up_secure_kafka
 
 pytestmark = pytest.mark.integration
 
-STACK_DIR = Path(os.environ.get("LEADFLOW_STACK_DIR", ROOT / "ops" / ".run"))
-SECURE_DIR = STACK_DIR / "kafka-secure"
-PREFIX = "secure"  # KAFKA_SECURE_NAMESPACE: the worker principal's topics and groups
-
-
-def read_env(path: Path) -> dict[str, str]:
-    out = {}
-    for line in path.read_text().splitlines():
-        if line and not line.startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            out[key] = value
-    return out
+PREFIX = KAFKA_SECURE_PREFIX  # the worker principal's topics and groups
 
 
 @pytest.fixture(scope="session")
 def secure_env() -> dict[str, dict[str, str]]:
     """`ops/stack up kafka-secure` (idempotent: reuses a running one); the client settings of
     the admin and of the worker principal."""
-    try:
-        done = subprocess.run(
-            [str(ROOT / "ops" / "stack"), "up", "kafka-secure"],
-            capture_output=True,
-            text=True,
-            timeout=180,
-            env={**os.environ, "LEADFLOW_STACK_DIR": str(STACK_DIR)},
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("`ops/stack up kafka-secure` did not finish within 180 s", pytrace=False)
-    if done.returncode != 0:
-        pytest.fail(
-            f"`ops/stack up kafka-secure` failed ({done.returncode}):\n"
-            f"{done.stdout}\n{done.stderr}",
-            pytrace=False,
-        )
-    return {who: read_env(SECURE_DIR / f"{who}.env") for who in ("admin", "leadflow")}
+    return up_secure_kafka()
 
 
 def settings_for(env: dict[str, str], namespace: str, **overrides: object) -> Settings:

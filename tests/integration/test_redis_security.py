@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,59 +23,18 @@ from streams.core.lead import LeadState
 from streams.core.rules import load_rules
 from streams.settings import Settings
 from streams.store import StoredLead
-from tests.harness import ROOT, TEST_RULES, fresh_settings, namespace_keys
+from tests.harness import ROOT, TEST_RULES, namespace_keys
+from tests.secured import SecureRedis, up_secure_redis
 
 pytestmark = pytest.mark.integration
 
 WRONG_PASSWORD = "Wr0ng-Passw0rd-4242"
 
 
-@dataclass(frozen=True)
-class SecureRedis:
-    url: str  # rediss://127.0.0.1:PORT/0
-    port: int
-    user: str
-    password: str
-    tls: Path  # ca.crt, client.crt, client.key
-
-    def variables(self, **overrides: str) -> dict[str, str]:
-        """The LEADFLOW_* variables (without the prefix) of a client that does it right."""
-        return {
-            "REDIS_URL": self.url,
-            "REDIS_USERNAME": self.user,
-            "REDIS_PASSWORD": self.password,
-            "REDIS_SSL_CAFILE": str(self.tls / "ca.crt"),
-            "REDIS_SSL_CERTFILE": str(self.tls / "client.crt"),
-            "REDIS_SSL_KEYFILE": str(self.tls / "client.key"),
-            **overrides,
-        }
-
-    def settings(self, **overrides: str) -> Settings:
-        return fresh_settings(**{k.lower(): v for k, v in self.variables(**overrides).items()})
-
-
 @pytest.fixture(scope="session")
 def secure_redis() -> SecureRedis:
     """Start (or reuse) the secured Redis with ops/stack; fail, never skip, if it cannot run."""
-    try:
-        done = subprocess.run(
-            ["bash", str(ROOT / "ops" / "stack"), "up", "redis-secure"],
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("`ops/stack up redis-secure` did not finish within 90 s", pytrace=False)
-    if done.returncode != 0:
-        pytest.fail(
-            f"`ops/stack up redis-secure` failed ({done.returncode}):\n{done.stdout}{done.stderr}",
-            pytrace=False,
-        )
-    stack = Path(os.environ.get("LEADFLOW_STACK_DIR") or ROOT / "ops" / ".run") / "redis-secure"
-    user = os.environ.get("REDIS_SECURE_USER", "leadflow")
-    port = int(os.environ.get("REDIS_TLS_PORT", "16380"))
-    password = (stack / f"{user}.password").read_text()
-    return SecureRedis(f"rediss://127.0.0.1:{port}/0", port, user, password, stack / "tls")
+    return up_secure_redis()
 
 
 @pytest.fixture
