@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.bootstrap import open_store
 from streams.kafka import client_options, create_topics
 from streams.settings import Settings, load_settings
 from streams.store.redis_store import Keys
@@ -157,6 +158,20 @@ async def ensure_topics(settings: Settings) -> None:
     await create_topics(settings)
 
 
+async def drop_topics(settings: Settings) -> None:
+    """Delete the namespace's topics once a test is done: a broker that keeps every test's
+    topics runs out of file descriptors after a few thousand (one suite run makes ~900)."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        listed = set(await admin.list_topics())
+        mine = [t for t in settings.all_topics if t in listed]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()
+
+
 async def produce(
     settings: Settings, records: list[tuple[bytes | None, bytes]], topic: str | None = None
 ) -> None:
@@ -253,6 +268,11 @@ async def wait_for_handoffs(settings: Settings, handoff_ids: set[str], within: f
     await eventually(delivered, within, "every expected handoff on the topic")
 
 
+def redis_client(settings: Settings) -> aioredis.Redis:
+    """A client of the settings' Redis as leadflow opens it (a cluster client in cluster mode)."""
+    return open_store(settings).redis
+
+
 async def namespace_keys(client: aioredis.Redis, settings: Settings) -> list[bytes]:
     """Every Redis key of the settings' namespace (the tagged ones and the layout record)."""
     keys = Keys(settings.redis_prefix, settings.topic_partitions)
@@ -262,7 +282,7 @@ async def namespace_keys(client: aioredis.Redis, settings: Settings) -> list[byt
 
 
 async def purge_redis(settings: Settings) -> None:
-    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
+    client = redis_client(settings)
     try:
         keys = await namespace_keys(client, settings)
         for i in range(0, len(keys), 500):

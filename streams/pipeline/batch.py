@@ -159,6 +159,7 @@ class BatchResult:
     deadletters: list[DeadLetter] = field(default_factory=list)
     outputs: list[BaseModel] = field(default_factory=list)
     latest: list[EngagementEvent] = field(default_factory=list)  # each partition's last event
+    rerouted: list[OutboxEntry] = field(default_factory=list)  # records sent to their lead's
 
     def of_type(self, kind: type[T]) -> list[T]:
         return [o for o in self.outputs if isinstance(o, kind)]
@@ -169,6 +170,7 @@ class BatchResult:
         self.deadletters += other.deadletters
         self.outputs += other.outputs
         self.latest += other.latest
+        self.rerouted += other.rerouted
         return self
 
 
@@ -201,6 +203,24 @@ async def each_partition(
 
 def wall_clock_now() -> datetime:
     return datetime.now(UTC)
+
+
+REROUTED_FROM = "leadflow.rerouted.from"
+
+
+def reroute_entry(rec: InRecord, lead_id: str) -> OutboxEntry:
+    """A record on another partition than its lead's (its producer used another partitioner
+    than Kafka's default murmur2, e.g. librdkafka's default CRC32): sent again to its topic,
+    keyed by the lead id, by leadflow's producer, whose default partitioner puts it on the
+    lead's partition. On Redis Cluster a
+    partition's batch can only touch its own hash slot; the lead's own partition scores it
+    (a re-sent record counts once: its id is the dedupe key). Written with the batch's offsets
+    through the outbox, like any output."""
+    output_id = f"rr:{rec.topic}:{rec.partition}:{rec.offset}"
+    origin = f"{rec.partition}:{rec.offset}".encode()
+    return OutboxEntry(
+        rec.partition, output_id, rec.topic, lead_id.encode(), rec.value, ((REROUTED_FROM, origin),)
+    )
 
 
 def deadletter_entry(d: DeadLetter, topic: str) -> OutboxEntry:
@@ -343,6 +363,29 @@ class BatchWriter:
                 reason=t.reason,
                 missing_bant=t.missing_bant or None,
             )
+
+    def elsewhere(self, rec: InRecord, lead_id: str, result: BatchResult) -> bool:
+        """On Redis Cluster, a record whose lead belongs to another partition is re-routed there
+        (`reroute_entry`) instead of being scored here; on one Redis any partition may write
+        any lead (the version check keeps two writers apart)."""
+        if not self.settings.redis_cluster or self.store.keys.partition(lead_id) == rec.partition:
+            return False
+        result.rerouted.append(reroute_entry(rec, lead_id))
+        return True
+
+    def _observe_rerouted(self, result: BatchResult) -> None:
+        if not result.rerouted:
+            return
+        self.metrics.rerouted.inc(len(result.rerouted))
+        first = result.rerouted[0]
+        log.warning(
+            "records found on another partition than their lead's re-sent there; produce "
+            "with Kafka's default partitioner (murmur2 of the lead id; librdkafka: "
+            "partitioner=murmur2_random) to avoid the detour",
+            records=len(result.rerouted),
+            topic=first.topic,
+            partition=first.partition,
+        )
 
     def _observe_deadletters(self, deadletters: list[DeadLetter]) -> None:
         for d in deadletters:

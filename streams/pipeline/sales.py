@@ -63,18 +63,21 @@ class SalesService(BatchWriter):
                 result.deadletters.append(parsed)
             else:
                 assert isinstance(parsed, MqlHandoff | SalesActivity)
-                by_lead[parsed.lead_id].append((parsed, rec.partition))
+                if not self.elsewhere(rec, parsed.lead_id, result):
+                    by_lead[parsed.lead_id].append((parsed, rec.partition))
 
         now = self.now()
         wanted = {lead: [_mark(i) for i, _ in items] for lead, items in by_lead.items()}
         deadletters = [deadletter_entry(d, self.settings.deadletter) for d in result.deadletters]
-        fold = await self._write(partition, wanted, partial(self._fold, by_lead, deadletters, now))
+        fold_part = partial(self._fold, by_lead, deadletters + result.rerouted, now)
+        fold = await self._write(partition, wanted, fold_part)
         await self.delivery.send(fold.outbox)
         self._observe_clocks(fold)
         result.counted = fold.counted
         result.duplicates = sum(len(items) for items in by_lead.values()) - fold.counted
         result.outputs = fold.outputs
         self._observe_deadletters(result.deadletters)
+        self._observe_rerouted(result)
         self._observe_transitions(result)
         self.metrics.sales_inputs.inc(result.counted)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)

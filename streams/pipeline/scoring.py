@@ -60,7 +60,7 @@ class ScoringService(BatchWriter):
         by_lead = self._parse(records, result)
         wanted = {lead: [e.event_id for e, _ in items] for lead, items in by_lead.items()}
         deadletters = [deadletter_entry(d, self.settings.deadletter) for d in result.deadletters]
-        fold_part = partial(self._fold, by_lead, deadletters)
+        fold_part = partial(self._fold, by_lead, deadletters + result.rerouted)
         fold = await self._write(partition, wanted, fold_part, positions)
         if wait_for_delivery:
             await self.delivery.send(fold.outbox)
@@ -84,7 +84,7 @@ class ScoringService(BatchWriter):
             parsed = parse_engagement(rec.key, rec.value, where, known_types, max_bytes)
             if isinstance(parsed, DeadLetter):
                 result.deadletters.append(parsed)
-            else:
+            elif not self.elsewhere(rec, parsed.lead_id, result):
                 by_lead[parsed.lead_id].append((parsed, rec.partition))
                 latest[rec.partition] = parsed
         # The event lag gauge reads the newest of each partition's last events: comparing every
@@ -123,6 +123,7 @@ class ScoringService(BatchWriter):
         m.events.labels("scored").inc(result.counted)
         m.events.labels("duplicate").inc(result.duplicates)
         self._observe_deadletters(result.deadletters)
+        self._observe_rerouted(result)
         handoffs = result.of_type(MqlHandoff)
         m.handoffs.inc(len(handoffs))
         self._observe_transitions(result)

@@ -54,10 +54,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemas.alert import SlaAlert
 from schemas.handoff import MqlHandoff
 from schemas.lifecycle import LifecycleTransition
+from streams.bootstrap import open_store
 from streams.core.rules import load_rules
 from streams.jobs.sample import SampleRecord, generate
 from streams.settings import Settings
-from streams.store import LeadStore
 from tests.faultproxy import FaultProxy
 from tests.harness import (
     Consumed,
@@ -305,7 +305,7 @@ async def assert_scoring_exact(rig: Rig, records: list[SampleRecord]) -> int:
     rules = load_rules(s.rules)
     expected = expected_outcome(records, rules, s)
     await wait_for_handoffs(s, set(expected.handoffs), within=120)
-    store = LeadStore.from_url(s.redis_url, s.redis_prefix, s.engagement, 3600)
+    store = open_store(s)
     try:
         stored = await store.read_all_leads()
 
@@ -416,7 +416,7 @@ async def sales_phase(rig: Rig, fault: Fault, historic_handoffs: int) -> None:
         "clock:sql_follow_up:met": sqls,
         "breach_owner:-": breaches,
     }
-    store = LeadStore.from_url(s.redis_url, s.redis_prefix, s.engagement, 60)
+    store = open_store(s)
     try:
         today = t0.date()
         days = [today - timedelta(days=d) for d in range(-1, 45)]
@@ -565,7 +565,7 @@ async def test_redis_restored_older_replays_exactly(make_rig: MakeRig, run: int)
 
     async def replayed() -> bool:
         assert_alive(rig)
-        store = LeadStore.from_url(s.redis_url, s.redis_prefix, s.engagement, 60)
+        store = open_store(s)
         try:
             stored = await store.read_all_leads()
         finally:

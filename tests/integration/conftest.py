@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from streams.kafka import wait_for_kafka
 from streams.settings import Settings
-from tests.harness import WorkerProcess, ensure_topics, fresh_settings, purge_redis
+from tests.harness import WorkerProcess, drop_topics, ensure_topics, fresh_settings, purge_redis
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +45,7 @@ async def settings(services: None) -> AsyncIterator[Settings]:
     await ensure_topics(s)
     yield s
     await purge_redis(s)
+    await drop_topics(s)
 
 
 @pytest.fixture

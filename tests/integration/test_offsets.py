@@ -11,7 +11,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from schemas.handoff import MqlHandoff
 from streams.bootstrap import open_store
@@ -26,6 +25,7 @@ from tests.harness import (
     produce,
     purge_redis,
     read_topic,
+    redis_client,
     wait_for_handoffs,
 )
 from tests.oracle import comparable, expected_outcome, reference_disagreements
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 
 async def dump_namespace(settings: Settings) -> dict[bytes, tuple[int, bytes]]:
     """DUMP every key of the namespace, as a backup or an async replica would hold it."""
-    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
+    client = redis_client(settings)
     try:
         out = {}
         for key in await namespace_keys(client, settings):
@@ -50,7 +50,7 @@ async def dump_namespace(settings: Settings) -> dict[bytes, tuple[int, bytes]]:
 async def restore_namespace(settings: Settings, dump: dict[bytes, tuple[int, bytes]]) -> None:
     """Put the namespace back exactly as dumped: newer keys go, older values come back."""
     await purge_redis(settings)
-    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
+    client = redis_client(settings)
     try:
         for key, (ttl, raw) in dump.items():
             await client.restore(key, ttl, raw, replace=True)

@@ -10,10 +10,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.deadletter import DeadLetterHeaders
 from schemas.handoff import MqlHandoff
+from streams.bootstrap import open_store
 from streams.core.rules import load_rules
 from streams.jobs.sample import generate
 from streams.settings import Settings
-from streams.store import LeadStore
 from tests.harness import (
     WorkerProcess,
     consumer_caught_up,
@@ -52,7 +52,7 @@ async def test_redis_scores_and_handoffs_equal_the_core_over_10k_events(
     )
 
     # Scores in Redis are what the core computes over the same events.
-    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 3600)
+    store = open_store(settings)
     try:
         stored = await store.read_all_leads()
     finally:
@@ -105,7 +105,7 @@ async def test_a_valid_event_after_a_bad_one_is_scored(
     await worker.wait_ready()
     await eventually(lambda: consumer_caught_up(settings), 60, "both records to be committed")
 
-    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 3600)
+    store = open_store(settings)
     try:
         state = await store.read_lead(lead)
     finally:
