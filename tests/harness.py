@@ -173,14 +173,18 @@ async def drop_topics(settings: Settings) -> None:
 
 
 async def produce(
-    settings: Settings, records: list[tuple[bytes | None, bytes]], topic: str | None = None
+    settings: Settings,
+    records: list[tuple[bytes | None, bytes]],
+    topic: str | None = None,
+    partition: int | None = None,
 ) -> None:
-    """Produce (key, value) records to a topic (default: the engagement topic), acks=all."""
+    """Produce (key, value) records to a topic (default: the engagement topic), acks=all; to
+    one `partition`, as a producer with another partitioner than Kafka's default would."""
     producer = AIOKafkaProducer(**client_options(settings), acks="all", linger_ms=10)
     await producer.start()
     try:
         futures = [
-            await producer.send(topic or settings.engagement, value, key=key)
+            await producer.send(topic or settings.engagement, value, key=key, partition=partition)
             for key, value in records
         ]
         await asyncio.gather(*futures)

@@ -43,7 +43,7 @@ from tests.harness import (
     wait_for,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 LEAD = "lead-explain"
 PROFILE = {"industry": "software", "seniority": "vp", "company_size": 500}  # fit 20 + 20 + 15

@@ -30,7 +30,7 @@ from tests.harness import (
 )
 from tests.oracle import comparable, expected_outcome, reference_disagreements
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 
 async def dump_namespace(settings: Settings) -> dict[bytes, tuple[int, bytes]]:

@@ -33,7 +33,7 @@ from tests.harness import (
 )
 from tests.oracle import expected_outcome
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 SCORING = (
     "attributes",

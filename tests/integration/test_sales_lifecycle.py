@@ -27,7 +27,7 @@ from tests.harness import (
     wait_for,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 
 def alerts_of(records: list[Consumed]) -> list[SlaAlert]:

@@ -36,7 +36,7 @@ from tests.harness import (
     wait_for,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 PASS = {"budget": True, "authority": True, "need": True, "timeframe": False}
 FAIL = {"budget": False, "authority": False, "need": True, "timeframe": False}
