@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.engagement import EngagementEvent
 from schemas.handoff import MqlHandoff
-from streams.bootstrap import open_store
+from streams.bootstrap import check_layout, open_store
 from streams.core.kpi import KpiCount
 from streams.core.lead import LeadState, apply_all
 from streams.core.rescore import rescore_lead, take_sales_side
@@ -76,6 +76,7 @@ class Rescore:
         started = time.monotonic()
         s = self.summary
         try:
+            await check_layout(self.live, self.settings)
             generation = await self.live.active_generation()
             if generation.state != "active":
                 raise RescoreError(

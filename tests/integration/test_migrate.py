@@ -30,9 +30,10 @@ import redis.asyncio as aioredis
 from schemas.handoff import MqlHandoff
 from streams.bootstrap import open_store
 from streams.core.rules import load_rules
-from streams.jobs.sample import generate
+from streams.jobs.sample import SampleRecord, generate
 from streams.settings import Settings
 from streams.store import OutboxEntry
+from streams.store.redis_store import partition_of
 from tests.harness import (
     ROOT,
     TEST_RULES,
@@ -52,6 +53,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 SINGLE_REDIS = os.environ.get("LEADFLOW_TEST_SINGLE_REDIS_URL", "redis://127.0.0.1:6379/0")
 SERIES = ("first_contact_seconds",)
+LIVE = [f"mig-{i}" for i in range(6)]
 
 
 def leadflow(args: list[str], settings: Settings, **env: str) -> subprocess.CompletedProcess[str]:
@@ -157,36 +159,47 @@ def slow_sla_settings(settings: Settings, tmp_path: Path) -> Settings:
     return settings.model_copy(update={"rules": rules})
 
 
+async def play_first_part(
+    settings: Settings, workers: list[WorkerProcess], tmp_path: Path, history: list[SampleRecord]
+) -> set[str]:
+    """A worker scores `history` and 6 live leads qualify now (3 contacted, 3 with an open
+    reminder), then stops: the ids of the live leads' handoffs."""
+    now = datetime.now(UTC)
+    worker = WorkerProcess(settings, tmp_path / "before.log").start()
+    workers.append(worker)
+    await worker.wait_ready()
+    await produce(settings, [(r.key, r.value) for r in history])
+    await produce(settings, [rec for lead in LIVE for rec in qualifying(lead, now)])
+    handed = await wait_for(
+        settings,
+        settings.handoff,
+        lambda rs: {MqlHandoff.model_validate_json(r.value).lead_id for r in rs} >= set(LIVE),
+        within=60,
+    )
+    # Half the live leads are contacted (clock met, a KPI sample); the rest keep a reminder.
+    contacts = [activity(lead, "c1", "contacted", now, owner="sato") for lead in LIVE[:3]]
+    await produce(settings, contacts, topic=settings.activity)
+    await eventually(lambda: consumer_caught_up(settings, INPUTS(settings)), 60, "a catch-up")
+    worker.stop()
+    return {
+        h.handoff_id
+        for h in (MqlHandoff.model_validate_json(r.value) for r in handed)
+        if h.lead_id in LIVE
+    }
+
+
+def INPUTS(settings: Settings) -> tuple[str, ...]:
+    return (settings.engagement, settings.handoff, settings.activity)
+
+
 async def test_migrate_moves_the_old_layout_and_the_worker_carries_on(
     slow_sla_settings: Settings, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
     settings = slow_sla_settings
-    now = datetime.now(UTC)
     history = generate(leads=150, events=1500, seed=61, duplicate_every=30, invalid_every=300)
     first, second = history[:900], history[900:]
-    live = [f"mig-{i}" for i in range(6)]
-    worker = WorkerProcess(settings, tmp_path / "before.log").start()
-    workers.append(worker)
-    await worker.wait_ready()
-    await produce(settings, [(r.key, r.value) for r in first])
-    await produce(settings, [rec for lead in live for rec in qualifying(lead, now)])
-    handed = await wait_for(
-        settings,
-        settings.handoff,
-        lambda rs: {MqlHandoff.model_validate_json(r.value).lead_id for r in rs} >= set(live),
-        within=60,
-    )
-    live_ids = {
-        h.handoff_id
-        for h in (MqlHandoff.model_validate_json(r.value) for r in handed)
-        if h.lead_id in live
-    }
-    # Half the live leads are contacted (clock met, a KPI sample); the rest keep a reminder.
-    contacts = [activity(lead, "c1", "contacted", now, owner="sato") for lead in live[:3]]
-    await produce(settings, contacts, topic=settings.activity)
-    inputs = (settings.engagement, settings.handoff, settings.activity)
-    await eventually(lambda: consumer_caught_up(settings, inputs), 60, "the worker to catch up")
-    worker.stop()
+    live_ids = await play_first_part(settings, workers, tmp_path, first)
+    inputs = INPUTS(settings)
 
     # An output written but not yet delivered when the workers were stopped.
     store = open_store(settings)
@@ -197,7 +210,7 @@ async def test_migrate_moves_the_old_layout_and_the_worker_carries_on(
     await store.close()
 
     before = await snapshot(settings)
-    assert len(before["leads"]) == 150 + len(live)
+    assert len(before["leads"]) == 150 + len(LIVE)
     assert len(before["reminders"]) == 3 and before["kpis"] and before["durations"]
 
     old_url = SINGLE_REDIS if settings.redis_cluster else settings.redis_url.get_secret_value()
@@ -253,3 +266,39 @@ async def test_migrate_moves_the_old_layout_and_the_worker_carries_on(
     # Every handoff once: the history's (the oracle's) and the live leads'; none re-sent.
     ids = [MqlHandoff.model_validate_json(r.value).handoff_id for r in records if r.key != b"mig-x"]
     assert sorted(ids) == sorted(set(expected.handoffs) | live_ids)
+
+
+async def test_migrate_from_another_partition_count_moves_each_lead_to_its_new_partition(
+    slow_sla_settings: Settings, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    """Partitions were added to the topics (8 -> 12): each lead and each of its reminders now
+    belongs to the partition Kafka's default partitioner gives its id among 12."""
+    settings = slow_sla_settings
+    history = generate(leads=120, events=800, seed=62, duplicate_every=30)
+    await play_first_part(settings, workers, tmp_path, history)
+    before = await snapshot(settings)
+    wider = settings.model_copy(update={"topic_partitions": 12})
+
+    refused = leadflow(["explain", "mig-0"], wider, LEADFLOW_TOPIC_PARTITIONS="12")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "--from-partitions 8" in refused.stderr and "Traceback" not in refused.stderr
+    moved = leadflow(
+        ["migrate", "--yes", "--from-partitions", "8"], wider, LEADFLOW_TOPIC_PARTITIONS="12"
+    )
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+
+    after = await snapshot(wider)
+    # Read with 12 partitions, every lead is where its id says, with the same bytes; reminders,
+    # KPIs, outputs and the generation are the same; the 8 old offsets stay with their partitions.
+    assert after["leads"] == before["leads"]
+    for key in ("reminders", "kpis", "durations", "outbox", "generation"):
+        assert after[key] == before[key], key
+    assert after["offsets"] == {**before["offsets"], 8: None, 9: None, 10: None, 11: None}
+    client = redis_client(wider)
+    try:
+        lead_keys = [k async for k in client.scan_iter(match=f"{{{wider.redis_prefix}p*}}:lead:*")]
+    finally:
+        await client.aclose()
+    assert len(lead_keys) == len(before["leads"])  # none left behind under its old partition
+    moved_leads = [x for x in before["leads"] if partition_of(x, 8) != partition_of(x, 12)]
+    assert moved_leads  # the test moves some
