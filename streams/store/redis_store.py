@@ -11,6 +11,7 @@ import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
+from functools import lru_cache
 from importlib.resources import files
 from typing import Any
 
@@ -154,9 +155,11 @@ class Generation:
 LAYOUT_VERSION = 2
 
 
+@lru_cache(maxsize=1 << 18)
 def partition_of(lead_id: str, partitions: int) -> int:
     """The input partition a lead's records land on: Kafka's default partitioner (murmur2 of
-    the key, as the Java client, aiokafka and Kafka Connect compute it) over `partitions`."""
+    the key, as the Java client, aiokafka and Kafka Connect compute it) over `partitions`.
+    Cached: murmur2 in Python costs ~3.4 us, a lookup ~0.1 us, and hot leads recur."""
     return int(murmur2(lead_id.encode()) & 0x7FFFFFFF) % partitions
 
 

@@ -25,9 +25,10 @@ def services() -> None:
         try:
             await client.ping()
         except Exception as exc:
+            start = "`ops/stack up redis-cluster`" if settings.redis_cluster else "`ops/stack up`"
             raise TimeoutError(
                 f"Redis at {settings.redis_url} is not answering ({exc!r}); start it with "
-                "`ops/stack up` or set LEADFLOW_REDIS_URL"
+                f"{start} or set LEADFLOW_REDIS_URL"
             ) from exc
         finally:
             await client.aclose()
