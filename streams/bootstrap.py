@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from streams.core.rules import Rules, load_rules, parse_rules
 from streams.observability import log
-from streams.settings import Settings, load_settings
+from streams.settings import Settings, SettingsError, load_settings
 from streams.startup import Dependency, Misconfigured, Say, speaks_tls, wait_for_all
 from streams.store import Generation, LeadStore
 
@@ -39,6 +39,8 @@ def open_store(settings: Settings, cache_leads: int = 0) -> LeadStore:
         dedupe_ttl_seconds=settings.dedupe_ttl_days * 86400,
         cache_leads=cache_leads,
         options=settings.redis_options(),
+        partitions=settings.topic_partitions,
+        cluster=settings.redis_cluster,
     )
 
 
@@ -133,11 +135,57 @@ class LiveRules:
         return generation.rules is not None and generation.rules_version != self.rules_file.version
 
 
+LEGACY_LAYOUT = (
+    "Redis holds leadflow data in the layout before 0.9 (keys '{prefix}lead:<id>', no hash "
+    'tags): stop every worker and run `leadflow migrate` once (docs/operations.md, "Redis key '
+    'layout")'
+)
+
+
+async def check_layout(store: LeadStore, settings: Settings, claim: bool = False) -> None:
+    """The namespace's keys follow this layout and partition count; with `claim` (the worker),
+    an empty namespace is marked with them. A SettingsError names what to do otherwise."""
+    layout = await store.read_layout()
+    prefix = settings.redis_prefix
+    if not layout:
+        # Before 0.9 the one generation record was '<prefix>generation' (untagged).
+        if await store.redis.exists(f"{prefix}generation"):
+            raise SettingsError(LEGACY_LAYOUT.format(prefix=prefix))
+        if claim:
+            await store.write_layout()
+        return
+    stored = int(layout.get("partitions", 0))
+    if stored != settings.topic_partitions:
+        raise SettingsError(
+            f"Redis holds this namespace's leads laid out for {stored} partitions, but "
+            f"LEADFLOW_TOPIC_PARTITIONS is {settings.topic_partitions}: set it to {stored}, or "
+            f"move the leads with `leadflow migrate --from-partitions {stored}` after adding "
+            'partitions to the topics (docs/operations.md, "Redis key layout")'
+        )
+
+
+async def check_input_partitions(settings: Settings) -> None:
+    """The input topics have LEADFLOW_TOPIC_PARTITIONS partitions each: a lead's records, its
+    handoffs and its sales activities share one partition number, and its Redis keys that
+    partition's hash slot."""
+    from streams.kafka.topics import topic_partitions
+
+    for topic in (settings.engagement, settings.handoff, settings.activity):
+        count = len(await topic_partitions(settings, topic))
+        if count != settings.topic_partitions:
+            raise SettingsError(
+                f"topic {topic} has {count} partitions, LEADFLOW_TOPIC_PARTITIONS says "
+                f"{settings.topic_partitions}: the input topics must all have that many "
+                '(set the variable to the topics\' count; docs/operations.md, "Redis key layout")'
+            )
+
+
 async def live_generation(settings: Settings, rules: Rules) -> tuple[int, Rules]:
     """The generation to work on and its rules. The first worker records its rules; after a
     `leadflow rescore` the rescored generation's rules win over a stale rules file."""
     store = open_store(settings)
     try:
+        await check_layout(store, settings, claim=True)
         generation = await store.ensure_generation(
             rules.version, rules.model_dump(mode="json", by_alias=True)
         )

@@ -117,6 +117,12 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.rerouted = Counter(
+            "leadflow_rerouted_records",
+            "Records re-sent to their lead's partition (Redis Cluster; their producer used "
+            "another partitioner than Kafka's default).",
+            registry=r,
+        )
         self.deadletters = Counter(
             "leadflow_deadletters",
             "Records sent to the dead-letter topic, by error kind.",

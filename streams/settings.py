@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     redis_ssl_cafile: Path | None = None
     redis_ssl_certfile: Path | None = None
     redis_ssl_keyfile: Path | None = None
+    # LEADFLOW_REDIS_URL is any node of a Redis Cluster (redis-py's cluster client finds the
+    # others). The key layout is the same in both modes (docs/operations.md "Redis key layout").
+    redis_cluster: bool = False
     rules: Path = DEFAULT_RULES
     namespace: str = Field(
         default="",

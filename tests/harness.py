@@ -27,8 +27,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.bootstrap import open_store
 from streams.kafka import client_options, create_topics
 from streams.settings import Settings, load_settings
+from streams.store.redis_store import Keys
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_RULES = ROOT / "tests" / "data" / "rules.yaml"
@@ -156,15 +158,33 @@ async def ensure_topics(settings: Settings) -> None:
     await create_topics(settings)
 
 
+async def drop_topics(settings: Settings) -> None:
+    """Delete the namespace's topics once a test is done: a broker that keeps every test's
+    topics runs out of file descriptors after a few thousand (one suite run makes ~900)."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        listed = set(await admin.list_topics())
+        mine = [t for t in settings.all_topics if t in listed]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()
+
+
 async def produce(
-    settings: Settings, records: list[tuple[bytes | None, bytes]], topic: str | None = None
+    settings: Settings,
+    records: list[tuple[bytes | None, bytes]],
+    topic: str | None = None,
+    partition: int | None = None,
 ) -> None:
-    """Produce (key, value) records to a topic (default: the engagement topic), acks=all."""
+    """Produce (key, value) records to a topic (default: the engagement topic), acks=all; to
+    one `partition`, as a producer with another partitioner than Kafka's default would."""
     producer = AIOKafkaProducer(**client_options(settings), acks="all", linger_ms=10)
     await producer.start()
     try:
         futures = [
-            await producer.send(topic or settings.engagement, value, key=key)
+            await producer.send(topic or settings.engagement, value, key=key, partition=partition)
             for key, value in records
         ]
         await asyncio.gather(*futures)
@@ -252,10 +272,23 @@ async def wait_for_handoffs(settings: Settings, handoff_ids: set[str], within: f
     await eventually(delivered, within, "every expected handoff on the topic")
 
 
+def redis_client(settings: Settings) -> aioredis.Redis:
+    """A client of the settings' Redis as leadflow opens it (a cluster client in cluster mode)."""
+    return open_store(settings).redis
+
+
+async def namespace_keys(client: aioredis.Redis, settings: Settings) -> list[bytes]:
+    """Every Redis key of the settings' namespace (the tagged ones and the layout record)."""
+    keys = Keys(settings.redis_prefix, settings.topic_partitions)
+    return [
+        k for pattern in keys.namespace_patterns() async for k in client.scan_iter(match=pattern)
+    ]
+
+
 async def purge_redis(settings: Settings) -> None:
-    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
+    client = redis_client(settings)
     try:
-        keys = [k async for k in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000)]
+        keys = await namespace_keys(client, settings)
         for i in range(0, len(keys), 500):
             await client.delete(*keys[i : i + 500])
     finally:

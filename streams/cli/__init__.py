@@ -14,6 +14,7 @@ from streams.cli.demo import demo_command
 from streams.cli.explain import explain_command
 from streams.cli.handoffs import handoffs_command
 from streams.cli.importing import import_command
+from streams.cli.migrate import migrate_command
 from streams.cli.produce import produce_command
 from streams.cli.report import report_command
 from streams.cli.rescore import rescore_command
@@ -56,6 +57,7 @@ app.command("demo")(demo_command)
 app.command("report")(report_command)
 app.command("rescore")(rescore_command)
 app.command("backtest")(backtest_command)
+app.command("migrate")(migrate_command)
 
 
 def main() -> None:

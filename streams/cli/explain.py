@@ -63,11 +63,12 @@ def explain_command(
 
 async def fetch_explanation(settings: Settings, lead_id: str) -> LeadExplanation | None:
     """Read the lead from the live key space; explain it under that key space's rules."""
-    from streams.bootstrap import LiveRules, open_store
+    from streams.bootstrap import LiveRules, check_layout, open_store
 
     rules = LiveRules(load_rules(settings.rules))
     store = open_store(settings)
     try:
+        await check_layout(store, settings)
         live = await store.active_generation()
         state = await store.at_generation(live.number).read_lead(lead_id)
     finally:

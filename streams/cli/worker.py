@@ -16,6 +16,7 @@ def worker_command() -> None:
 
     from streams.bootstrap import (
         build_worker,
+        check_input_partitions,
         checked_settings,
         live_generation,
         wait_for_services,
@@ -55,6 +56,7 @@ def worker_command() -> None:
                 topics=settings.all_topics,
             )
         )
+        asyncio.run(check_input_partitions(settings))
         generation, rules = asyncio.run(live_generation(settings, rules))
     built = build_worker(settings, rules, generation)
     # aiokafka logs an error on every retry of a dead broker: one per kind every 30 s instead.

@@ -93,10 +93,11 @@ async def read_kpi_data(settings: Settings, start: date, end: date) -> KpiData:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    from streams.bootstrap import open_store
+    from streams.bootstrap import check_layout, open_store
 
     store = open_store(settings)
     try:
+        await check_layout(store, settings)
         counts, durations = await store.read_kpis(days_between(start, end), SERIES.values())
         data = KpiData(counts, durations, ())
         if data.empty:

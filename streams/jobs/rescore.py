@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.engagement import EngagementEvent
 from schemas.handoff import MqlHandoff
-from streams.bootstrap import open_store
+from streams.bootstrap import check_layout, open_store
 from streams.core.kpi import KpiCount
 from streams.core.lead import LeadState, apply_all
 from streams.core.rescore import rescore_lead, take_sales_side
@@ -76,6 +76,7 @@ class Rescore:
         started = time.monotonic()
         s = self.summary
         try:
+            await check_layout(self.live, self.settings)
             generation = await self.live.active_generation()
             if generation.state != "active":
                 raise RescoreError(
@@ -118,7 +119,6 @@ class Rescore:
                         "finish",
                         s.live_generation,
                         s.new_generation,
-                        [tp.partition for tp in parts],
                         self.rules.version,
                         self.rules.model_dump(mode="json", by_alias=True),
                     )
@@ -177,7 +177,7 @@ class Rescore:
             current = await live.read_live(chunk)
             states: list[LeadState] = []
             held: list[OutboxEntry] = []
-            counts: list[KpiCount] = []
+            counts: list[tuple[int, KpiCount]] = []
             for lead_id in chunk:
                 state, _ = current[lead_id]
                 new, handoffs = rescore_lead(state, by_lead[lead_id], self.rules)
@@ -196,7 +196,7 @@ class Rescore:
         after: LeadState,
         handoffs: list[MqlHandoff],
         held: list[OutboxEntry],
-        counts: list[KpiCount],
+        counts: list[tuple[int, KpiCount]],
     ) -> None:
         """Handoffs of leads that qualify under the new rules, delivered after the switch: the
         same outputs and KPI counts a worker's batch would write, held back until then."""
@@ -206,7 +206,7 @@ class Rescore:
         changes = BatchChanges()
         changes.hand_off(partition, base, after, handoffs, self.rules, self.settings)
         held += changes.outbox
-        counts += changes.counts
+        counts += [(partition, c) for c in changes.counts]
         self.summary.new_handoffs += len(handoffs)
 
     async def _merge_sales_changes(self, live: LeadStore, target: LeadStore) -> None:
@@ -264,7 +264,7 @@ class Rescore:
             stored = await target.load(wanted)
             states: list[LeadState] = []
             held: list[OutboxEntry] = []
-            counts: list[KpiCount] = []
+            counts: list[tuple[int, KpiCount]] = []
             for lead_id, items in by_lead.items():
                 before = stored[lead_id].state
                 after, handoffs = apply_all(before, items, self.rules)

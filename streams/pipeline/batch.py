@@ -1,8 +1,10 @@
 """One batch, the shell around the core: read the batch's leads, fold the core, write back.
 
-A batch is one read round trip (states and seen ids), a fold in Python (every decision is the
-core's), and one guarded write: states, dedupe markers, outbox, reminders, KPI counts and input
-offsets in one Lua step, all or nothing. A batch that loses a race (another writer changed a
+A batch is split by input partition (every key of a partition shares one Redis Cluster hash
+slot: streams/store/redis_store.py `Keys`); the partitions of one fetch run side by side. Each
+is one read round trip (states and seen ids), a fold in Python (every decision is the core's),
+and one guarded write: states, dedupe markers, outbox, reminders, KPI counts and the input
+offset in one Lua step, all or nothing. A batch that loses a race (another writer changed a
 lead) is read and folded again; one that finds other input offsets in Redis than it started
 from, or a rescore's new generation, is given up and re-read from Kafka (`Resync`).
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -69,6 +71,12 @@ class BatchPositions:
 
     def advances(self) -> list[OffsetAdvance]:
         return [OffsetAdvance(p, self.starts.get(p), end) for p, end in self.ends.items()]
+
+    def only(self, partition: int) -> BatchPositions:
+        """The positions of one of the batch's partitions."""
+        start = {partition: self.starts[partition]} if partition in self.starts else {}
+        end = {partition: self.ends[partition]} if partition in self.ends else {}
+        return BatchPositions(start, end, self.epoch)
 
 
 class Resync(Exception):
@@ -151,13 +159,68 @@ class BatchResult:
     deadletters: list[DeadLetter] = field(default_factory=list)
     outputs: list[BaseModel] = field(default_factory=list)
     latest: list[EngagementEvent] = field(default_factory=list)  # each partition's last event
+    rerouted: list[OutboxEntry] = field(default_factory=list)  # records sent to their lead's
 
     def of_type(self, kind: type[T]) -> list[T]:
         return [o for o in self.outputs if isinstance(o, kind)]
 
+    def add(self, other: BatchResult) -> BatchResult:
+        self.counted += other.counted
+        self.duplicates += other.duplicates
+        self.deadletters += other.deadletters
+        self.outputs += other.outputs
+        self.latest += other.latest
+        self.rerouted += other.rerouted
+        return self
+
+
+def by_partition(records: Iterable[InRecord]) -> dict[int, list[InRecord]]:
+    groups: dict[int, list[InRecord]] = {}
+    for rec in records:
+        groups.setdefault(rec.partition, []).append(rec)
+    return groups
+
+
+async def each_partition(
+    groups: Mapping[int, T], step: Callable[[int, T], Awaitable[BatchResult]]
+) -> BatchResult:
+    """Run `step` for every partition's part of a batch, side by side, and add up the results.
+    Every part finishes (or fails) before this returns: a part that failed raises afterwards,
+    the others' writes stand (each is whole on its own)."""
+    if len(groups) == 1:
+        ((partition, part),) = groups.items()
+        return await step(partition, part)
+    outcomes = await asyncio.gather(
+        *(step(p, part) for p, part in groups.items()), return_exceptions=True
+    )
+    total = BatchResult()
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        total.add(outcome)
+    return total
+
 
 def wall_clock_now() -> datetime:
     return datetime.now(UTC)
+
+
+REROUTED_FROM = "leadflow.rerouted.from"
+
+
+def reroute_entry(rec: InRecord, lead_id: str) -> OutboxEntry:
+    """A record on another partition than its lead's (its producer used another partitioner
+    than Kafka's default murmur2, e.g. librdkafka's default CRC32): sent again to its topic,
+    keyed by the lead id, by leadflow's producer, whose default partitioner puts it on the
+    lead's partition. On Redis Cluster a
+    partition's batch can only touch its own hash slot; the lead's own partition scores it
+    (a re-sent record counts once: its id is the dedupe key). Written with the batch's offsets
+    through the outbox, like any output."""
+    output_id = f"rr:{rec.topic}:{rec.partition}:{rec.offset}"
+    origin = f"{rec.partition}:{rec.offset}".encode()
+    return OutboxEntry(
+        rec.partition, output_id, rec.topic, lead_id.encode(), rec.value, ((REROUTED_FROM, origin),)
+    )
 
 
 def deadletter_entry(d: DeadLetter, topic: str) -> OutboxEntry:
@@ -198,13 +261,14 @@ class BatchWriter:
 
     async def _write(
         self,
+        partition: int,
         wanted: Mapping[str, Sequence[str]],
         fold: Callable[[dict[str, StoredLead]], BatchChanges],
         positions: BatchPositions | None = None,
     ) -> BatchChanges:
-        """Read the leads, fold, write guarded by versions (and input offsets); on a version
-        conflict read again. Outputs are reserved for this worker's delivery before the write.
-        """
+        """Read one partition's leads, fold, write guarded by versions (and the input offset);
+        on a version conflict read again. Outputs are reserved for this worker's delivery
+        before the write."""
         while True:
             load = partial(self.store.load, wanted, self.seen_apart)
             stored = await self.retrying("redis", load) if wanted else {}
@@ -214,7 +278,7 @@ class BatchWriter:
                 return decided
             self.delivery.reserve(decided.outbox)
             try:
-                await self.retrying("redis", partial(self._commit, decided, advances))
+                await self.retrying("redis", partial(self._commit, partition, decided, advances))
                 self._maybe_crash(decided)
                 return decided
             except Fenced:
@@ -236,8 +300,11 @@ class BatchWriter:
                 self.delivery.release(decided.outbox)
                 raise
 
-    async def _commit(self, decided: BatchChanges, advances: list[OffsetAdvance]) -> None:
+    async def _commit(
+        self, partition: int, decided: BatchChanges, advances: list[OffsetAdvance]
+    ) -> None:
         await self.store.commit(
+            partition,
             decided.changes,
             outbox=decided.outbox,
             schedule=decided.schedule,
@@ -296,6 +363,29 @@ class BatchWriter:
                 reason=t.reason,
                 missing_bant=t.missing_bant or None,
             )
+
+    def elsewhere(self, rec: InRecord, lead_id: str, result: BatchResult) -> bool:
+        """On Redis Cluster, a record whose lead belongs to another partition is re-routed there
+        (`reroute_entry`) instead of being scored here; on one Redis any partition may write
+        any lead (the version check keeps two writers apart)."""
+        if not self.settings.redis_cluster or self.store.keys.partition(lead_id) == rec.partition:
+            return False
+        result.rerouted.append(reroute_entry(rec, lead_id))
+        return True
+
+    def _observe_rerouted(self, result: BatchResult) -> None:
+        if not result.rerouted:
+            return
+        self.metrics.rerouted.inc(len(result.rerouted))
+        first = result.rerouted[0]
+        log.warning(
+            "records found on another partition than their lead's re-sent there; produce "
+            "with Kafka's default partitioner (murmur2 of the lead id; librdkafka: "
+            "partitioner=murmur2_random) to avoid the detour",
+            records=len(result.rerouted),
+            topic=first.topic,
+            partition=first.partition,
+        )
 
     def _observe_deadletters(self, deadletters: list[DeadLetter]) -> None:
         for d in deadletters:

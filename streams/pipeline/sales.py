@@ -30,7 +30,9 @@ from streams.pipeline.batch import (
     BatchResult,
     BatchWriter,
     InRecord,
+    by_partition,
     deadletter_entry,
+    each_partition,
 )
 from streams.pipeline.intake import DeadLetter, RecordLocation, parse_record
 from streams.store import OutboxEntry, ReminderEntry, StoredLead
@@ -42,6 +44,12 @@ class SalesService(BatchWriter):
     """Keeps every open deadline, judges BANT, recycles, closes; alerts when a deadline passes."""
 
     async def process(self, records: Sequence[InRecord]) -> BatchResult:
+        """Apply one batch of handoffs and activities, each input partition in one Redis step
+        (a lead's handoffs and activities share its partition number: both topics are keyed by
+        lead id and have as many partitions)."""
+        return await each_partition(by_partition(records), self._process)
+
+    async def _process(self, partition: int, records: Sequence[InRecord]) -> BatchResult:
         started = time.perf_counter()
         result = BatchResult()
         by_lead: dict[str, list[tuple[SalesInput, int]]] = defaultdict(list)
@@ -55,18 +63,21 @@ class SalesService(BatchWriter):
                 result.deadletters.append(parsed)
             else:
                 assert isinstance(parsed, MqlHandoff | SalesActivity)
-                by_lead[parsed.lead_id].append((parsed, rec.partition))
+                if not self.elsewhere(rec, parsed.lead_id, result):
+                    by_lead[parsed.lead_id].append((parsed, rec.partition))
 
         now = self.now()
         wanted = {lead: [_mark(i) for i, _ in items] for lead, items in by_lead.items()}
         deadletters = [deadletter_entry(d, self.settings.deadletter) for d in result.deadletters]
-        fold = await self._write(wanted, partial(self._fold, by_lead, deadletters, now))
+        fold_part = partial(self._fold, by_lead, deadletters + result.rerouted, now)
+        fold = await self._write(partition, wanted, fold_part)
         await self.delivery.send(fold.outbox)
         self._observe_clocks(fold)
         result.counted = fold.counted
         result.duplicates = sum(len(items) for items in by_lead.values()) - fold.counted
         result.outputs = fold.outputs
         self._observe_deadletters(result.deadletters)
+        self._observe_rerouted(result)
         self._observe_transitions(result)
         self.metrics.sales_inputs.inc(result.counted)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
@@ -119,13 +130,19 @@ class SalesService(BatchWriter):
         if not due:
             return 0
         started = time.perf_counter()
-        by_lead: dict[str, list[ReminderEntry]] = defaultdict(list)
+        groups: dict[int, dict[str, list[ReminderEntry]]] = defaultdict(lambda: defaultdict(list))
         for w in due:
-            by_lead[w.lead_id].append(w)
-        fold = await self._write({lead: [] for lead in by_lead}, partial(self._fire, by_lead, now))
-        await self.delivery.send(fold.outbox)
-        self._observe_clocks(fold)
-        alerts = [o for o in fold.outputs if isinstance(o, SlaAlert)]
+            groups[w.partition][w.lead_id].append(w)
+
+        async def fire(partition: int, by_lead: dict[str, list[ReminderEntry]]) -> BatchResult:
+            wanted: dict[str, list[str]] = {lead: [] for lead in by_lead}
+            fold = await self._write(partition, wanted, partial(self._fire, by_lead, now))
+            await self.delivery.send(fold.outbox)
+            self._observe_clocks(fold)
+            return BatchResult(outputs=fold.outputs)
+
+        fired = await each_partition(groups, fire)
+        alerts = fired.of_type(SlaAlert)
         for alert in alerts:
             self.metrics.sla_alerts.labels(alert.kind, alert.severity).inc()
             lateness = (alert.detected_at - alert.due_at).total_seconds()

@@ -18,7 +18,9 @@ from streams.pipeline.batch import (
     BatchResult,
     BatchWriter,
     InRecord,
+    by_partition,
     deadletter_entry,
+    each_partition,
 )
 from streams.pipeline.intake import DeadLetter, RecordLocation, parse_engagement
 from streams.store import OutboxEntry, StoredLead
@@ -35,15 +37,31 @@ class ScoringService(BatchWriter):
         positions: BatchPositions | None = None,
         wait_for_delivery: bool = True,
     ) -> BatchResult:
-        """Score one batch. With `positions`, the input offsets move in the same Redis step as
-        the states (raises Resync when Redis holds other offsets). Without waiting for
-        delivery, the outputs go to Kafka in the background while the next batch is folded."""
+        """Score one batch, each of its partitions in one Redis step. With `positions`, the
+        input offsets move in the same step as the states (raises Resync when Redis holds other
+        offsets). Without waiting for delivery, the outputs go to Kafka in the background while
+        the next batch is folded."""
+
+        async def step(partition: int, part: list[InRecord]) -> BatchResult:
+            where = positions.only(partition) if positions is not None else None
+            return await self._process(partition, part, where, wait_for_delivery)
+
+        return await each_partition(by_partition(records), step)
+
+    async def _process(
+        self,
+        partition: int,
+        records: Sequence[InRecord],
+        positions: BatchPositions | None,
+        wait_for_delivery: bool,
+    ) -> BatchResult:
         started = time.perf_counter()
         result = BatchResult()
         by_lead = self._parse(records, result)
         wanted = {lead: [e.event_id for e, _ in items] for lead, items in by_lead.items()}
         deadletters = [deadletter_entry(d, self.settings.deadletter) for d in result.deadletters]
-        fold = await self._write(wanted, partial(self._fold, by_lead, deadletters), positions)
+        fold_part = partial(self._fold, by_lead, deadletters + result.rerouted)
+        fold = await self._write(partition, wanted, fold_part, positions)
         if wait_for_delivery:
             await self.delivery.send(fold.outbox)
         else:
@@ -66,7 +84,7 @@ class ScoringService(BatchWriter):
             parsed = parse_engagement(rec.key, rec.value, where, known_types, max_bytes)
             if isinstance(parsed, DeadLetter):
                 result.deadletters.append(parsed)
-            else:
+            elif not self.elsewhere(rec, parsed.lead_id, result):
                 by_lead[parsed.lead_id].append((parsed, rec.partition))
                 latest[rec.partition] = parsed
         # The event lag gauge reads the newest of each partition's last events: comparing every
@@ -105,6 +123,7 @@ class ScoringService(BatchWriter):
         m.events.labels("scored").inc(result.counted)
         m.events.labels("duplicate").inc(result.duplicates)
         self._observe_deadletters(result.deadletters)
+        self._observe_rerouted(result)
         handoffs = result.of_type(MqlHandoff)
         m.handoffs.inc(len(handoffs))
         self._observe_transitions(result)

@@ -11,12 +11,14 @@ import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
+from functools import lru_cache
 from importlib.resources import files
 from typing import Any
 
 import msgpack
 import orjson
 import redis.asyncio as aioredis
+from aiokafka.partitioner import murmur2
 from pydantic import SecretStr
 from redis.commands.core import AsyncScript
 
@@ -150,61 +152,109 @@ class Generation:
     rules: dict[str, Any] | None
 
 
-class Keys:
-    """Every Redis key leadflow uses. Lead states and dedupe markers live in a numbered key
-    space (generation) so that `leadflow rescore` can build a new one beside the live one."""
+LAYOUT_VERSION = 2
 
-    def __init__(self, prefix: str, generation: int = 0) -> None:
+
+@lru_cache(maxsize=1 << 18)
+def partition_of(lead_id: str, partitions: int) -> int:
+    """The input partition a lead's records land on: Kafka's default partitioner (murmur2 of
+    the key, as the Java client, aiokafka and Kafka Connect compute it) over `partitions`.
+    Cached: murmur2 in Python costs ~3.4 us, a lookup ~0.1 us, and hot leads recur."""
+    return int(murmur2(lead_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+class Keys:
+    """Every Redis key leadflow uses (layout 2, docs/operations.md "Redis key layout").
+
+    Every key belongs to one input partition and carries its hash tag, `{<prefix>p<N>}`: all
+    the keys one partition's batch touches (its leads' states, outbox, reminders, KPI counts,
+    input offsets and the generation record) share one Redis Cluster hash slot, so a batch is
+    one atomic script on one node. A lead's partition follows from its id alone
+    (`partition_of`), so explain, the sales side and rescore find it without Kafka.
+
+    Lead states live in a numbered key space (generation) so that `leadflow rescore` can build
+    a new one beside the live one."""
+
+    def __init__(self, prefix: str, partitions: int, generation: int = 0) -> None:
+        if partitions < 1:
+            raise ValueError("partitions must be at least 1")
         self.prefix = prefix
+        self.partitions = partitions
         self.generation = generation
-        self.space = f"{prefix}g{generation}:" if generation else prefix
+        self._tags = [f"{{{prefix}p{p}}}:" for p in range(partitions)]
+        gen = f"g{generation}:" if generation else ""
+        self._spaces = [tag + gen for tag in self._tags]
 
     def at(self, generation: int) -> Keys:
-        return Keys(self.prefix, generation)
+        return Keys(self.prefix, self.partitions, generation)
 
-    def generation_record(self) -> str:
-        return f"{self.prefix}generation"
+    def partition(self, lead_id: str) -> int:
+        return partition_of(lead_id, self.partitions)
+
+    def tag(self, partition: int) -> str:
+        """The hash-tagged start of every key of one partition."""
+        return self._tags[partition]
+
+    def namespace_patterns(self) -> tuple[str, str]:
+        """SCAN patterns that together match every key of this namespace (and no other's)."""
+        return f"{self.prefix}*", f"{{{self.prefix}p*"
+
+    def layout_record(self) -> str:
+        """Which layout and partition count this namespace's keys follow (read alone)."""
+        return f"{self.prefix}layout"
+
+    def generation_record(self, partition: int) -> str:
+        """Which key space of lead states is live: one copy per partition, so that each
+        partition's batch checks it in its own slot; a rescore switches every copy."""
+        return f"{self._tags[partition]}generation"
 
     def lead(self, lead_id: str) -> str:
-        return f"{self.space}lead:{lead_id}"
-
-    def seen(self, lead_id: str) -> str:
-        return f"{self.space}seen:{lead_id}"
+        return f"{self._spaces[self.partition(lead_id)]}lead:{lead_id}"
 
     def held_outputs(self, source_topic: str, partition: int) -> str:
         """Outputs a rescore holds back in its key space until the switch."""
-        return f"{self.space}held:{source_topic}:{partition}"
+        return f"{self._spaces[partition]}held:{source_topic}"
 
-    def held_kpis(self) -> str:
-        return f"{self.space}held-kpis"
+    def held_kpis(self, partition: int) -> str:
+        return f"{self._spaces[partition]}held-kpis"
 
     def space_pattern(self) -> str:
         """Every key of this key space (a rescored one: 'g<N>:' keys only)."""
-        return f"{self.space}*"
+        gen = f"g{self.generation}:" if self.generation else ""
+        return f"{{{self.prefix}p*}}:{gen}*"
 
-    def kpi_prefix(self) -> str:
-        return f"{self.prefix}kpi:"
-
-    def offsets(self, source_topic: str) -> str:
-        """Next offset to read per input partition, kept with (and in the same key space as)
-        the lead states computed from the records before it."""
-        return f"{self.space}offsets:{source_topic}"
+    def offsets(self, source_topic: str, partition: int) -> str:
+        """Next offset to read of one input partition (field: the partition), kept with (and
+        in the same key space as) the lead states computed from the records before it."""
+        return f"{self._spaces[partition]}offsets:{source_topic}"
 
     def outbox(self, source_topic: str, partition: int) -> str:
-        return f"{self.prefix}outbox:{source_topic}:{partition}"
+        return f"{self._tags[partition]}outbox:{source_topic}"
 
     def reminders(self, source_topic: str, partition: int) -> str:
-        # The key keeps its v0.1 name so that open deadlines survive an upgrade.
-        return f"{self.prefix}wakeups:{source_topic}:{partition}"
+        return f"{self._tags[partition]}wakeups:{source_topic}"
 
-    def kpi(self, day: date) -> str:
-        return f"{self.prefix}kpi:{day.isoformat()}"
+    def kpi_prefix(self, partition: int) -> str:
+        return f"{self._tags[partition]}kpi:"
 
-    def kpi_samples(self, day: date, series: str) -> str:
-        return f"{self.prefix}kpi:{day.isoformat()}:{series}"
+    def kpi(self, day: date, partition: int) -> str:
+        return f"{self._tags[partition]}kpi:{day.isoformat()}"
+
+    def kpi_samples(self, day: date, series: str, partition: int) -> str:
+        return f"{self._tags[partition]}kpi:{day.isoformat()}:{series}"
+
+    def kpi_pattern(self) -> str:
+        return f"{{{self.prefix}p*}}:kpi:*"
 
     def lead_pattern(self) -> str:
-        return f"{self.space}lead:*"
+        gen = f"g{self.generation}:" if self.generation else ""
+        return f"{{{self.prefix}p*}}:{gen}lead:*"
+
+    def lead_id_of(self, key: bytes | str) -> str:
+        """The lead id in a key `lead_pattern` matched."""
+        text = _text(key)
+        gen = f"g{self.generation}:" if self.generation else ""
+        return text[text.index(f"}}:{gen}lead:") + len(gen) + 7 :]
 
 
 class LeadStore:
@@ -215,11 +265,12 @@ class LeadStore:
         source_topic: str,
         dedupe_ttl_seconds: int,
         cache_leads: int = 0,
+        partitions: int = 8,
     ) -> None:
         self.redis = client
         # Shared by the copies at_generation / for_source make: one worker, one cache.
         self.cache = StateCache(cache_leads)
-        self.keys = Keys(prefix)
+        self.keys = Keys(prefix, partitions)
         self.source_topic = source_topic
         self.dedupe_ttl_seconds = dedupe_ttl_seconds
         lua = files("streams.store").joinpath("lua")
@@ -238,31 +289,44 @@ class LeadStore:
         return other
 
     async def active_generation(self) -> Generation:
-        raw = await self.redis.hgetall(self.keys.generation_record())
-        if not raw:
+        """The live key space, as every partition's copy of the generation record says (mid-
+        switch, or copies that disagree while a rescore finishes: "switching")."""
+        pipe = self.redis.pipeline(transaction=False)
+        for p in range(self.keys.partitions):
+            pipe.hgetall(self.keys.generation_record(p))
+        copies = [{_text(k): _text(v) for k, v in raw.items()} for raw in await pipe.execute()]
+        if not any(copies):
             return Generation(0, "active", None, None)
-        record = {_text(k): _text(v) for k, v in raw.items()}
+        numbers = {int(c.get("active", 0)) for c in copies}
+        switching = any(c.get("state", "active") != "active" for c in copies) or len(numbers) > 1
+        record = max(copies, key=lambda c: int(c.get("active", 0)))
         rules = orjson.loads(record["rules"]) if record.get("rules") else None
         return Generation(
             int(record.get("active", 0)),
-            record.get("state", "active"),
+            "switching" if switching else "active",
             record.get("rules_version"),
             rules,
         )
 
     async def ensure_generation(self, rules_version: str, rules: dict[str, Any]) -> Generation:
         """Record the rules of the live key space the first time a worker starts on it."""
-        key = self.keys.generation_record()
-        if await self.redis.hsetnx(key, "active", 0):
-            await self.redis.hset(
-                key,
-                mapping={
-                    "state": "active",
-                    "rules_version": rules_version,
-                    "rules": orjson.dumps(rules),
-                },
-            )
+        fields = {"state": "active", "rules_version": rules_version, "rules": orjson.dumps(rules)}
+        for p in range(self.keys.partitions):
+            key = self.keys.generation_record(p)
+            if await self.redis.hsetnx(key, "active", 0):
+                await self.redis.hset(key, mapping=fields)  # type: ignore[arg-type]
         return await self.active_generation()
+
+    async def read_layout(self) -> dict[str, str]:
+        """The layout record ({} when this namespace has none yet)."""
+        raw = await self.redis.hgetall(self.keys.layout_record())
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def write_layout(self) -> None:
+        await self.redis.hset(
+            self.keys.layout_record(),
+            mapping={"version": LAYOUT_VERSION, "partitions": self.keys.partitions},
+        )
 
     # -- rescore --------------------------------------------------------------------------------
 
@@ -289,7 +353,7 @@ class LeadStore:
         self,
         states: Sequence[LeadState],
         held: Iterable[OutboxEntry] = (),
-        counts: Iterable[KpiCount] = (),
+        counts: Iterable[tuple[int, KpiCount]] = (),
         carry: Mapping[str, bytes] = {},
     ) -> None:
         """Write rebuilt leads into this (not yet live) key space, with held-back outputs.
@@ -308,21 +372,20 @@ class LeadStore:
             pipe.hset(
                 self.keys.held_outputs(self.source_topic, e.partition), e.output_id, e.encode()
             )
-        for c in counts:
-            pipe.hincrby(self.keys.held_kpis(), f"{c.day.isoformat()}|{c.field}", c.amount)
+        for p, c in counts:
+            pipe.hincrby(self.keys.held_kpis(p), f"{c.day.isoformat()}|{c.field}", c.amount)
         await pipe.execute()
 
     async def live_lead_ids(self) -> list[str]:
-        ids = []
-        start = len(self.keys.lead(""))
-        async for key in self.redis.scan_iter(match=self.keys.lead_pattern(), count=1000):
-            ids.append(key.decode()[start:])
-        return ids
+        return [
+            self.keys.lead_id_of(key)
+            async for key in self.redis.scan_iter(match=self.keys.lead_pattern(), count=1000)
+        ]
 
     async def drop_space(self) -> int:
         """Delete every key of this key space (a rescored one only)."""
         if not self.keys.generation:
-            raise ValueError("refusing to drop generation 0 as a whole; it shares its prefix")
+            raise ValueError("refusing to drop generation 0 as a whole; it shares its tags")
         dropped = 0
         batch: list[bytes] = []
         async for key in self.redis.scan_iter(match=self.keys.space_pattern(), count=1000):
@@ -335,33 +398,52 @@ class LeadStore:
         return dropped
 
     async def drop_leads(self, lead_ids: Sequence[str]) -> None:
-        """Delete lead states and markers of this key space (generation 0 after a rescore)."""
+        """Delete lead states of this key space (generation 0 after a rescore)."""
         for i in range(0, len(lead_ids), 500):
-            chunk = lead_ids[i : i + 500]
-            keys = [self.keys.lead(x) for x in chunk] + [self.keys.seen(x) for x in chunk]
-            await self.redis.delete(*keys)
+            await self.redis.delete(*(self.keys.lead(x) for x in lead_ids[i : i + 500]))
 
     async def switch(
         self,
         mode: str,
         live: int,
         target: int,
-        partitions: Sequence[int] = (),
         rules_version: str = "",
         rules: dict[str, Any] | None = None,
     ) -> None:
-        """begin / finish / abort handing the live key space over to `target` (one Lua step)."""
-        keys = [self.keys.generation_record()]
+        """begin / finish / abort handing the live key space over to `target`: one Lua step
+        per partition (each partition's copy of the generation record, its held outputs and
+        KPI counts). A 'begin' that fails part-way is undone; from the first 'begin' on, the
+        workers of a switching partition wait."""
+        begun: list[int] = []
+        try:
+            for p in range(self.keys.partitions):
+                await self._switch_partition(mode, p, live, target, rules_version, rules)
+                begun.append(p)
+        except BaseException:
+            if mode == "begin":
+                for p in begun:
+                    await self._switch_partition("abort", p, live, target)
+            raise
+
+    async def _switch_partition(
+        self,
+        mode: str,
+        partition: int,
+        live: int,
+        target: int,
+        rules_version: str = "",
+        rules: dict[str, Any] | None = None,
+    ) -> None:
+        keys = [self.keys.generation_record(partition)]
         args: list[str | bytes] = [mode, str(live), str(target)]
         if mode == "finish":
             space = self.keys.at(target)
-            for p in partitions:
-                keys += [
-                    space.held_outputs(self.source_topic, p),
-                    self.keys.outbox(self.source_topic, p),
-                ]
-            keys.append(space.held_kpis())
-            args += [rules_version, orjson.dumps(rules), self.keys.kpi_prefix()]
+            keys += [
+                space.held_outputs(self.source_topic, partition),
+                self.keys.outbox(self.source_topic, partition),
+                space.held_kpis(partition),
+            ]
+            args += [rules_version, orjson.dumps(rules), self.keys.kpi_prefix(partition)]
         await self._switch(keys=keys, args=args)
 
     def for_source(self, source_topic: str) -> LeadStore:
@@ -379,16 +461,25 @@ class LeadStore:
         dedupe_ttl_seconds: int,
         cache_leads: int = 0,
         options: Mapping[str, Any] | None = None,
+        partitions: int = 8,
+        cluster: bool = False,
     ) -> LeadStore:
-        """A store on the Redis at `url` (the settings' secret URL, or a plain string);
-        `options` are redis-py's connection options besides the URL (credentials, TLS files:
-        `Settings.redis_options()`)."""
+        """A store on the Redis at `url` (the settings' secret URL, or a plain string; with
+        `cluster`, any node of a Redis Cluster); `options` are redis-py's connection options
+        besides the URL (credentials, TLS files: `Settings.redis_options()`). `partitions` is
+        the input topics' partition count, which the key layout follows."""
         if isinstance(url, SecretStr):
             url = url.get_secret_value()
-        client = aioredis.Redis.from_url(
-            url, socket_timeout=10, health_check_interval=30, **dict(options or {})
-        )
-        return cls(client, prefix, source_topic, dedupe_ttl_seconds, cache_leads)
+        client: aioredis.Redis
+        if cluster:
+            client = aioredis.RedisCluster.from_url(  # type: ignore[assignment]
+                url, socket_timeout=10, **dict(options or {})
+            )
+        else:
+            client = aioredis.Redis.from_url(
+                url, socket_timeout=10, health_check_interval=30, **dict(options or {})
+            )
+        return cls(client, prefix, source_topic, dedupe_ttl_seconds, cache_leads, partitions)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -446,6 +537,7 @@ class LeadStore:
 
     async def commit(
         self,
+        partition: int,
         changes: Sequence[tuple[StoredLead, LeadState]],
         outbox: Iterable[OutboxEntry] = (),
         schedule: Iterable[ReminderEntry] = (),
@@ -454,18 +546,20 @@ class LeadStore:
         samples: Iterable[KpiSample] = (),
         offsets: Iterable[OffsetAdvance] = (),
     ) -> None:
-        """Write new states (guarded by the versions read), outputs, reminders, KPIs and the
-        input offsets (guarded by the offsets the batch started from) at once."""
+        """Write one input partition's new states (guarded by the versions read), outputs,
+        reminders, KPIs and input offset (guarded by the offset the batch started from) at
+        once. Every key is in `partition`'s hash slot (its leads' too, when the records were
+        keyed by lead id with Kafka's default partitioner: on Redis Cluster they must be)."""
         entries, adds, removes = list(outbox), list(schedule), list(unschedule)
         kpis, measured = list(counts), list(samples)
         keys = [self.keys.lead(new.lead_id) for _, new in changes]
         keys += [self.keys.outbox(self.source_topic, e.partition) for e in entries]
         keys += [self.keys.reminders(self.source_topic, w.partition) for w in adds]
         keys += [self.keys.reminders(self.source_topic, w.partition) for w in removes]
-        keys += [self.keys.kpi(c.day) for c in kpis]
-        keys += [self.keys.kpi_samples(m.day, m.series) for m in measured]
-        keys.append(self.keys.offsets(self.source_topic))
-        keys.append(self.keys.generation_record())
+        keys += [self.keys.kpi(c.day, partition) for c in kpis]
+        keys += [self.keys.kpi_samples(m.day, m.series, partition) for m in measured]
+        keys.append(self.keys.offsets(self.source_topic, partition))
+        keys.append(self.keys.generation_record(partition))
         advances = list(offsets)
         memories = [self._remember_new(old, new) for old, new in changes]
         payload = {
@@ -509,14 +603,18 @@ class LeadStore:
         parts = list(partitions)
         if not parts:
             return {}
-        raw = await self.redis.hmget(self.keys.offsets(self.source_topic), [str(p) for p in parts])
+        pipe = self.redis.pipeline(transaction=False)
+        for p in parts:
+            pipe.hget(self.keys.offsets(self.source_topic, p), str(p))
+        raw = await pipe.execute()
         return {p: None if v is None else int(v) for p, v in zip(parts, raw, strict=True)}
 
     async def write_offsets(self, positions: Mapping[int, int]) -> None:
         """Set the offsets of this (not yet live) key space: where a rescore read up to."""
-        if positions:
-            mapping: dict[Any, Any] = {str(p): o for p, o in positions.items()}
-            await self.redis.hset(self.keys.offsets(self.source_topic), mapping=mapping)
+        pipe = self.redis.pipeline(transaction=False)
+        for p, offset in positions.items():
+            pipe.hset(self.keys.offsets(self.source_topic, p), str(p), offset)
+        await pipe.execute()
 
     async def pending_outbox(self, partitions: Iterable[int]) -> list[OutboxEntry]:
         parts = list(partitions)
@@ -567,22 +665,28 @@ class LeadStore:
     async def read_kpis(
         self, days: Iterable[date], series: Iterable[str] = ()
     ) -> tuple[dict[date, dict[str, int]], dict[tuple[date, str], list[float]]]:
-        """KPI counters per day, and the measured durations per day and series."""
+        """KPI counters per day, and the measured durations per day and series, summed over
+        the partitions (each partition counts in its own hash slot)."""
         wanted_days, wanted_series = list(days), list(series)
+        parts = range(self.keys.partitions)
         pipe = self.redis.pipeline(transaction=False)
         for day in wanted_days:
-            pipe.hgetall(self.keys.kpi(day))
+            for p in parts:
+                pipe.hgetall(self.keys.kpi(day, p))
         for day in wanted_days:
             for name in wanted_series:
-                pipe.zrange(self.keys.kpi_samples(day, name), 0, -1, withscores=True)
-        replies = await pipe.execute()
-        counts = {
-            day: {k.decode(): int(v) for k, v in reply.items()}
-            for day, reply in zip(wanted_days, replies[: len(wanted_days)], strict=True)
-        }
-        rest = iter(replies[len(wanted_days) :])
+                for p in parts:
+                    pipe.zrange(self.keys.kpi_samples(day, name, p), 0, -1, withscores=True)
+        replies = iter(await pipe.execute())
+        counts: dict[date, dict[str, int]] = {}
+        for day in wanted_days:
+            total: dict[str, int] = {}
+            for _ in parts:
+                for k, v in next(replies).items():
+                    total[k.decode()] = total.get(k.decode(), 0) + int(v)
+            counts[day] = total
         durations = {
-            (day, name): [score for _, score in next(rest)]
+            (day, name): sorted(score for _ in parts for _, score in next(replies))
             for day in wanted_days
             for name in wanted_series
         }
@@ -590,10 +694,10 @@ class LeadStore:
 
     async def kpi_days(self) -> list[date]:
         """Every day that has KPI counters (SCAN; for the report when a range is empty)."""
-        start = len(self.keys.kpi_prefix())
         found = set()
-        async for key in self.redis.scan_iter(match=f"{self.keys.kpi_prefix()}*", count=1000):
-            day = key.decode()[start:]
+        async for key in self.redis.scan_iter(match=self.keys.kpi_pattern(), count=1000):
+            text = _text(key)
+            day = text[text.index("}:kpi:") + 6 :]
             if len(day) == 10:  # "YYYY-MM-DD"; sample keys carry ":<series>" after it
                 try:
                     found.add(date.fromisoformat(day))

@@ -174,13 +174,12 @@ async def settled_outputs(system: System, settings: Settings, expected: int) -> 
 
 async def redis_bytes_per_lead(settings: Settings, leads: list[str]) -> dict[str, float]:
     """MEMORY USAGE of leadflow's lead and seen keys for a sample of leads, averaged."""
-    keys = Keys(settings.redis_prefix)
+    keys = Keys(settings.redis_prefix, settings.topic_partitions)
     client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
     try:
         state = seen = 0
         for lead in leads:
             state += await client.memory_usage(keys.lead(lead), samples=0) or 0
-            seen += await client.memory_usage(keys.seen(lead), samples=0) or 0
     finally:
         await client.aclose()
     n = max(len(leads), 1)

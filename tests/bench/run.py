@@ -147,7 +147,7 @@ async def bench_sla(deadlines: int, leads: int) -> None:
 
     settings = fresh_settings()
     await ensure_topics(settings)
-    keys = Keys(settings.redis_prefix)
+    keys = Keys(settings.redis_prefix, settings.topic_partitions)
     client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
     now_ms = int(time.time() * 1000)
     month_ms = 30 * 86400 * 1000
@@ -157,7 +157,7 @@ async def bench_sla(deadlines: int, leads: int) -> None:
             for start in range(0, deadlines, 10_000):
                 pipe = client.pipeline(transaction=False)
                 for i in range(start, min(start + 10_000, deadlines)):
-                    zset = keys.reminders_of(settings.handoff, i % settings.topic_partitions)
+                    zset = keys.reminders(settings.handoff, i % settings.topic_partitions)
                     due = now_ms + 60_000 + (i * 7919) % month_ms  # spread over the next month
                     pipe.zadd(zset, {f"bench-{i}\x1fho-bench-{i}:mql_first_contact\x1fbreach": due})
                 await pipe.execute()

@@ -12,7 +12,7 @@ import pytest
 
 from tests.chaos.matrix import MakeRig, Rig, show_logs
 from tests.faultproxy import FaultProxy
-from tests.harness import ensure_topics, free_port, fresh_settings, purge_redis
+from tests.harness import drop_topics, ensure_topics, free_port, fresh_settings, purge_redis
 from tests.integration.conftest import (  # noqa: F401 - re-exported fixtures
     pytest_runtest_makereport,
     services,
@@ -91,5 +91,7 @@ async def make_rig(
             await purge_redis(rig.direct)
         if rig.kafka is not None:
             rig.kafka.stop()
+        else:
+            await drop_topics(rig.direct)
     for rig in rigs:
         print(f"matrix stats: {rig.stats}")

@@ -50,10 +50,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemas.alert import SlaAlert
 from schemas.handoff import MqlHandoff
 from schemas.lifecycle import LifecycleTransition
+from streams.bootstrap import open_store
 from streams.core.rules import load_rules
 from streams.jobs.sample import SampleRecord, generate
 from streams.settings import Settings
-from streams.store import LeadStore
 from tests.faultproxy import FaultProxy
 from tests.harness import (
     Consumed,
@@ -292,7 +292,7 @@ async def assert_scoring_exact(rig: Rig, records: list[SampleRecord]) -> int:
     rules = load_rules(s.rules)
     expected = expected_outcome(records, rules, s)
     await wait_for_handoffs(s, set(expected.handoffs), within=120)
-    store = LeadStore.from_url(s.redis_url, s.redis_prefix, s.engagement, 3600)
+    store = open_store(s)
     try:
         stored = await store.read_all_leads()
 
@@ -409,7 +409,7 @@ async def assert_kpis_exact(rig: Rig, t0: datetime, historic_handoffs: int, n: i
         "clock:sql_follow_up:met": sqls,
         "breach_owner:-": breaches,
     }
-    store = LeadStore.from_url(s.redis_url, s.redis_prefix, s.engagement, 60)
+    store = open_store(s)
     try:
         today = t0.date()
         days = [today - timedelta(days=d) for d in range(-1, 45)]

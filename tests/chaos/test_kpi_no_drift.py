@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from schemas.lifecycle import LifecycleTransition
+from streams.bootstrap import open_store
 from streams.settings import Settings
-from streams.store import LeadStore
 from tests.harness import (
     WorkerProcess,
     consumer_caught_up,
@@ -78,7 +78,7 @@ async def test_kpis_equal_independent_counts_after_a_kill_and_redelivery(
         "clock:sql_follow_up:met": kinds[0] + kinds[1],
         "breach_owner:-": kinds[4],
     }
-    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 60)
+    store = open_store(settings)
     try:
         today = t0.date()
         days = [today - timedelta(days=1), today, today + timedelta(days=1)]

@@ -26,9 +26,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from streams.bootstrap import open_store
 from streams.core.rules import load_rules
 from streams.jobs.sample import SampleRecord
-from streams.store import LeadStore
 from tests.chaos.matrix import (
     MakeRig,
     Rig,
@@ -148,7 +148,7 @@ async def test_redis_restored_older_replays_exactly(make_rig: MakeRig, size: Siz
 
     async def replayed() -> bool:
         assert_alive(rig)
-        store = LeadStore.from_url(s.redis_url, s.redis_prefix, s.engagement, 60)
+        store = open_store(s)
         try:
             stored = await store.read_all_leads()
         finally:

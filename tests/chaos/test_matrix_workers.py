@@ -33,10 +33,10 @@ import pytest
 
 from schemas.alert import SlaAlert
 from schemas.handoff import MqlHandoff
+from streams.bootstrap import open_store
 from streams.core.rules import load_rules
 from streams.jobs.sample import SampleRecord, generate
 from streams.settings import Settings
-from streams.store import LeadStore
 from tests.harness import (
     BANT_FAIL,
     BANT_PASS,
@@ -218,7 +218,7 @@ async def settle_and_check(
     assert Counter(per_lead.values()) == Counter({1: len(missed)}), "a deadline alerted twice"
     assert len({a.alert_id for a in alerts}) == len(alerts)
 
-    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 60)
+    store = open_store(settings)
     try:
         stored = await store.read_all_leads()
         pending = await store.pending_outbox(range(settings.topic_partitions))

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from schemas.handoff import MqlHandoff
+from streams.bootstrap import open_store
 from streams.core.rules import load_rules
 from streams.jobs.sample import generate
 from streams.settings import Settings
-from streams.store import LeadStore
 from tests.harness import (
     WorkerProcess,
     consumer_caught_up,
@@ -30,7 +30,7 @@ async def assert_matches_oracle(settings: Settings, records: list, min_handoffs:
     expected = expected_outcome(records, rules, settings)
 
     await wait_for_handoffs(settings, set(expected.handoffs))
-    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 3600)
+    store = open_store(settings)
     try:
         stored = await store.read_all_leads()
         pending = await store.pending_outbox(range(settings.topic_partitions))
@@ -96,7 +96,7 @@ async def test_crash_after_redis_write_before_kafka_still_hands_off(
     crashing.proc.wait(timeout=120)
     assert crashing.proc.returncode == 137, crashing.tail()
 
-    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 60)
+    store = open_store(settings)
     try:
         pending = await store.pending_outbox(range(settings.topic_partitions))
     finally:

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from streams.kafka import wait_for_kafka
 from streams.settings import Settings
-from tests.harness import WorkerProcess, ensure_topics, fresh_settings, purge_redis
+from tests.harness import WorkerProcess, drop_topics, ensure_topics, fresh_settings, purge_redis
 
 
 @pytest.fixture(scope="session")
@@ -25,9 +25,10 @@ def services() -> None:
         try:
             await client.ping()
         except Exception as exc:
+            start = "`ops/stack up redis-cluster`" if settings.redis_cluster else "`ops/stack up`"
             raise TimeoutError(
                 f"Redis at {settings.redis_url} is not answering ({exc!r}); start it with "
-                "`ops/stack up` or set LEADFLOW_REDIS_URL"
+                f"{start} or set LEADFLOW_REDIS_URL"
             ) from exc
         finally:
             await client.aclose()
@@ -45,6 +46,7 @@ async def settings(services: None) -> AsyncIterator[Settings]:
     await ensure_topics(s)
     yield s
     await purge_redis(s)
+    await drop_topics(s)
 
 
 @pytest.fixture

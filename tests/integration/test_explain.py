@@ -27,12 +27,12 @@ from schemas.engagement import EngagementEvent
 from schemas.explain import LeadExplanation
 from schemas.handoff import MqlHandoff
 from schemas.lifecycle import LifecycleTransition
+from streams.bootstrap import open_store
 from streams.core.explain import explain
 from streams.core.lead import LeadState, apply
 from streams.core.rules import load_rules
 from streams.core.sales import apply_activity, open_first_contact_clock
 from streams.settings import Settings
-from streams.store import LeadStore
 from tests.harness import (
     ROOT,
     WorkerProcess,
@@ -43,7 +43,7 @@ from tests.harness import (
     wait_for,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 LEAD = "lead-explain"
 PROFILE = {"industry": "software", "seniority": "vp", "company_size": 500}  # fit 20 + 20 + 15
@@ -82,7 +82,7 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def read_lead(settings: Settings, lead_id: str) -> LeadState | None:
-    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 60)
+    store = open_store(settings)
     try:
         return await store.read_lead(lead_id)
     finally:

@@ -32,11 +32,11 @@ from aiokafka.errors import KafkaError
 
 from schemas.alert import SlaAlert
 from schemas.handoff import MqlHandoff
+from streams.bootstrap import open_store
 from streams.core.rules import load_rules
 from streams.jobs.sample import SampleRecord
 from streams.kafka import KafkaPing
 from streams.settings import Settings
-from streams.store import LeadStore
 from tests.harness import (
     ROOT,
     Consumed,
@@ -160,7 +160,7 @@ async def test_worker_lives_through_a_broker_kill_and_scores_after_the_restart(
     handoffs = [MqlHandoff.model_validate_json(r.value or b"") for r in on_topic]
     assert {h.handoff_id for h in handoffs} == set(expected.handoffs)
     assert all(h == expected.handoffs[h.handoff_id] for h in handoffs)  # a re-send is the same
-    store = LeadStore.from_url(s.redis_url, s.redis_prefix, s.engagement, 60)
+    store = open_store(s)
     try:
         stored = await store.read_all_leads()
     finally:

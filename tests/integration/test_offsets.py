@@ -11,7 +11,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from schemas.handoff import MqlHandoff
 from streams.bootstrap import open_store
@@ -22,22 +21,24 @@ from tests.harness import (
     WorkerProcess,
     consumer_caught_up,
     eventually,
+    namespace_keys,
     produce,
     purge_redis,
     read_topic,
+    redis_client,
     wait_for_handoffs,
 )
 from tests.oracle import comparable, expected_outcome, reference_disagreements
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 
 async def dump_namespace(settings: Settings) -> dict[bytes, tuple[int, bytes]]:
     """DUMP every key of the namespace, as a backup or an async replica would hold it."""
-    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
+    client = redis_client(settings)
     try:
         out = {}
-        async for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000):
+        for key in await namespace_keys(client, settings):
             raw = await client.dump(key)
             if raw is not None:
                 out[key] = (max(await client.pttl(key), 0), raw)
@@ -49,7 +50,7 @@ async def dump_namespace(settings: Settings) -> dict[bytes, tuple[int, bytes]]:
 async def restore_namespace(settings: Settings, dump: dict[bytes, tuple[int, bytes]]) -> None:
     """Put the namespace back exactly as dumped: newer keys go, older values come back."""
     await purge_redis(settings)
-    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
+    client = redis_client(settings)
     try:
         for key, (ttl, raw) in dump.items():
             await client.restore(key, ttl, raw, replace=True)

@@ -23,7 +23,7 @@ from streams.core.lead import LeadState
 from streams.core.rules import load_rules
 from streams.settings import Settings
 from streams.store import StoredLead
-from tests.harness import ROOT, TEST_RULES
+from tests.harness import ROOT, TEST_RULES, namespace_keys
 from tests.secured import SecureRedis, up_secure_redis
 
 pytestmark = pytest.mark.integration
@@ -47,7 +47,7 @@ async def secure_settings(secure_redis: SecureRedis) -> AsyncIterator[Settings]:
         settings.redis_url.get_secret_value(), **settings.redis_options()
     )
     try:
-        keys = [k async for k in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000)]
+        keys = await namespace_keys(client, settings)
         if keys:
             await client.delete(*keys)
     finally:
@@ -95,7 +95,8 @@ async def test_the_right_credentials_read_and_write(
         assert (await store.active_generation()).rules_version == rules.version
         live = store.at_generation(number)
         state = LeadState(lead_id="lead-secure-1")
-        await live.commit([(StoredLead(0, LeadState(lead_id="lead-secure-1")), state)])
+        partition = live.keys.partition("lead-secure-1")
+        await live.commit(partition, [(StoredLead(0, LeadState(lead_id="lead-secure-1")), state)])
         assert await live.read_lead("lead-secure-1") == state
     finally:
         await store.close()

@@ -15,11 +15,11 @@ import yaml
 
 from schemas.handoff import MqlHandoff
 from schemas.lifecycle import LifecycleTransition
+from streams.bootstrap import open_store
 from streams.core.lead import LeadState
 from streams.core.rules import Rules, load_rules
 from streams.jobs.sample import generate
 from streams.settings import Settings
-from streams.store import LeadStore
 from streams.store.codec import lead_to_json
 from tests.harness import (
     WorkerProcess,
@@ -33,7 +33,7 @@ from tests.harness import (
 )
 from tests.oracle import expected_outcome
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 SCORING = (
     "attributes",
@@ -112,7 +112,7 @@ async def test_rescore_rebuilds_under_new_rules_and_switches_the_live_worker(
     assert "key space 0 -> 1" in done.stdout
 
     new = expected_outcome(records, new_rules, settings)
-    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 60)
+    store = open_store(settings)
     try:
         generation = await store.active_generation()
         rebuilt = await store.at_generation(1).read_all_leads()
@@ -198,7 +198,7 @@ async def test_sales_changes_during_the_rescore_are_kept(
     summary = await SalesActWhileBuilding(settings, new_rules).run()
     assert summary.leads_merged >= 1
 
-    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 60)
+    store = open_store(settings)
     try:
         state = await store.at_generation(1).read_lead(accepted)
     finally:

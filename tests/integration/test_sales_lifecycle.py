@@ -14,9 +14,9 @@ import pytest
 from schemas.alert import SlaAlert
 from schemas.handoff import MqlHandoff
 from schemas.lifecycle import LifecycleTransition
+from streams.bootstrap import open_store
 from streams.core.rules import load_rules
 from streams.settings import Settings
-from streams.store import LeadStore
 from tests.harness import (
     Consumed,
     WorkerProcess,
@@ -27,7 +27,7 @@ from tests.harness import (
     wait_for,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 
 def alerts_of(records: list[Consumed]) -> list[SlaAlert]:
@@ -51,7 +51,7 @@ async def worker(settings: Settings, workers: list[WorkerProcess], tmp_path: Pat
 
 
 async def lead_state(settings: Settings, lead: str):
-    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 60)
+    store = open_store(settings)
     try:
         return await store.read_lead(lead)
     finally:

@@ -3,27 +3,31 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.deadletter import DeadLetterHeaders
 from schemas.handoff import MqlHandoff
+from streams.bootstrap import open_store
 from streams.core.rules import load_rules
 from streams.jobs.sample import generate
 from streams.settings import Settings
-from streams.store import LeadStore
 from tests.harness import (
     WorkerProcess,
     consumer_caught_up,
     eventually,
     produce,
+    qualifying,
     read_topic,
+    wait_for,
 )
 from tests.oracle import comparable, expected_outcome, reference_disagreements
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 
 def metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -52,7 +56,7 @@ async def test_redis_scores_and_handoffs_equal_the_core_over_10k_events(
     )
 
     # Scores in Redis are what the core computes over the same events.
-    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 3600)
+    store = open_store(settings)
     try:
         stored = await store.read_all_leads()
     finally:
@@ -105,7 +109,7 @@ async def test_a_valid_event_after_a_bad_one_is_scored(
     await worker.wait_ready()
     await eventually(lambda: consumer_caught_up(settings), 60, "both records to be committed")
 
-    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 3600)
+    store = open_store(settings)
     try:
         state = await store.read_lead(lead)
     finally:
@@ -116,3 +120,46 @@ async def test_a_valid_event_after_a_bad_one_is_scored(
     assert [d.value for d in dead] == [b"{not json"]
     assert DeadLetterHeaders.from_kafka(dead[0].headers).error_kind == "not_json"
     assert worker.proc is not None and worker.proc.poll() is None  # still running
+
+
+async def test_records_on_another_partition_than_their_leads_count_once(
+    settings: Settings, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    """A producer with another partitioner (librdkafka's default CRC32, say) puts a lead's
+    records on another partition than Kafka's default would. On one Redis the worker scores
+    them where they are; on Redis Cluster it re-sends them, keyed by the lead id, to the lead's
+    partition (its keys' hash slot) and scores them there. Either way: one handoff, every
+    event counted once."""
+    lead = "stray-lead-1"
+    home = int(DefaultPartitioner()(lead.encode(), list(range(settings.topic_partitions)), []))
+    stray = (home + 1) % settings.topic_partitions
+    sent = qualifying(lead, datetime.now(UTC))
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    workers.append(worker)
+    await worker.wait_ready()
+    await produce(settings, sent, partition=stray)
+
+    await wait_for(settings, settings.handoff, lambda rs: len(rs) >= 1, within=60)
+    await eventually(lambda: consumer_caught_up(settings), 60, "every record to be scored")
+    handoffs = [
+        MqlHandoff.model_validate_json(r.value)
+        for r in await read_topic(settings, settings.handoff)
+    ]
+    assert [h.lead_id for h in handoffs] == [lead]
+    store = open_store(settings)
+    try:
+        state = await store.read_lead(lead)
+    finally:
+        await store.close()
+    assert state is not None and state.events_counted == len(sent) and state.stage == "mql"
+
+    engagement = await read_topic(settings, settings.engagement)
+    resent = [r for r in engagement if r.partition == home]
+    if settings.redis_cluster:
+        assert sorted(r.value for r in resent) == sorted(v for _, v in sent)
+        assert {dict(r.headers)["leadflow.rerouted.from"].split(b":")[0] for r in resent} == {
+            str(stray).encode()
+        }
+        assert worker.metric("leadflow_rerouted_records_total") == len(sent)
+    else:
+        assert resent == []

@@ -44,6 +44,7 @@ from tests.harness import (
     activity,
     eventually,
     free_port,
+    namespace_keys,
     produce,
     qualifying,
     read_topic,
@@ -360,7 +361,7 @@ async def delete_keys(secured: Secured, *namespaces: str) -> None:
     )
     try:
         for ns in namespaces:
-            keys = [k async for k in client.scan_iter(match=f"{ns}:lf:*", count=1000)]
+            keys = await namespace_keys(client, settings.model_copy(update={"namespace": ns}))
             if keys:
                 await client.delete(*keys)
     finally:

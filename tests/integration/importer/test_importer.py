@@ -14,9 +14,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from streams.bootstrap import open_store
 from streams.importer import Mapped, load_mapping, map_row, prepare, rejected_path
 from streams.settings import Settings
-from streams.store import LeadStore
 from tests.harness import (
     ROOT,
     WorkerProcess,
@@ -199,7 +199,7 @@ async def test_reimports_and_overlapping_exports_are_counted_once(
     distinct: dict[str, set[str]] = defaultdict(set)
     for lead, event_id in set(produced):
         distinct[lead].add(event_id)
-    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 3600)
+    store = open_store(settings)
     try:
         for lead, ids in distinct.items():
             state = await store.read_lead(lead)

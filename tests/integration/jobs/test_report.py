@@ -22,9 +22,9 @@ import pytest
 
 from schemas.alert import SlaAlert
 from schemas.lifecycle import LifecycleTransition
+from streams.bootstrap import open_store
 from streams.core.rules import load_rules
 from streams.settings import Settings
-from streams.store import LeadStore
 from tests.harness import (
     ROOT,
     Consumed,
@@ -36,7 +36,7 @@ from tests.harness import (
     wait_for,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 PASS = {"budget": True, "authority": True, "need": True, "timeframe": False}
 FAIL = {"budget": False, "authority": False, "need": True, "timeframe": False}
@@ -142,7 +142,7 @@ async def test_report_figures_equal_the_inputs_of_a_real_run(
         [activity("lead-late", "call", "contacted", contact["lead-late"], owner="abe")],
         topic=settings.activity,
     )
-    store = LeadStore.from_url(settings.redis_url, settings.redis_prefix, settings.engagement, 60)
+    store = open_store(settings)
     try:
 
         async def late_call_recorded() -> bool:

@@ -61,7 +61,7 @@ class FakeStore(MemoryStore):
         self.down: BaseException | None = None
         self.down_only: set[str] = set()  # only these methods fail (empty: all of them)
         self.reminder_partition: dict[str, int] = {}
-        self.keys = Keys("test:", 0)
+        self.keys = Keys("test:", 8)
 
     def __getattribute__(self, name: str) -> Any:
         attr = super().__getattribute__(name)
@@ -76,10 +76,10 @@ class FakeStore(MemoryStore):
 
         return call
 
-    async def commit(self, changes: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    async def commit(self, partition: int, changes: Any, **kwargs: Any) -> None:  # type: ignore[override]
         schedule = list(kwargs.get("schedule", ()))
         kwargs["schedule"] = schedule
-        await super().commit(changes, **kwargs)
+        await super().commit(partition, changes, **kwargs)
         for w in schedule:
             self.reminder_partition[w.member] = w.partition
 

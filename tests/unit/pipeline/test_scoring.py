@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka.errors import KafkaConnectionError
+from aiokafka.partitioner import DefaultPartitioner
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from schemas.engagement import EngagementEvent
@@ -33,6 +34,7 @@ from streams.store import (
 )
 from streams.store.cache import StateCache
 from streams.store.codec import lead_from_json, lead_to_json
+from streams.store.redis_store import Keys
 
 pytestmark = pytest.mark.unit
 
@@ -77,6 +79,7 @@ class MemoryStore:
 
     async def commit(
         self,
+        partition: int,
         changes: Sequence[tuple[StoredLead, LeadState]],
         outbox: Iterable[OutboxEntry] = (),
         schedule: Iterable[ReminderEntry] = (),
@@ -333,3 +336,81 @@ async def test_an_event_at_the_end_of_time_is_dead_lettered_not_a_crash(service)
     assert [r.value for r in publisher.sent if r.topic == svc.settings.deadletter] == [
         records[0].value
     ]
+
+
+# -- partitions and Redis Cluster --------------------------------------------------------------
+
+
+def kafka_partition(lead: str, partitions: int = 8) -> int:
+    """Where Kafka's default partitioner (aiokafka's, as the Java client) puts a lead's key."""
+    return int(DefaultPartitioner()(lead.encode(), list(range(partitions)), []))
+
+
+def event_on(lead: str, event_id: str, partition: int, offset: int) -> InRecord:
+    return replace(event(lead, event_id, offset), partition=partition)
+
+
+async def test_a_batch_over_several_partitions_is_written_one_partition_at_a_time(
+    service,
+) -> None:
+    svc, store, _ = service
+    written: list[tuple[int, list[str]]] = []
+    commit = store.commit
+
+    async def spy(partition: int, changes, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        written.append((partition, sorted(new.lead_id for _, new in changes)))
+        await commit(partition, changes, **kwargs)
+
+    store.commit = spy  # type: ignore[method-assign]
+    leads = ["a", "b", "c", "d", "e", "f"]
+    batch = [event_on(x, f"e-{x}", kafka_partition(x), i) for i, x in enumerate(leads)]
+    positions = BatchPositions(
+        {r.partition: None for r in batch}, {r.partition: r.offset + 1 for r in batch}
+    )
+    result = await svc.process(batch, positions)
+    assert result.counted == 6
+    expected: dict[int, list[str]] = {}
+    for x in leads:
+        expected.setdefault(kafka_partition(x), []).append(x)
+    assert sorted(written) == sorted((p, sorted(xs)) for p, xs in expected.items())
+    # Each partition's offset moved with its own leads.
+    assert store.offsets == {r.partition: r.offset + 1 for r in batch}
+
+
+async def test_on_redis_cluster_a_record_on_another_partition_is_sent_to_its_lead(
+    tmp_path: Path,
+) -> None:
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text("mql: {threshold: 20}\n", encoding="utf-8")
+    settings = load_settings(rules=rules_file, redis_cluster=True, redis_retry_max_seconds=0.01)
+    store, publisher = MemoryStore(), SlowPublisher()
+    store.keys = Keys("t:", settings.topic_partitions)  # type: ignore[attr-defined]
+    svc = ScoringService(settings, RULES, store, publisher, Metrics())  # type: ignore[arg-type]
+    home = kafka_partition("a")
+    stray = (home + 3) % 8
+    # Keyed by the lead id, but its producer used another partitioner (librdkafka's default
+    # CRC32, say), so it landed on another partition than the lead's.
+    wrong = event_on("a", "e1", stray, 41)
+    right = event_on("b", "e2", kafka_partition("b"), 7)
+    result = await svc.process([wrong, right])
+
+    assert result.counted == 1 and "a" not in store.states and "b" in store.states
+    resent = [r for r in publisher.sent if r.topic == settings.engagement]
+    assert [(r.key, r.value) for r in resent] == [(b"a", wrong.value)]
+    assert dict(resent[0].headers) == {"leadflow.rerouted.from": f"{stray}:41".encode()}
+    # Keyed by the lead id, the producer's partitioner puts it on the lead's partition.
+    assert kafka_partition(resent[0].key.decode()) == home
+    assert svc.metrics.rerouted._value.get() == 1
+
+    # There, it is scored like any record; re-routed again (a re-delivery), it counts once.
+    again = replace(wrong, partition=home, offset=3)
+    assert (await svc.process([again])).counted == 1
+    assert (await svc.process([replace(again, offset=4)])).counted == 0
+
+
+async def test_on_one_redis_a_record_on_another_partition_is_scored_where_it_is(service) -> None:
+    svc, store, publisher = service
+    stray = (kafka_partition("a") + 3) % 8
+    result = await svc.process([event_on("a", "e1", stray, 0)])
+    assert result.counted == 1 and "a" in store.states
+    assert [r for r in publisher.sent if r.topic == svc.settings.engagement] == []
