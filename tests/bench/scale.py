@@ -13,6 +13,9 @@ all N without overlap); then the backlog is produced and drained (method: docs/b
   Redis node (its redis-server process; the nodes are the cluster's masters, or the one Redis),
   plus the broker for information, and the rest of the machine (other jobs on the shared box),
   from the settled group (before the first record) to the last change of the offsets;
+- the group idle for --idle-seconds before the backlog: each worker's (and node's) CPU with
+  nothing to do, in cores; the workers' CPU per 100k less that idle rate over the drain is the
+  "net" per-event figure, the rest is the fixed cost of running N processes;
 - Redis memory per lead: INFO memory used_memory of each node after the drain minus before it,
   over the leads in the backlog; and MEMORY USAGE of a sample of lead keys;
 - the handoffs on the topic against the oracle (leadflow's pure core over the same records).
@@ -161,6 +164,11 @@ class ScaleRun:
     events_per_s: float = math.nan
     cpu_per_100k: dict[str, float] = field(default_factory=dict)
     worker_cpu_per_100k: float = math.nan
+    # The workers' CPU less what they would have used idle over the same time.
+    worker_cpu_per_100k_net: float = math.nan
+    # Redis's CPU less its idle rate (on a shared Redis: other clients' steady load).
+    redis_cpu_per_100k_net: float = math.nan
+    idle_cores: dict[str, float] = field(default_factory=dict)
     redis_cpu_per_100k: float = math.nan
     cpu_per_100k_total: float = math.nan
     events_per_core_s: float = math.nan
@@ -172,6 +180,14 @@ class ScaleRun:
     handoffs: int = 0
     verdict: str = ""
     seconds: float = math.nan
+
+
+def net_per_100k(run: dict[str, Any], kind: str, events: int) -> float:
+    """The CPU s/100k of the workers ("worker") or the Redis nodes ("redis") less what they
+    use idle, at their measured idle rate, over the same time (from a run's JSON too)."""
+    idle = sum(v for k, v in run.get("idle_cores", {}).items() if kind in k)
+    total = sum(v for k, v in run["cpu_per_100k"].items() if kind in k)
+    return float(total - idle * run["cpu_s"] / events * 100_000)
 
 
 def _delta(a: Sample, b: Sample, name: str, events: int) -> float:
@@ -211,7 +227,15 @@ async def run_once(
         await admin.start()
         group, topic = settings.engagement_group, settings.engagement
         watch = DrainWatch(admin, group, topic, len(records), pids)
+        # What the group costs with nothing to do (heartbeats, timers, polls), per worker: the
+        # fixed part of its CPU, apart from the part that grows with the events.
+        idle_from = watch.sample(0)
+        await asyncio.sleep(args.idle_seconds)
         baseline = watch.sample(0)
+        idle_span = baseline.at - idle_from.at
+        run.idle_cores = {
+            k: (baseline.cpu[k] - idle_from.cpu[k]) / idle_span for k in pids if k != "kafka"
+        }
 
         def alive() -> bool:
             return all(w.proc is not None and w.proc.poll() is None for w in pool)
@@ -236,6 +260,8 @@ async def run_once(
         run.redis_cpu_per_100k = sum(v for k, v in run.cpu_per_100k.items() if "redis" in k)
         run.cpu_per_100k_total = run.worker_cpu_per_100k + run.redis_cpu_per_100k
         run.events_per_core_s = 100_000 / run.cpu_per_100k_total
+        run.worker_cpu_per_100k_net = net_per_100k(asdict(run), "worker", events)
+        run.redis_cpu_per_100k_net = net_per_100k(asdict(run), "redis", events)
         used = {k: last.cpu[k] - baseline.cpu[k] for k in last.cpu}
         run.other_load_cores = (used.pop("machine") - sum(used.values())) / run.cpu_s
         run.rss_peak_mib = [round(r, 1) for r in rss]
@@ -326,6 +352,8 @@ def table(result: dict[str, Any]) -> None:
         "worker CPU s/100k (each)",
         "Redis CPU s/100k (each node)",
         "total s/100k",
+        "idle cores: workers, Redis",
+        "net s/100k: workers + Redis",
         "events per CPU-s",
         "other cores",
         "Redis B/lead (each node)",
@@ -344,12 +372,19 @@ def table(result: dict[str, Any]) -> None:
             f"{r['worker_cpu_per_100k']:.1f} ({' '.join(workers)})",
             f"{r['redis_cpu_per_100k']:.1f} ({' '.join(nodes)})",
             f"{r['cpu_per_100k_total']:.1f}",
+            f"{idle(r, 'worker'):.3f}, {idle(r, 'redis'):.3f}",
+            f"{net_per_100k(r, 'worker', result['records']):.1f} + "
+            f"{net_per_100k(r, 'redis', result['records']):.1f}",
             f"{r['events_per_core_s']:,.0f}",
             f"{r['other_load_cores']:.2f}",
             f"{r['redis_bytes_per_lead']:,.0f} ({' '.join(mem)})",
             f"{r['handoffs']:,} {r['verdict']}",
         )
     console.print(t)
+
+
+def idle(run: dict[str, Any], kind: str) -> float:
+    return float(sum(v for k, v in run.get("idle_cores", {}).items() if kind in k))
 
 
 def chart(results: list[dict[str, Any]], path: Path) -> None:
@@ -364,7 +399,10 @@ def chart(results: list[dict[str, Any]], path: Path) -> None:
         x = list(range(len(runs)))
         bottom = [0.0] * len(runs)
         workers = [r["worker_cpu_per_100k"] for r in runs]
-        ax.bar(x, workers, color="#4c72b0", label="workers (sum)")
+        net = [net_per_100k(r, "worker", result["records"]) for r in runs]
+        ax.bar(x, net, color="#4c72b0", label="workers (sum), per event")
+        idle = [w - n for w, n in zip(workers, net, strict=True)]
+        ax.bar(x, idle, bottom=net, color="#9db4d8", label="workers, idle overhead")
         bottom = workers[:]
         shades = ["#dd8452", "#c44e52", "#8c564b"]
         for i, node in enumerate(result["redis_nodes"]):
@@ -408,12 +446,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--leads", type=int, default=20_000, help="leads in the backlog (20000)")
     p.add_argument("--batch-max", type=int, default=500, help="LEADFLOW_BATCH_MAX (500)")
     p.add_argument(
+        "--idle-seconds", type=float, default=10.0, help="idle group measured first (10)"
+    )
+    p.add_argument(
         "--cluster",
         action="store_true",
         help=f"Redis Cluster (LEADFLOW_REDIS_URL, default {CLUSTER_URL}); else single Redis",
     )
     p.add_argument("--out", type=Path, default=None, help="JSON (ops/.run/bench/scale-<mode>.json)")
     p.add_argument("--also", type=Path, nargs="*", default=[], help="earlier JSON for the chart")
+    p.add_argument(
+        "--render",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="run nothing: the tables and one chart (to --out's .png) of earlier JSON files",
+    )
     p.add_argument("--keep", action="store_true", help="keep the namespaces' topics and keys")
     return p
 
@@ -428,6 +476,12 @@ def main(argv: list[str]) -> None:
         os.environ.setdefault("LEADFLOW_REDIS_URL", CLUSTER_URL)
     mode = "cluster" if args.cluster else "single"
     out = args.out or DEFAULT_OUT.with_name(f"scale-{mode}.json")
+    if args.render:
+        drawn = [orjson.loads(p.read_bytes()) for p in args.render]
+        for each in drawn:
+            table(each)
+        chart(drawn, (args.out or DEFAULT_OUT).with_suffix(".png"))
+        return
     result = asyncio.run(scale(args))
     report.write_json(out, result)
     table(result)
