@@ -174,6 +174,8 @@ class ScaleRun:
     events_per_core_s: float = math.nan
     other_load_cores: float = math.nan
     rss_peak_mib: list[float] = field(default_factory=list)
+    # Records per batch, over every batch of every worker (leadflow_batch_records).
+    batch_records_mean: float = math.nan
     used_memory_delta: dict[str, int] = field(default_factory=dict)
     redis_bytes_per_lead: float = math.nan
     lead_key_bytes: float = math.nan
@@ -248,6 +250,7 @@ async def run_once(
         finally:
             drain.cancel()
         rss = [memory_kib(w.proc.pid, "VmHWM") / 1024 for w in pool if w.proc]
+        run.batch_records_mean = await batch_mean(pool)
         last = watch.last
         events = last.committed
         run.window_s = last.at - watch.first.at
@@ -289,6 +292,15 @@ async def run_once(
     run.seconds = time.monotonic() - began
     console.print(line(run))
     return run
+
+
+async def batch_mean(pool: list[WorkerProcess]) -> float:
+    """Mean records per batch over the workers (their leadflow_batch_records histograms)."""
+    total = count = 0.0
+    for w in pool:
+        total += await asyncio.to_thread(w.metric, "leadflow_batch_records_sum") or 0.0
+        count += await asyncio.to_thread(w.metric, "leadflow_batch_records_count") or 0.0
+    return total / count if count else math.nan
 
 
 async def wait_handoffs(settings: Settings, oracle: set[str], within: float) -> None:
@@ -355,6 +367,7 @@ def table(result: dict[str, Any]) -> None:
         "idle cores: workers, Redis",
         "net s/100k: workers + Redis",
         "events per CPU-s",
+        "records per batch",
         "other cores",
         "Redis B/lead (each node)",
         "handoffs",
@@ -376,6 +389,7 @@ def table(result: dict[str, Any]) -> None:
             f"{net_per_100k(r, 'worker', result['records']):.1f} + "
             f"{net_per_100k(r, 'redis', result['records']):.1f}",
             f"{r['events_per_core_s']:,.0f}",
+            f"{r.get('batch_records_mean', math.nan):.0f}",
             f"{r['other_load_cores']:.2f}",
             f"{r['redis_bytes_per_lead']:,.0f} ({' '.join(mem)})",
             f"{r['handoffs']:,} {r['verdict']}",
