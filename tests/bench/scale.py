@@ -429,9 +429,11 @@ def chart(results: list[dict[str, Any]], path: Path) -> None:
             )
         ax.set_xticks(x, [str(r["workers"]) for r in runs])
         ax.set_xlabel("workers in the group (8 partitions)")
+        others = [r["other_load_cores"] for r in runs]
         ax.set_title(
             f"Redis {result['redis_mode']}: {result['records']:,} events, {result['leads']:,} "
-            "leads",
+            f"leads\n{result['date'][:16]}Z, other load on the box "
+            f"{min(others):.1f}-{max(others):.1f} cores",
             fontsize=9,
         )
         ax.grid(axis="y", alpha=0.3)
