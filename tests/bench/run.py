@@ -16,6 +16,9 @@ compare:  leadflow beside Quix Streams and Faust peers on one pre-loaded backlog
           (`ops/bench compare --help`; tests/bench/compare.py).
 latency:  handoff latency at a steady input rate, from a consumer tailing the output topic
           (`ops/bench latency --help`; tests/bench/latency.py).
+scale:    1, 2, 4 workers in one group drain one backlog, on single Redis or (--cluster) Redis
+          Cluster: events/s, CPU per 100k events per worker and per Redis node, Redis bytes
+          per lead, a chart (`ops/bench scale --help`; tests/bench/scale.py).
 """
 
 from __future__ import annotations
@@ -68,7 +71,13 @@ def _batch(argv: list[str]) -> None:
     main(argv)
 
 
-SUBCOMMANDS = {"compare": _compare, "latency": _latency, "batch": _batch}
+def _scale(argv: list[str]) -> None:
+    from tests.bench.scale import main
+
+    main(argv)
+
+
+SUBCOMMANDS = {"compare": _compare, "latency": _latency, "batch": _batch, "scale": _scale}
 
 
 def bench_core(events: int, rounds: int) -> None:
