@@ -272,6 +272,31 @@ async def wait_for_handoffs(settings: Settings, handoff_ids: set[str], within: f
     await eventually(delivered, within, "every expected handoff on the topic")
 
 
+def leadflow_cli(
+    settings: Settings, *args: str, timeout: float = 120, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `leadflow ARGS` as a user would, pointed at the settings' Kafka, Redis, namespace and
+    rules (`env` adds or overrides LEADFLOW_* variables); plain, unwrapped output."""
+    environment = {
+        **os.environ,
+        "LEADFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "LEADFLOW_REDIS_URL": settings.redis_url.get_secret_value(),
+        "LEADFLOW_NAMESPACE": settings.namespace,
+        "LEADFLOW_RULES": str(settings.rules),
+        "COLUMNS": "200",
+        "NO_COLOR": "1",
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        env=environment,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def redis_client(settings: Settings) -> aioredis.Redis:
     """A client of the settings' Redis as leadflow opens it (a cluster client in cluster mode)."""
     return open_store(settings).redis

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import Progress
 
 from streams.cli.errors import fail, require_services, user_errors
-from streams.cli.output import console, out
+from streams.cli.output import out, progress_bar
 from streams.settings import load_settings, redact_url
 
 if TYPE_CHECKING:
@@ -57,13 +56,8 @@ def migrate_command(
             f"({settings.topic_partitions} partitions)? Every worker must be stopped.",
             abort=True,
         )
-    with Progress(console=console) as progress:
-        task = progress.add_task("moving keys", total=None)
-
-        def advance(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        try:
+    try:
+        with progress_bar("moving keys") as advance:
             summary = run_migrate(
                 settings,
                 from_url=from_url,
@@ -72,11 +66,11 @@ def migrate_command(
                 keep=keep,
                 progress=advance,
             )
-        except AlreadyMigrated as exc:
-            out.print(str(exc))
-            return
-        except MigrateError as exc:
-            raise fail(str(exc)) from None
+    except AlreadyMigrated as exc:
+        out.print(str(exc))
+        return
+    except MigrateError as exc:  # after the bar is gone: the error is the last line
+        raise fail(str(exc)) from None
     out.print(outcome(summary))
 
 

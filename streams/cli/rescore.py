@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import Progress
 
 from streams.cli.errors import fail, require_services, user_errors
-from streams.cli.output import console, out
+from streams.cli.output import out, progress_bar
 from streams.core.rules import load_rules
 from streams.settings import load_settings
 
@@ -42,16 +41,11 @@ def rescore_command(
             f"from {settings.engagement} and switch the live workers to it?",
             abort=True,
         )
-    with Progress(console=console) as progress:
-        task = progress.add_task(f"replaying {settings.engagement}", total=None)
-
-        def advance(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        try:
+    try:
+        with progress_bar(f"replaying {settings.engagement}") as advance:
             summary = run_rescore(settings, rules, advance, keep_previous)
-        except RescoreError as exc:
-            raise fail(str(exc), 1) from None
+    except RescoreError as exc:  # after the bar is gone: the error is the last line
+        raise fail(str(exc), 1) from None
     out.print(outcome(summary))
 
 

@@ -8,9 +8,7 @@ events: score, reasons (rule names and points), recent events and the stage hist
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -34,11 +32,11 @@ from streams.core.rules import load_rules
 from streams.core.sales import apply_activity, open_first_contact_clock
 from streams.settings import Settings
 from tests.harness import (
-    ROOT,
     WorkerProcess,
     activity,
     engagement,
     eventually,
+    leadflow_cli,
     produce,
     wait_for,
 )
@@ -62,23 +60,7 @@ def explain_url(worker: WorkerProcess, lead_id: str) -> str:
 
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "LEADFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "LEADFLOW_REDIS_URL": settings.redis_url.get_secret_value(),
-        "LEADFLOW_NAMESPACE": settings.namespace,
-        "LEADFLOW_RULES": str(settings.rules),
-        "COLUMNS": "200",
-        "NO_COLOR": "1",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return leadflow_cli(settings, *args, timeout=60)
 
 
 async def read_lead(settings: Settings, lead_id: str) -> LeadState | None:

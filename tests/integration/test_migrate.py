@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,12 +34,12 @@ from streams.settings import Settings
 from streams.store import OutboxEntry
 from streams.store.redis_store import partition_of
 from tests.harness import (
-    ROOT,
     TEST_RULES,
     WorkerProcess,
     activity,
     consumer_caught_up,
     eventually,
+    leadflow_cli,
     namespace_keys,
     produce,
     qualifying,
@@ -57,23 +56,7 @@ LIVE = [f"mig-{i}" for i in range(6)]
 
 
 def leadflow(args: list[str], settings: Settings, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {
-        **os.environ,
-        "LEADFLOW_NAMESPACE": settings.namespace,
-        "LEADFLOW_REDIS_URL": settings.redis_url.get_secret_value(),
-        "LEADFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "LEADFLOW_RULES": str(settings.rules),
-        "LEADFLOW_STARTUP_TIMEOUT": "10",
-        **env,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
-        env=environment,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return leadflow_cli(settings, *args, LEADFLOW_STARTUP_TIMEOUT="10", **env)
 
 
 async def snapshot(settings: Settings) -> dict[str, Any]:
