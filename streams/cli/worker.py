@@ -52,7 +52,7 @@ def worker_command() -> None:
                 kafka=True,
                 redis=True,
                 service=True,
-                topics=settings.all_topics,
+                topics=settings.worker_topics,
             )
         )
         generation, rules = asyncio.run(live_generation(settings, rules))
