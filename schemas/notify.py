@@ -43,8 +43,9 @@ class NotifyDeadLetterHeaders(BaseModel):
         description="The last attempt's failure: http_<status>, timeout or connection_error."
     )
     attempts: int = Field(description="POST attempts made.")
-    delivery_id: str = Field(description="The X-Leadflow-Delivery id (alert, handoff or "
-                             "transition id).")
+    delivery_id: str = Field(
+        description="The X-Leadflow-Delivery id (alert, handoff or transition id)."
+    )
     source_topic: str
     source_partition: int
     source_offset: int
