@@ -470,3 +470,44 @@ targets:
     skipped = "leadflow_notify_skipped_total"
     assert await again.metric(http, skipped, target="json", reason="already_settled") == count
     assert await again.metric(http, skipped, target="slack", reason="already_settled") == count
+
+
+async def test_no_duplicate_post_across_a_rebalance(
+    settings: Settings, receiver: Receiver, spawn: Spawn, http: aiohttp.ClientSession
+) -> None:
+    """A second notify joins mid-stream, then the first leaves (SIGTERM): partitions move twice
+    while records are being delivered; every id reaches the target exactly once."""
+    r = receiver
+    r.delay = 0.25  # 8 partitions at 4 POSTs/s each: the stream lasts while partitions move
+    config = f"""
+targets:
+  - {{name: json, url: "{r.url("json")}", format: json}}
+"""
+    count = 200
+    await produce(settings, [alert(n) for n in range(count)], topic=settings.alerts)
+    ids = {f"a-{n}" for n in range(count)}
+    first = spawn(config)
+    await first.wait_ready(http)
+
+    async def delivered(n: int) -> bool:
+        return len(r.hits) >= n
+
+    await eventually(lambda: delivered(40), 60, "40 POSTs", every=0.01)
+    second = spawn(config)
+    await second.wait_ready(http)
+    at_join = len(r.hits)
+    assert at_join < count, "the first process finished before the second joined"
+    await eventually(lambda: delivered(at_join + 30), 60, "30 more POSTs", every=0.01)
+    # In a thread: the receiver runs on this event loop and must keep answering meanwhile.
+    await asyncio.to_thread(first.stop)
+
+    async def everything() -> bool:
+        return set(r.counts("json")) == ids and await committed_to_end(settings, [settings.alerts])
+
+    await eventually(everything, 120, "every alert delivered and committed")
+    twice = sorted(k for k, c in r.counts("json").items() if c > 1)
+    assert twice == [], f"sent twice across the rebalances: {twice}"
+    served = {
+        await p.metric(http, "leadflow_notify_delivered_total", target="json") for p in [second]
+    }
+    assert served != {0.0}, "the second process took no partition"
