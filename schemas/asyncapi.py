@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from schemas.catalog import DEFAULT_KAFKA_BOOTSTRAP, SCHEMAS, TOPIC_VARIABLES, package_version
 from schemas.deadletter import DEADLETTER_HEADERS, DeadLetterHeaders
+from schemas.notify import NOTIFY_DEADLETTER_HEADERS, NotifyDeadLetterHeaders
 
 ASYNCAPI_FILE = Path(__file__).resolve().parent / "asyncapi.yaml"
 ASYNCAPI_VERSION = "3.0.0"
@@ -41,6 +42,22 @@ ACTIONS: dict[str, Action] = {
     "leads.lifecycle": "send",
     "alerts.sla": "send",
     "leads.deadletter": "send",
+    "notify.deadletter": "send",
+}
+
+# Dead-letter topics: the record is the original bytes, the model describes its headers.
+# model -> (message id, header names, what the record is)
+DEADLETTER_MODELS: dict[type[BaseModel], tuple[str, dict[str, str], str]] = {
+    DeadLetterHeaders: (
+        "DeadLetter",
+        DEADLETTER_HEADERS,
+        "A record leadflow could not accept, kept as it came",
+    ),
+    NotifyDeadLetterHeaders: (
+        "NotifyDeadLetter",
+        NOTIFY_DEADLETTER_HEADERS,
+        "An alert, handoff or lifecycle record `leadflow notify` could not deliver to a webhook",
+    ),
 }
 
 # Keywords of JSON Schema 2019-09/2020-12 that draft-07 does not have.
@@ -221,18 +238,19 @@ def build_document() -> dict[str, Any]:
     ):
         action = ACTIONS[topic]
         channel_id = _channel_id(topic)
-        deadletter = model is DeadLetterHeaders
-        message_id = "DeadLetter" if deadletter else model.__name__
+        deadletter = model in DEADLETTER_MODELS
+        message_id = DEADLETTER_MODELS[model][0] if deadletter else model.__name__
         summary = _summary(model)
 
         message: dict[str, Any] = {"name": message_id, "title": message_id, "summary": summary}
         if deadletter:
+            _, header_names, record = DEADLETTER_MODELS[model]
             message["description"] = (
-                "A record leadflow could not accept, kept as it came: the value and the key are "
+                f"{record}: the value and the key are "
                 f"the original bytes; the {what.split(' (')[0]} say why and where from."
             )
             message["contentType"] = "application/octet-stream"
-            message["headers"] = _multi_format(headers_schema(model, DEADLETTER_HEADERS))
+            message["headers"] = _multi_format(headers_schema(model, header_names))
             message["payload"] = _multi_format(
                 {
                     "description": (

@@ -17,6 +17,7 @@ from schemas.deadletter import DeadLetterHeaders
 from schemas.engagement import EngagementEvent
 from schemas.handoff import MqlHandoff
 from schemas.lifecycle import LifecycleTransition
+from schemas.notify import NotifyDeadLetterHeaders
 
 ENGAGEMENT_TOPIC = "leads.engagement"
 HANDOFF_TOPIC = "leads.handoff"
@@ -24,6 +25,7 @@ ACTIVITY_TOPIC = "sales.activity"
 LIFECYCLE_TOPIC = "leads.lifecycle"
 ALERTS_TOPIC = "alerts.sla"
 DEADLETTER_TOPIC = "leads.deadletter"
+NOTIFY_DEADLETTER_TOPIC = "notify.deadletter"
 
 # default topic name -> the LEADFLOW_* variable that renames it
 TOPIC_VARIABLES: dict[str, str] = {
@@ -33,6 +35,7 @@ TOPIC_VARIABLES: dict[str, str] = {
     LIFECYCLE_TOPIC: "LEADFLOW_LIFECYCLE_TOPIC",
     ALERTS_TOPIC: "LEADFLOW_ALERTS_TOPIC",
     DEADLETTER_TOPIC: "LEADFLOW_DEADLETTER_TOPIC",
+    NOTIFY_DEADLETTER_TOPIC: "LEADFLOW_NOTIFY_DEADLETTER_TOPIC",
 }
 
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
@@ -47,6 +50,11 @@ SCHEMAS: dict[str, tuple[type[BaseModel], str, str]] = {
     "deadletter-headers.v1.schema.json": (
         DeadLetterHeaders,
         DEADLETTER_TOPIC,
+        "record headers (the value and key are the original bytes)",
+    ),
+    "notify-deadletter-headers.v1.schema.json": (
+        NotifyDeadLetterHeaders,
+        NOTIFY_DEADLETTER_TOPIC,
         "record headers (the value and key are the original bytes)",
     ),
 }

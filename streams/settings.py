@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -120,6 +121,7 @@ class Settings(BaseSettings):
     activity_topic: str = catalog.ACTIVITY_TOPIC
     lifecycle_topic: str = catalog.LIFECYCLE_TOPIC
     alerts_topic: str = catalog.ALERTS_TOPIC
+    notify_deadletter_topic: str = catalog.NOTIFY_DEADLETTER_TOPIC
     topic_partitions: int = Field(default=8, ge=1)
     topic_replication: int = Field(default=1, ge=1)
 
@@ -202,6 +204,25 @@ class Settings(BaseSettings):
         description="Browser origins allowed by CORS (JSON list or comma-separated; * = any).",
     )
 
+    # Webhook notifications (`leadflow notify`, docs/notify.md)
+    notify_config: Path | None = Field(
+        default=None, description="YAML file of webhook targets (required by `leadflow notify`)."
+    )
+    notify_web_host: str = "127.0.0.1"
+    notify_web_port: int = Field(default=6067, ge=1, le=65535)
+    notify_dedupe_ttl_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="How long a delivered (target, id) pair is remembered in Redis.",
+    )
+    notify_start: Literal["latest", "earliest"] = Field(
+        default="latest",
+        description=(
+            "Where a new notify consumer group starts: `latest` (do not page people about "
+            "history) or `earliest`."
+        ),
+    )
+
     # Input offsets (docs/reliability.md, "Offsets live with the state")
     offsets_missing: Literal["stop", "earliest", "committed"] = Field(
         default="stop",
@@ -237,6 +258,7 @@ class Settings(BaseSettings):
         "kafka_sasl_username",
         "kafka_sasl_password",
         "kafka_ssl_cafile",
+        "notify_config",
         mode="before",
     )
     @classmethod
@@ -246,7 +268,11 @@ class Settings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator(
-        "redis_ssl_cafile", "redis_ssl_certfile", "redis_ssl_keyfile", "kafka_ssl_cafile"
+        "redis_ssl_cafile",
+        "redis_ssl_certfile",
+        "redis_ssl_keyfile",
+        "kafka_ssl_cafile",
+        "notify_config",
     )
     @classmethod
     def _file_exists(cls, value: Path | None) -> Path | None:
@@ -423,7 +449,12 @@ class Settings(BaseSettings):
         return self.topic(self.alerts_topic)
 
     @property
-    def all_topics(self) -> tuple[str, ...]:
+    def notify_deadletter(self) -> str:
+        return self.topic(self.notify_deadletter_topic)
+
+    @property
+    def worker_topics(self) -> tuple[str, ...]:
+        """The six topics the worker reads or writes (it waits for them at start-up)."""
         return (
             self.engagement,
             self.handoff,
@@ -432,6 +463,16 @@ class Settings(BaseSettings):
             self.lifecycle,
             self.alerts,
         )
+
+    @property
+    def all_topics(self) -> tuple[str, ...]:
+        """Every topic of the namespace (`leadflow topics create` creates them)."""
+        return (*self.worker_topics, self.notify_deadletter)
+
+    @property
+    def notify_group(self) -> str:
+        """Consumer group of `leadflow notify`."""
+        return self.topic("leadflow-notify")
 
     @property
     def app_id(self) -> str:
@@ -447,6 +488,12 @@ class Settings(BaseSettings):
     @property
     def redis_prefix(self) -> str:
         return f"{self.namespace}:lf:" if self.namespace else "lf:"
+
+
+def remember_secrets(values: Iterable[str]) -> None:
+    """Scrub these values too from every printed and logged line (webhook secrets and URLs
+    from LEADFLOW_NOTIFY_CONFIG, which is not a LEADFLOW_* variable)."""
+    _KNOWN_SECRETS.update(s for s in values if len(s) >= MIN_SCRUBBED_SECRET)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -15,6 +15,7 @@ from streams.cli.explain import explain_command
 from streams.cli.handoffs import handoffs_command
 from streams.cli.importing import import_command
 from streams.cli.migrate import migrate_command
+from streams.cli.notify import notify_command
 from streams.cli.produce import produce_command
 from streams.cli.report import report_command
 from streams.cli.rescore import rescore_command
@@ -49,6 +50,7 @@ sample_app.command("generate")(sample_generate)
 
 app.command("worker")(worker_command)
 app.command("collector")(collector_command)
+app.command("notify")(notify_command)
 app.command("produce")(produce_command)
 app.command("import")(import_command)
 app.command("handoffs")(handoffs_command)

@@ -53,7 +53,7 @@ def worker_command() -> None:
                 kafka=True,
                 redis=True,
                 service=True,
-                topics=settings.all_topics,
+                topics=settings.worker_topics,
             )
         )
         asyncio.run(check_input_partitions(settings))

@@ -54,6 +54,7 @@ TOPICS = {
     "leads.lifecycle": "send",
     "alerts.sla": "send",
     "leads.deadletter": "send",
+    "notify.deadletter": "send",
 }
 NOT_DRAFT_07 = {"$defs", "prefixItems", "unevaluatedProperties", "dependentRequired", "$anchor"}
 

@@ -47,7 +47,10 @@ def test_empty_namespace_uses_plain_names() -> None:
         "sales.activity",
         "leads.lifecycle",
         "alerts.sla",
+        "notify.deadletter",
     )
+    assert settings.worker_topics == settings.all_topics[:6]
+    assert settings.notify_group == "leadflow-notify"
     assert settings.app_id == "leadflow-scoring"
     assert settings.redis_prefix == "lf:"
 
