@@ -17,8 +17,11 @@ from streams.observability import log
 from streams.settings import Settings, SettingsError, load_settings
 from streams.startup import Dependency, Misconfigured, Say, speaks_tls, wait_for_all
 from streams.store import Generation, LeadStore
+from streams.store.redis_store import connect
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from streams.app import Worker
 
 
@@ -27,6 +30,11 @@ def checked_settings(**overrides: object) -> Settings:
     settings = load_settings(**overrides)
     load_rules(settings.rules)
     return settings
+
+
+def open_redis(settings: Settings) -> Redis:
+    """A Redis client as every leadflow process opens it (the cluster client in cluster mode)."""
+    return connect(settings.redis_url, settings.redis_options(), settings.redis_cluster)
 
 
 def open_store(settings: Settings, cache_leads: int = 0) -> LeadStore:

@@ -29,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas.catalog import package_version
 from schemas.notify import NotifyDeadLetterHeaders, NotifyDeadLetterReason
+from streams.bootstrap import open_redis
 from streams.kafka import OutRecord, Producer, client_options
 from streams.notify.config import NotifyConfig, Target
 from streams.notify.decide import (
@@ -70,16 +71,10 @@ class Notifier:
         self.sources: dict[str, Source] = {settings.alerts: "alert", settings.handoff: "handoff"}
         if config.wants_lifecycle:
             self.sources[settings.lifecycle] = "lifecycle"
-        import redis.asyncio as aioredis
-
-        client = aioredis.Redis.from_url(
-            settings.redis_url.get_secret_value(),
-            socket_timeout=10,
-            health_check_interval=30,
-            **settings.redis_options(),
-        )
         self.markers = DeliveryMarkers(
-            client, settings.redis_prefix, int(settings.notify_dedupe_ttl_days * 86400)
+            open_redis(settings),
+            settings.redis_prefix,
+            int(settings.notify_dedupe_ttl_days * 86400),
         )
         self.producer = Producer(settings, "leadflow-notify")
         self.consumer: AIOKafkaConsumer | None = None

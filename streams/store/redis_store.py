@@ -257,6 +257,20 @@ class Keys:
         return text[text.index(f"}}:{gen}lead:") + len(gen) + 7 :]
 
 
+def connect(
+    url: str | SecretStr, options: Mapping[str, Any] | None = None, cluster: bool = False
+) -> aioredis.Redis:
+    """A redis-py client of one Redis, or (`cluster`) of the Redis Cluster `url` is a node of."""
+    if isinstance(url, SecretStr):
+        url = url.get_secret_value()
+    if cluster:
+        client: Any = aioredis.RedisCluster.from_url(url, socket_timeout=10, **dict(options or {}))
+        return client  # type: ignore[no-any-return]
+    return aioredis.Redis.from_url(
+        url, socket_timeout=10, health_check_interval=30, **dict(options or {})
+    )
+
+
 class LeadStore:
     def __init__(
         self,
@@ -468,17 +482,7 @@ class LeadStore:
         `cluster`, any node of a Redis Cluster); `options` are redis-py's connection options
         besides the URL (credentials, TLS files: `Settings.redis_options()`). `partitions` is
         the input topics' partition count, which the key layout follows."""
-        if isinstance(url, SecretStr):
-            url = url.get_secret_value()
-        client: aioredis.Redis
-        if cluster:
-            client = aioredis.RedisCluster.from_url(  # type: ignore[assignment]
-                url, socket_timeout=10, **dict(options or {})
-            )
-        else:
-            client = aioredis.Redis.from_url(
-                url, socket_timeout=10, health_check_interval=30, **dict(options or {})
-            )
+        client = connect(url, options, cluster)
         return cls(client, prefix, source_topic, dedupe_ttl_seconds, cache_leads, partitions)
 
     async def close(self) -> None:
