@@ -94,71 +94,181 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEADFLOW_", frozen=True, extra="ignore")
 
     # Where things are
-    kafka_bootstrap: str = catalog.DEFAULT_KAFKA_BOOTSTRAP
+    kafka_bootstrap: str = Field(
+        default=catalog.DEFAULT_KAFKA_BOOTSTRAP, description="Kafka bootstrap servers"
+    )
     # A secret: str(), repr() and logs show it without its password (SecretUrl).
-    redis_url: SecretUrl = SecretUrl("redis://127.0.0.1:6379/0")
+    redis_url: SecretUrl = Field(
+        default=SecretUrl("redis://127.0.0.1:6379/0"),
+        description=(
+            "Redis (standalone, or any node of a Redis Cluster with LEADFLOW_REDIS_CLUSTER; "
+            "`rediss://` for TLS; `redis://user:password@host:6379/0` with a password, or the "
+            "password in LEADFLOW_REDIS_PASSWORD). A secret: every message and log line shows it "
+            "without its password (`redis://user:***@host:6379/0`)"
+        ),
+    )
     # Redis credentials and TLS, apart from the URL (docs/operations.md, "Redis with a password
     # and TLS"); the URL then carries no credentials. The TLS files need a rediss:// URL.
-    redis_username: str | None = None
-    redis_password: SecretStr | None = None
-    redis_ssl_cafile: Path | None = None
-    redis_ssl_certfile: Path | None = None
-    redis_ssl_keyfile: Path | None = None
+    redis_username: str | None = Field(
+        default=None, description="Redis ACL user (Redis 6+); unset: `default`"
+    )
+    redis_password: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Redis password, a secret (never printed or logged, scrubbed from library messages). "
+            "Set it here or in the URL, not both (start-up refuses that)"
+        ),
+    )
+    redis_ssl_cafile: Path | None = Field(
+        default=None,
+        description=(
+            "CA bundle that signed the Redis server's certificate (TLS; needs a `rediss://` URL)."
+            " Unset: the system's CAs"
+        ),
+    )
+    redis_ssl_certfile: Path | None = Field(
+        default=None,
+        description=(
+            "client certificate, for a Redis that asks for one (`tls-auth-clients yes`); its key "
+            "in LEADFLOW_REDIS_SSL_KEYFILE"
+        ),
+    )
+    redis_ssl_keyfile: Path | None = Field(
+        default=None, description="the key of LEADFLOW_REDIS_SSL_CERTFILE"
+    )
     # LEADFLOW_REDIS_URL is any node of a Redis Cluster (redis-py's cluster client finds the
     # others). The key layout is the same in both modes (docs/operations.md "Redis key layout").
-    redis_cluster: bool = False
-    rules: Path = DEFAULT_RULES
+    redis_cluster: bool = Field(
+        default=False,
+        description=(
+            "LEADFLOW_REDIS_URL is a node of a Redis Cluster (or a managed equivalent with the "
+            "cluster protocol): redis-py's cluster client finds the others. Same key layout as "
+            'one Redis (see "Redis key layout")'
+        ),
+    )
+    rules: Path = Field(default=DEFAULT_RULES, description="rules file")
     namespace: str = Field(
         default="",
         pattern=r"^[A-Za-z0-9._-]*$",
-        description="Prefix for every topic, consumer group and Redis key.",
+        description=(
+            "prefix for topics (`ns.leads.engagement`), consumer group (`ns.leadflow-scoring`) "
+            "and Redis keys (`ns:lf:...`)"
+        ),
     )
 
     # Topics (names before the namespace prefix) and their layout
-    engagement_topic: str = catalog.ENGAGEMENT_TOPIC
-    handoff_topic: str = catalog.HANDOFF_TOPIC
-    deadletter_topic: str = catalog.DEADLETTER_TOPIC
-    activity_topic: str = catalog.ACTIVITY_TOPIC
-    lifecycle_topic: str = catalog.LIFECYCLE_TOPIC
-    alerts_topic: str = catalog.ALERTS_TOPIC
-    notify_deadletter_topic: str = catalog.NOTIFY_DEADLETTER_TOPIC
-    topic_partitions: int = Field(default=8, ge=1)
-    topic_replication: int = Field(default=1, ge=1)
+    engagement_topic: str = Field(
+        default=catalog.ENGAGEMENT_TOPIC,
+        description="engagement events topic name, before the namespace prefix",
+    )
+    handoff_topic: str = Field(
+        default=catalog.HANDOFF_TOPIC,
+        description="MQL handoffs topic name, before the namespace prefix",
+    )
+    deadletter_topic: str = Field(
+        default=catalog.DEADLETTER_TOPIC,
+        description="dead-letter topic name, before the namespace prefix",
+    )
+    activity_topic: str = Field(
+        default=catalog.ACTIVITY_TOPIC,
+        description="sales activity topic name, before the namespace prefix",
+    )
+    lifecycle_topic: str = Field(
+        default=catalog.LIFECYCLE_TOPIC,
+        description="lifecycle transitions topic name, before the namespace prefix",
+    )
+    alerts_topic: str = Field(
+        default=catalog.ALERTS_TOPIC,
+        description="SLA alerts topic name, before the namespace prefix",
+    )
+    notify_deadletter_topic: str = Field(
+        default=catalog.NOTIFY_DEADLETTER_TOPIC,
+        description="topic name before the prefix: records a webhook target did not take",
+    )
+    topic_partitions: int = Field(
+        default=8,
+        ge=1,
+        description=(
+            "partitions for `leadflow topics create`, and the partition count the Redis key "
+            "layout follows: the input topics (engagement, handoff, activity) must have exactly "
+            "this many (the worker checks at start-up)"
+        ),
+    )
+    topic_replication: int = Field(
+        default=1, ge=1, description="replication factor for `leadflow topics create`"
+    )
 
     # Kafka security
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_cafile: Path | None = None
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="PLAIN", description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user")
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password, a secret (never printed or logged)"
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        default=None,
+        description="CA bundle for SSL; must exist (checked at start-up); empty means not set",
+    )
     kafka_session_timeout: float = Field(
         default=30.0,
         ge=6,
-        description="Seconds before the group gives a silent worker's partitions to others.",
+        description=(
+            "seconds before a silent (crashed) worker's partitions move to the others (min 6)"
+        ),
     )
-    kafka_heartbeat_interval: float = Field(default=3.0, gt=0)
+    kafka_heartbeat_interval: float = Field(
+        default=3.0,
+        gt=0,
+        description="seconds between consumer heartbeats (under a third of the session timeout)",
+    )
 
     # Processing
-    batch_max: int = Field(default=500, ge=1, le=100_000)
-    batch_within: float = Field(default=0.25, gt=0, description="Seconds to wait to fill a batch.")
-    max_event_bytes: int = Field(default=65_536, ge=256)
-    dedupe_ttl_days: int = Field(
-        default=90, ge=1, description="How long an event_id is remembered per lead."
+    batch_max: int = Field(
+        default=500,
+        ge=1,
+        le=100_000,
+        description=(
+            "most records per batch: an engagement batch is what has already been fetched, up to "
+            "this, never a wait to fill one"
+        ),
     )
-    redis_retry_max_seconds: float = Field(default=30.0, gt=0)
+    batch_within: float = Field(
+        default=0.25, gt=0, description="seconds the sales agent waits to fill a batch"
+    )
+    max_event_bytes: int = Field(
+        default=65_536, ge=256, description="larger records are dead-lettered as `oversized`"
+    )
+    dedupe_ttl_days: int = Field(
+        default=90,
+        ge=1,
+        description=(
+            "how long event ids are remembered per lead (counted back from the lead's newest event)"
+        ),
+    )
+    redis_retry_max_seconds: float = Field(
+        default=30.0, gt=0, description="longest wait between retries of Redis/Kafka"
+    )
     state_cache_leads: int = Field(
         default=20_000,
         ge=0,
         description=(
-            "Lead states a worker keeps in memory between batches (about 5.6 KB each; 0: none)."
+            "lead states a worker keeps in memory between batches (about 5.6 KB each, so ~110 MB "
+            "at the default); a batch then reads only the version of an unchanged lead from "
+            "Redis; 0 turns it off"
         ),
     )
     sla_sweep_interval: float = Field(
-        default=0.25, gt=0, le=60, description="Seconds between looks at due SLA deadlines."
+        default=0.25, gt=0, le=60, description="seconds between looks at due SLA deadlines"
     )
-    sla_sweep_batch: int = Field(default=1000, ge=1, description="Most deadlines per look.")
+    sla_sweep_batch: int = Field(
+        default=1000, ge=1, description="most due deadlines handled per look and partition"
+    )
     kpi_refresh_interval: float = Field(
-        default=30.0, gt=0, description="Seconds between refreshes of the KPI gauges."
+        default=30.0, gt=0, description="seconds between refreshes of the KPI gauges on /metrics"
     )
 
     # Start-up: how long to wait for Kafka and Redis before giving up (docs/operations.md)
@@ -167,31 +277,51 @@ class Settings(BaseSettings):
         ge=0,
         le=86_400,
         description=(
-            "Seconds to wait for Kafka and Redis at start-up, retrying with backoff, before "
-            f"exiting; unset: {STARTUP_TIMEOUT_SERVICE:g} for the worker and the collector, "
-            f"{STARTUP_TIMEOUT_COMMAND:g} for the other commands; 0: one attempt."
+            "seconds a command waits for Kafka and Redis to answer at start-up, retrying with "
+            "backoff (0.5 s doubling to 5 s) and logging one line per attempt, before it exits "
+            "naming the variable to fix. Unset: 60 for `worker`, `collector`, `topics create` and"
+            " `demo` (often started beside their broker), 15 for the one-shot commands; set, it "
+            'applies to all; 0: one attempt. See "Starting"'
         ),
     )
 
     # Operations
     data_dir: Path = Field(
         default=Path(tempfile.gettempdir()) / "leadflow",
-        description="Faust's working data (no tables are kept; nothing here needs a backup).",
+        description="Faust's working directory (no tables are kept there)",
     )
-    web_host: str = "127.0.0.1"
-    web_port: int = Field(default=6066, ge=1, le=65535)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "console"] = "json"
+    web_host: str = Field(
+        default="127.0.0.1", description="address of the worker's health and metrics endpoint"
+    )
+    web_port: int = Field(
+        default=6066, ge=1, le=65535, description="port of the worker's health and metrics endpoint"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="DEBUG, INFO, WARNING, ERROR"
+    )
+    log_format: Literal["json", "console"] = Field(
+        default="json", description="json (one object per line) or console"
+    )
 
     # HTTP collector (`leadflow collector`, docs/collector.md)
-    collector_host: str = "127.0.0.1"
-    collector_port: int = Field(default=8080, ge=1, le=65535)
+    collector_host: str = Field(
+        default="127.0.0.1", description="address `leadflow collector` listens on"
+    )
+    collector_port: int = Field(
+        default=8080, ge=1, le=65535, description="port `leadflow collector` listens on"
+    )
     collector_tokens: Annotated[dict[str, SecretStr], NoDecode] = Field(
         default_factory=dict,
         description='Tokens per source, a JSON object {"source-name": "token"}.',
     )
-    collector_max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    collector_max_batch_events: int = Field(default=500, ge=1)
+    collector_max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        description="largest request body the collector accepts (413 beyond)",
+    )
+    collector_max_batch_events: int = Field(
+        default=500, ge=1, description="most events in one collector request"
+    )
     collector_rate_per_second: float = Field(
         default=200.0, gt=0, description="Events per second per source (token bucket)."
     )
@@ -206,20 +336,28 @@ class Settings(BaseSettings):
 
     # Webhook notifications (`leadflow notify`, docs/notify.md)
     notify_config: Path | None = Field(
-        default=None, description="YAML file of webhook targets (required by `leadflow notify`)."
+        default=None,
+        description=(
+            "`leadflow notify`'s YAML file of webhook targets (required by it; must exist). See "
+            "[notify.md](notify.md)"
+        ),
     )
-    notify_web_host: str = "127.0.0.1"
-    notify_web_port: int = Field(default=6067, ge=1, le=65535)
+    notify_web_host: str = Field(
+        default="127.0.0.1", description="`leadflow notify`'s health and metrics endpoint"
+    )
+    notify_web_port: int = Field(
+        default=6067, ge=1, le=65535, description="`leadflow notify`'s health and metrics endpoint"
+    )
     notify_dedupe_ttl_days: float = Field(
         default=7.0,
         gt=0,
-        description="How long a delivered (target, id) pair is remembered in Redis.",
+        description="how long `leadflow notify` remembers a delivered (target, id) pair in Redis",
     )
     notify_start: Literal["latest", "earliest"] = Field(
         default="latest",
         description=(
-            "Where a new notify consumer group starts: `latest` (do not page people about "
-            "history) or `earliest`."
+            "where a new notify consumer group starts: `latest` (no pages about history) or "
+            "`earliest`"
         ),
     )
 
@@ -227,20 +365,38 @@ class Settings(BaseSettings):
     offsets_missing: Literal["stop", "earliest", "committed"] = Field(
         default="stop",
         description=(
-            "What a worker does with a partition whose offsets are not in Redis although the "
-            "consumer group has consumed it (Redis emptied): stop it (default), replay it from "
-            "the earliest retained offset, or trust the group's committed offset."
+            "a partition the group has consumed but whose offsets Redis does not hold (Redis "
+            "emptied): `stop` it, replay it from the `earliest` retained offset, or trust the "
+            "group's `committed` offset (only when Redis is known to match it); see "
+            "reliability.md"
         ),
     )
     offsets_commit_interval: float = Field(
-        default=1.0, gt=0, description="Seconds between commits of Kafka offsets (for lag tools)."
+        default=1.0,
+        gt=0,
+        description=(
+            "seconds between commits of the engagement offsets to Kafka (for lag tools; Redis "
+            "holds the real ones), and between checks that Redis still holds the offsets this "
+            "worker wrote (a Redis restored older is replayed even with no new records)"
+        ),
     )
 
     # Fault injection for the chaos tests only: exit hard right after the Redis write of the Nth
     # batch that produced outputs, before they reach Kafka (0 = never).
-    fault_crash_after_batches: int = Field(default=0, ge=0)
+    fault_crash_after_batches: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "chaos tests only: exit hard after the Redis write of the Nth batch with outputs, "
+            "before Kafka"
+        ),
+    )
     # ... or half-way through the Kafka send of the Nth delivery (0 = never).
-    fault_crash_during_delivery: int = Field(default=0, ge=0)
+    fault_crash_during_delivery: int = Field(
+        default=0,
+        ge=0,
+        description="chaos tests only: exit hard half-way through sending the Nth delivery",
+    )
 
     @field_validator("rules")
     @classmethod

@@ -11,6 +11,7 @@ import typer
 from streams.cli.backtest import backtest_command
 from streams.cli.collector import collector_command
 from streams.cli.demo import demo_command
+from streams.cli.docs import docs_generate
 from streams.cli.explain import explain_command
 from streams.cli.handoffs import handoffs_command
 from streams.cli.importing import import_command
@@ -38,15 +39,20 @@ schemas_app = typer.Typer(
     help="The wire contract: JSON Schema and AsyncAPI files.", no_args_is_help=True
 )
 sample_app = typer.Typer(help="Synthetic engagement data.", no_args_is_help=True)
+docs_app = typer.Typer(
+    help="Reference tables in docs/, generated from the code.", no_args_is_help=True
+)
 app.add_typer(topics_app, name="topics")
 app.add_typer(rules_app, name="rules")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(sample_app, name="sample")
+app.add_typer(docs_app, name="docs")
 
 topics_app.command("create")(topics_create)
 rules_app.command("check")(rules_check)
 schemas_app.command("generate")(schemas_generate)
 sample_app.command("generate")(sample_generate)
+docs_app.command("generate")(docs_generate)
 
 app.command("worker")(worker_command)
 app.command("collector")(collector_command)
