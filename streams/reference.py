@@ -3,19 +3,26 @@
 `leadflow docs generate` rewrites each table between its markers; `--check` (and the unit test
 tests/unit/test_reference.py, which ops/test runs) fails when a checked-in table is stale.
 Today: the settings table of docs/operations.md, from the settings model (every LEADFLOW_*
-variable, its default and its description).
+variable, its default and its description), and the key reference of docs/rules.md, from the
+rules model (every key of the rules file, its type, default and description).
 """
 
 from __future__ import annotations
 
 import tempfile
+import types
+import typing
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from streams.core.durations import format_duration
+from streams.core.rules import Rules
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +75,86 @@ def settings_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-REGIONS = (Generated(ROOT / "docs" / "operations.md", "settings", settings_table),)
+def _models_in(annotation: Any) -> list[tuple[str, type[BaseModel]]]:
+    """The models a field holds: itself (""), each list item ("[]"), each map value (".<k>")."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [("", annotation)]
+    if origin in (typing.Union, types.UnionType):
+        return [m for a in args if a is not type(None) for m in _models_in(a)]
+    if origin is typing.Annotated:
+        return _models_in(args[0])
+    if origin is tuple and args and args[-1] is Ellipsis:
+        return [("[]" + k, m) for k, m in _models_in(args[0])]
+    if origin is dict:
+        return [(".<type>" + k, m) for k, m in _models_in(args[1])]
+    return []
+
+
+def _type_name(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return "duration" if args[0] is timedelta else _type_name(args[0])
+    if origin in (typing.Union, types.UnionType):
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(dict.fromkeys(names))
+    if origin is typing.Literal:
+        return " / ".join(f"`{a}`" for a in args)
+    if origin is tuple:
+        items = " or ".join(dict.fromkeys(_type_name(a) for a in args if a is not Ellipsis))
+        return "list" if items == "section" else f"list of {items}"
+    if origin is dict:
+        return "map"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "section"
+    return {
+        float: "number",
+        int: "integer",
+        bool: "true/false",
+        str: "text",
+        timedelta: "duration",
+        date: "date",
+    }.get(annotation, str(annotation).replace("typing.", ""))
+
+
+def _rule_default(field: FieldInfo) -> str:
+    if field.is_required():
+        return "required"
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel) or value in (None, (), {}):
+        return ""
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def _rule_rows(model: type[BaseModel], prefix: str) -> list[str]:
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{field.alias or name}"
+        meaning = (field.description or "").replace("|", "\\|")
+        nested = _models_in(field.annotation)
+        type_name = _type_name(field.annotation)
+        rows.append(f"| `{key}` | {type_name} | {_rule_default(field)} | {meaning} |")
+        for suffix, inner in nested:
+            rows += _rule_rows(inner, f"{key}{suffix}.")
+    return rows
+
+
+def rules_table() -> str:
+    """Every key of the rules file: type, default, meaning (the rules model's descriptions)."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    return "\n".join(rows + _rule_rows(Rules, "")) + "\n"
+
+
+REGIONS = (
+    Generated(ROOT / "docs" / "operations.md", "settings", settings_table),
+    Generated(ROOT / "docs" / "rules.md", "rules", rules_table),
+)
 
 
 def regenerate(check: bool = False, regions: tuple[Generated, ...] = REGIONS) -> list[str]:

@@ -60,9 +60,11 @@ class MqlRule(_Frozen):
 
 
 class EngagementRule(_Frozen):
-    points: float
+    points: float = Field(description="Points each event of this type adds (negative: removes).")
     cap_per_day: float | None = Field(
-        default=None, gt=0, description="Most points this type can add per UTC day."
+        default=None,
+        gt=0,
+        description="Most points this type can add per UTC day of occurred_at (positive points).",
     )
 
     @model_validator(mode="after")
@@ -84,13 +86,22 @@ class FitRule(_Frozen):
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
-    field: str = Field(min_length=1)
-    points: float
+    field: str = Field(min_length=1, description="Profile attribute to match, e.g. industry.")
+    points: float = Field(description="Fit points when the attribute matches.")
     name: str | None = Field(default=None, description="Label shown in reasons and explain.")
-    in_: tuple[AttributeValue, ...] | None = Field(default=None, alias="in")
-    equals: AttributeValue = None
-    between: tuple[float | None, float | None] | None = None
-    contains: tuple[str, ...] | None = None
+    in_: tuple[AttributeValue, ...] | None = Field(
+        default=None, alias="in", description="Matches one of these values (case-insensitive)."
+    )
+    equals: AttributeValue = Field(default=None, description="Matches exactly this value.")
+    between: tuple[float | None, float | None] | None = Field(
+        default=None,
+        description="Matches a number in [low, high], inclusive; null for an open end; numeric "
+        'strings like "1,200" count.',
+    )
+    contains: tuple[str, ...] | None = Field(
+        default=None,
+        description="Matches text containing one of these parts (case-insensitive; job titles).",
+    )
 
     # Normalised `in` values and `contains` parts, computed once: matching is on the hot path.
     # cached_property (kept in the instance __dict__, which pydantic ignores for fields) rather
@@ -193,8 +204,14 @@ class DecayRule(_Frozen):
 
 
 class SlaRule(_Frozen):
-    mql_first_contact: Duration = Field(default=timedelta(hours=24))
-    sql_follow_up: Duration = Field(default=timedelta(hours=48))
+    mql_first_contact: Duration = Field(
+        default=timedelta(hours=24),
+        description="Sales contacts an MQL within this of its handoff (`first_contact_due_at` "
+        'on the handoff). Durations read "24h", "90s", "30d".',
+    )
+    sql_follow_up: Duration = Field(
+        default=timedelta(hours=48), description="Sales acts on an SQL within this."
+    )
     early_warning: float | None = Field(
         default=None,
         gt=0,
@@ -225,7 +242,9 @@ class RecycleRule(_Frozen):
         le=1,
         description="Engagement kept when sales sends a lead back to nurture (0 = reset).",
     )
-    disqualified_can_requalify: bool = False
+    disqualified_can_requalify: bool = Field(
+        default=False, description="A disqualified lead may become an MQL again."
+    )
 
 
 class ReportingRule(_Frozen):
@@ -248,16 +267,26 @@ class ReportingRule(_Frozen):
 class Rules(_Frozen):
     """The effective rules. `version` is a content hash, stamped on every output."""
 
-    mql: MqlRule
+    mql: MqlRule = Field(description="When a lead becomes an MQL.")
     engagement: dict[
         Annotated[str, Field(min_length=1)],
         Annotated[EngagementRule, BeforeValidator(_engagement_rule)],
-    ] = Field(default_factory=dict)
-    fit: tuple[FitRule, ...] = ()
-    decay: DecayRule | None = None
-    sla: SlaRule = Field(default_factory=SlaRule)
-    bant: BantRule = Field(default_factory=BantRule)
-    recycle: RecycleRule = Field(default_factory=RecycleRule)
+    ] = Field(
+        default_factory=dict,
+        description="Points per event type: a number (`email_open: 5`) or `{points, "
+        "cap_per_day}`; negative points are allowed (opt_out).",
+    )
+    fit: tuple[FitRule, ...] = Field(
+        default=(),
+        description="Fit points per profile attribute: each rule has exactly one of in, equals, "
+        "between, contains; every matching rule adds its points.",
+    )
+    decay: DecayRule | None = Field(default=None, description="Engagement decay; off if unset.")
+    sla: SlaRule = Field(default_factory=SlaRule, description="Sales deadlines (SLA clocks).")
+    bant: BantRule = Field(default_factory=BantRule, description="When a BANT makes an SQL.")
+    recycle: RecycleRule = Field(
+        default_factory=RecycleRule, description="What nurture and disqualification keep."
+    )
     reasons_limit: int = Field(default=6, ge=1, le=50, description="Reasons kept on a handoff.")
     history_limit: int = Field(
         default=20,
@@ -265,7 +294,9 @@ class Rules(_Frozen):
         le=500,
         description="Recent contributing events and stage changes kept per lead (explain).",
     )
-    reporting: ReportingRule = Field(default_factory=lambda: ReportingRule())
+    reporting: ReportingRule = Field(
+        default_factory=lambda: ReportingRule(), description="How KPIs are counted."
+    )
 
     @field_validator("engagement")
     @classmethod

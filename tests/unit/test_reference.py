@@ -56,3 +56,26 @@ def test_missing_markers_are_named(tmp_path: Path) -> None:
     doc.write_text("no markers here\n", encoding="utf-8")
     with pytest.raises(ValueError, match="markers"):
         regenerate(regions=(Generated(doc, "demo", lambda: ""),))
+
+
+def test_the_rules_reference_lists_every_key_a_rules_file_may_use() -> None:
+    from streams.reference import rules_table
+
+    keys = set(re.findall(r"^\| `([^`]+)` \|", rules_table(), re.M))
+    # The keys the issue found missing from the hand-written table, and a few others.
+    for key in (
+        "sla.backfill_grace",
+        "sla.early_warning",
+        "sla.calendar.timezone",
+        "bant.required",
+        "bant.mandatory",
+        "recycle.engagement_factor",
+        "recycle.disqualified_can_requalify",
+        "history_limit",
+        "reporting.timezone",
+        "fit[].between",
+        "engagement.<type>.cap_per_day",
+    ):
+        assert key in keys, key
+    required = re.findall(r"^\| `([^`]+)` \| [^|]+ \| required \|", rules_table(), re.M)
+    assert "mql.threshold" in required and "sla.mql_first_contact" not in required
