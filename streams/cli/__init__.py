@@ -21,8 +21,10 @@ from streams.cli.produce import produce_command
 from streams.cli.report import report_command
 from streams.cli.rescore import rescore_command
 from streams.cli.rules import rules_check
+from streams.cli.sales import record_command
 from streams.cli.sample import sample_generate
 from streams.cli.schemas import schemas_generate
+from streams.cli.tail import tail_command
 from streams.cli.topics import topics_create
 from streams.cli.worker import worker_command
 
@@ -38,6 +40,10 @@ rules_app = typer.Typer(help="Check and inspect rules files.", no_args_is_help=T
 schemas_app = typer.Typer(
     help="The wire contract: JSON Schema and AsyncAPI files.", no_args_is_help=True
 )
+sales_app = typer.Typer(
+    help="Sales activity by hand: for trying things out, or a team without a CRM connector.",
+    no_args_is_help=True,
+)
 sample_app = typer.Typer(help="Synthetic engagement data.", no_args_is_help=True)
 docs_app = typer.Typer(
     help="Reference tables in docs/, generated from the code.", no_args_is_help=True
@@ -47,12 +53,14 @@ app.add_typer(rules_app, name="rules")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(sample_app, name="sample")
 app.add_typer(docs_app, name="docs")
+app.add_typer(sales_app, name="sales")
 
 topics_app.command("create")(topics_create)
 rules_app.command("check")(rules_check)
 schemas_app.command("generate")(schemas_generate)
 sample_app.command("generate")(sample_generate)
 docs_app.command("generate")(docs_generate)
+sales_app.command("record")(record_command)
 
 app.command("worker")(worker_command)
 app.command("collector")(collector_command)
@@ -60,6 +68,7 @@ app.command("notify")(notify_command)
 app.command("produce")(produce_command)
 app.command("import")(import_command)
 app.command("handoffs")(handoffs_command)
+app.command("tail")(tail_command)
 app.command("explain")(explain_command)
 app.command("demo")(demo_command)
 app.command("report")(report_command)

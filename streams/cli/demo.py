@@ -28,7 +28,7 @@ from schemas.alert import SlaAlert
 from schemas.handoff import MqlHandoff
 from schemas.lifecycle import LifecycleTransition
 from streams.cli.errors import require_services, user_errors
-from streams.cli.handoffs import print_handoff
+from streams.cli.handoffs import print_handoff_line
 from streams.cli.output import console, out
 from streams.cli.produce import play_events, read_lines
 from streams.core.durations import format_duration
@@ -227,7 +227,7 @@ class DemoRun:
 
     def _handoff(self, h: MqlHandoff, producer: Producer) -> None:
         self.counts["handoffs"] += 1
-        print_handoff(h)
+        print_handoff_line(h)
         plan = simulate_sales(h.lead_id, h.handoff_id)
         self.pending_sales.append(asyncio.create_task(self._play_sales(producer, plan)))
 

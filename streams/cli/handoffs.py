@@ -11,7 +11,8 @@ from rich.markup import escape
 
 from schemas.handoff import MqlHandoff
 from streams.cli.errors import require_services, user_errors
-from streams.cli.output import out
+from streams.cli.output import console, out
+from streams.cli.records import Printer, Record
 from streams.settings import Settings, load_settings
 
 
@@ -20,22 +21,49 @@ def handoffs_command(
         float, typer.Option(help="Stop after this many seconds without a new one")
     ] = 5.0,
     limit: Annotated[int, typer.Option(help="Stop after this many (0 = no limit)")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per handoff")] = False,
 ) -> None:
-    """Show MQL handoffs on the handoff topic, from the beginning."""
+    """Show MQL handoffs on the handoff topic, from the beginning.
+
+    One line each; TSV with a header row when stdout is not a terminal, JSON lines with --json
+    (`leadflow tail handoff` shows the same without waiting for --idle).
+    """
+    MODE["json"] = as_json
     with user_errors():
         settings = load_settings()
         require_services(settings, kafka=True)
         seen = asyncio.run(watch(settings, settings.handoff, idle, limit, show=True))
-    out.print(f"{len(seen)} handoffs on {settings.handoff}")
+    summary = f"{len(seen)} handoffs on {settings.handoff}"
+    if out.is_terminal:
+        out.print(summary)
+    else:  # stdout stays rows only
+        console.print(summary, highlight=False)
+
+
+# How `handoffs` prints: set by the command (JSON lines), else by stdout (a terminal or not).
+MODE = {"json": False}
+_ROWS: dict[str, Printer] = {}
 
 
 def print_handoff(h: MqlHandoff) -> None:
+    """One handoff: a JSON line (--json), a TSV row (stdout not a terminal), else a line for
+    people."""
+    if MODE["json"] or not out.is_terminal:
+        printer = _ROWS.setdefault("handoff", Printer("handoff", json=MODE["json"]))
+        value = h.model_dump_json().encode()
+        printer.print([Record("", 0, 0, 0, h.lead_id.encode(), value)])
+        return
+    print_handoff_line(h)
+
+
+def print_handoff_line(h: MqlHandoff) -> None:
     """One line per handoff: the lead, its score, when sales must call and the top reasons."""
     reasons = escape("; ".join(f"{r.rule} {r.points:+.0f}" for r in h.reasons[:3]))
     out.print(
         f"[bold green]MQL[/] {h.lead_id:<16} score {h.score:6.1f} "
         f"(fit {h.fit_score:g} + engagement {h.engagement_score:.1f})  "
-        f"contact by {h.first_contact_due_at:%Y-%m-%d %H:%M:%S}  [dim]{reasons}[/]"
+        f"contact by {h.first_contact_due_at:%Y-%m-%d %H:%M:%S}  [dim]{reasons}[/]",
+        soft_wrap=True,
     )
 
 

@@ -21,7 +21,12 @@ def worker_command() -> None:
         live_generation,
         wait_for_services,
     )
-    from streams.observability import configure_logging, log, quiet_repeats
+    from streams.observability import (
+        configure_logging,
+        library_logging_config,
+        log,
+        quiet_repeats,
+    )
 
     with user_errors():
         settings = checked_settings()
@@ -67,6 +72,14 @@ def worker_command() -> None:
     gc.freeze()
     # Full collections stay possible (every 10th older one): cyclic garbage must not pile up.
     gc.set_threshold(100_000, 50, 10)
-    faust.Worker(
-        built.app, loglevel="WARNING", quiet=True, redirect_stdouts=False
-    ).execute_from_commandline()
+    worker = faust.Worker(
+        built.app,
+        loglevel="WARNING",
+        quiet=True,
+        redirect_stdouts=False,
+        logging_config=library_logging_config("WARNING", settings.log_format),
+    )
+    # Faust's start-up spinner writes the cursor codes ESC[?25l / ESC[?25h even when stdout is
+    # a pipe or a log file: a worker is a service, it never spins.
+    worker.spinner = None
+    worker.execute_from_commandline()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +142,7 @@ def test_sample_generate(runner: CliRunner, tmp_path: Path, example_rules: Rules
     result = runner.invoke(
         app,
         ["sample", "generate", "--out", str(out), "--leads", str(leads),
-         "--events", str(events), "--seed", str(seed)],
+         "--events", str(events), "--seed", str(seed), "--start", "2026-11-02"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     lines = out.read_bytes().splitlines()
@@ -166,3 +167,36 @@ def test_sample_generate(runner: CliRunner, tmp_path: Path, example_rules: Rules
     # Some records are broken and some re-sent, as documented for the defaults.
     assert any(not r.valid for r in expected)
     assert len({e.event_id for e in parsed}) < len(parsed)
+
+
+def test_sample_generate_ends_now_by_default(runner: CliRunner, tmp_path: Path) -> None:
+    """Without --start the history ends now (played today, its clocks are not all expired);
+    --start and --days place it exactly; a bad date exits 2 naming --start."""
+    out = tmp_path / "sample.ndjson"
+    args = ["sample", "generate", "--out", str(out), "--leads", "10", "--events", "200"]
+    before = datetime.now(UTC)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    times = [
+        datetime.fromisoformat(orjson.loads(line)["occurred_at"])
+        for line in out.read_bytes().splitlines()
+        if line.startswith(b"{") and b'"occurred_at":"20' in line
+    ]
+    assert times
+    assert max(times) <= datetime.now(UTC)
+    assert max(times) > before - timedelta(days=1)
+    assert min(times) >= before - timedelta(days=14, seconds=2)
+
+    result = runner.invoke(app, [*args, "--start", "2025-01-06", "--days", "2"])
+    assert result.exit_code == 0, result.output
+    times = [
+        datetime.fromisoformat(orjson.loads(line)["occurred_at"])
+        for line in out.read_bytes().splitlines()
+        if line.startswith(b"{") and b'"occurred_at":"20' in line
+    ]
+    assert min(times) >= datetime(2025, 1, 6, tzinfo=UTC)
+    assert max(times) <= datetime(2025, 1, 8, tzinfo=UTC)
+
+    result = runner.invoke(app, [*args, "--start", "next tuesday"])
+    assert result.exit_code == 2
+    assert "--start" in result.output and "Traceback" not in result.output

@@ -26,8 +26,8 @@ def test_import_command_dry_run(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    assert "dry run" in text and "would be produced │ 6" in text
-    assert "rejected │ 3" in text and "skipped (type not imported) │ 1" in text
+    assert "dry run" in text and "would be produced 6" in text
+    assert "rejected 3" in text and "skipped (type not imported) 1" in text
     assert str(rejected_path(path)) in text
 
 

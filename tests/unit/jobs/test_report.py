@@ -281,7 +281,11 @@ def test_cli_table_and_period(fake_redis: list[tuple[date, date]]) -> None:
         env=ENV,
     )
     assert result.exit_code == 0, result.output
-    (funnel, sla) = row_of(result.stdout, "2026-11")
+    # Not a terminal: each table is TSV (its title on a `# ` line), no box drawing.
+    assert "│" not in result.stdout and "\x1b[" not in result.stdout
+    (funnel, sla) = [
+        ln.split("\t") for ln in result.stdout.splitlines() if ln.startswith("2026-11\t")
+    ]
     assert funnel == ["2026-11", "6", "3", "1", "1", "1", "1", "33.3%", "33.3%"]
     assert sla[1] == "75.0% (3/4)"
 
