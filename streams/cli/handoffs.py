@@ -24,7 +24,7 @@ def handoffs_command(
     """Show MQL handoffs on the handoff topic, from the beginning."""
     with user_errors():
         settings = load_settings()
-        require_services(settings, kafka=True)
+        require_services(settings, kafka=True, topics=[settings.handoff])
         seen = asyncio.run(watch(settings, settings.handoff, idle, limit, show=True))
     out.print(f"{len(seen)} handoffs on {settings.handoff}")
 

@@ -24,7 +24,7 @@ def produce_command(
     with user_errors():
         settings = load_settings()
         lines = read_lines(path)
-        require_services(settings, kafka=True)
+        require_services(settings, kafka=True, topics=[settings.engagement])
         sent = asyncio.run(play_events(settings, lines, rate))
     out.print(f"sent {sent} records to {settings.engagement}")
 
