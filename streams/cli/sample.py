@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from streams.cli.errors import fail
 from streams.cli.output import out
 
 
@@ -24,7 +25,10 @@ def sample_generate(
     records = generate(
         leads, events, seed, invalid_every=invalid_every, duplicate_every=duplicate_every
     )
-    with output.open("wb") as fh:
-        for r in records:
-            fh.write(r.value + b"\n")
+    try:
+        with output.open("wb") as fh:
+            for r in records:
+                fh.write(r.value + b"\n")
+    except OSError as exc:
+        raise fail(f"--out: cannot write {output}: {exc.strerror}", 2) from None
     out.print(f"wrote {len(records)} records for {leads} leads to {output}")
