@@ -17,6 +17,7 @@ from streams.cli.collector import collector_command
 from streams.cli.demo import demo_command
 from streams.cli.explain import explain_command
 from streams.cli.handoffs import handoffs_command
+from streams.cli.helptext import install as install_help_rendering
 from streams.cli.importing import import_command
 from streams.cli.migrate import migrate_command
 from streams.cli.notify import notify_command
@@ -28,6 +29,8 @@ from streams.cli.sample import sample_generate
 from streams.cli.schemas import schemas_generate
 from streams.cli.topics import topics_create
 from streams.cli.worker import worker_command
+
+install_help_rendering()
 
 app = typer.Typer(
     help="leadflow: real-time lead scoring, MQL handoff and sales SLA watching on Kafka + Redis.",

@@ -61,7 +61,11 @@ def require_services(
 
     asyncio.run(
         wait_for_services(
-            settings, waiting, kafka=kafka or bool(topics), redis=redis, service=service,
+            settings,
+            waiting,
+            kafka=kafka or bool(topics),
+            redis=redis,
+            service=service,
             topics=topics,
         )
     )

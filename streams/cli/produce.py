@@ -17,7 +17,9 @@ from streams.settings import Settings, load_settings
 
 
 def produce_command(
-    path: Annotated[Path, typer.Argument(help="NDJSON file of engagement events", exists=True, dir_okay=False)],
+    path: Annotated[
+        Path, typer.Argument(help="NDJSON file of engagement events", exists=True, dir_okay=False)
+    ],
     rate: Annotated[float, typer.Option(help="Events per second (0 = as fast as possible)")] = 0,
 ) -> None:
     """Play an NDJSON file into the engagement topic, keyed by lead_id (bad lines too)."""

@@ -83,7 +83,9 @@ def cases() -> list[Case]:
     down = {"KAFKA_BOOTSTRAP": f"127.0.0.1:{CLOSED}", "REDIS_URL": f"redis://127.0.0.1:{CLOSED}/0"}
     for name, args in COMMANDS.items():
         if name != "rules check":
-            found.append(Case("service down", args, 3, (f"127.0.0.1:{CLOSED}", "ops/stack up"), down))
+            found.append(
+                Case("service down", args, 3, (f"127.0.0.1:{CLOSED}", "ops/stack up"), down)
+            )
     for name in KAFKA_COMMANDS:
         found.append(
             Case(
@@ -95,12 +97,15 @@ def cases() -> list[Case]:
             )
         )
     missing = [
-        (("produce", "nope.ndjson"), ("nope.ndjson", "'path'"), {}),
-        (("import", "nope.csv", "--profile", "marketo"), ("nope.csv", "'path'"), {}),
+        (("produce", "nope.ndjson"), ("nope.ndjson", "'PATH'"), {}),
+        (("import", "nope.csv", "--profile", "marketo"), ("nope.csv", "'PATH'"), {}),
         (("rescore", "--rules", "nope.yaml", "--yes"), ("nope.yaml",), {}),
         (("rules", "check", "nope.yaml"), ("nope.yaml",), {}),
-        (("backtest", "--events", "nope.ndjson", "--outcomes", "x", "--rules", "nope.yaml"),
-         ("nope",), {}),  # fmt: skip
+        (
+            ("backtest", "--events", "nope.ndjson", "--outcomes", "x", "--rules", "nope.yaml"),
+            ("nope",),
+            {},
+        ),
         (("worker",), ("LEADFLOW_RULES", "nope.yaml"), {"RULES": "nope.yaml"}),
         (("report",), ("LEADFLOW_RULES", "nope.yaml"), {"RULES": "nope.yaml"}),
         (("notify",), ("LEADFLOW_NOTIFY_CONFIG", "nope.yaml"), {"NOTIFY_CONFIG": "nope.yaml"}),
