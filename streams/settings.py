@@ -473,6 +473,27 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: Any) -> Any:
+        # LEADFLOW_LOG_LEVEL=debug is as good as DEBUG.
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _kafka_bootstrap(cls, value: str) -> str:
+        # host:port[,host:port...]: caught here (exit 2) rather than as a broker that "did not
+        # answer" (exit 3) after the start-up wait.
+        servers = [server.strip() for server in value.split(",")]
+        for server in servers:
+            host, colon, port = server.rpartition(":")
+            if not colon or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f"{server or '(empty)'!r} is not host:port (a comma-separated list of "
+                    "host:port, e.g. 127.0.0.1:9092)"
+                )
+        return ",".join(servers)
+
     @field_validator("startup_timeout", mode="before")
     @classmethod
     def _startup_timeout(cls, value: Any) -> Any:
@@ -658,7 +679,8 @@ def load_settings(**overrides: object) -> Settings:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
-            f"LEADFLOW_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            f"LEADFLOW_{'_'.join(str(p) for p in err['loc']).upper()}: "
+            + str(err["msg"]).removeprefix("Value error, ")
             if err["loc"]
             else str(err["msg"]).removeprefix("Value error, ")
             for err in exc.errors()

@@ -46,7 +46,10 @@ WORKER_READY_WITHIN = 90.0
 
 
 def demo_command(
-    sample: Annotated[Path | None, typer.Option(help="NDJSON events (default: bundled)")] = None,
+    sample: Annotated[
+        Path | None,
+        typer.Option(help="NDJSON events (default: bundled)", exists=True, dir_okay=False),
+    ] = None,
     rate: Annotated[float, typer.Option(help="Events per second to play")] = 400.0,
 ) -> None:
     """Create topics, start a worker, play sample events and simulated sales, show what happens.

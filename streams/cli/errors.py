@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -46,14 +46,29 @@ def waiting(line: str, reason: str) -> None:
 
 
 def require_services(
-    settings: Settings, *, kafka: bool = False, redis: bool = False, service: bool = False
+    settings: Settings,
+    *,
+    kafka: bool = False,
+    redis: bool = False,
+    service: bool = False,
+    topics: Sequence[str] = (),
 ) -> None:
-    """Wait until Kafka and/or Redis answer, within LEADFLOW_STARTUP_TIMEOUT (unset: 15 s for a
-    one-shot command, 60 s for a `service` or a set-up step such as `topics create`);
-    ServiceUnavailable, a TimeoutError, then ends the command in `user_errors`."""
+    """Wait until Kafka and/or Redis answer and `topics` exist, within LEADFLOW_STARTUP_TIMEOUT
+    (unset: 15 s for a one-shot command, 60 s for a `service` or a set-up step such as `topics
+    create`); ServiceUnavailable, a TimeoutError, then ends the command in `user_errors` (a
+    missing topic names `leadflow topics create`)."""
     from streams.bootstrap import wait_for_services
 
-    asyncio.run(wait_for_services(settings, waiting, kafka=kafka, redis=redis, service=service))
+    asyncio.run(
+        wait_for_services(
+            settings,
+            waiting,
+            kafka=kafka or bool(topics),
+            redis=redis,
+            service=service,
+            topics=topics,
+        )
+    )
 
 
 def denied(exc: BaseException) -> str | None:

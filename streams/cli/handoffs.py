@@ -31,7 +31,7 @@ def handoffs_command(
     MODE["json"] = as_json
     with user_errors():
         settings = load_settings()
-        require_services(settings, kafka=True)
+        require_services(settings, kafka=True, topics=[settings.handoff])
         seen = asyncio.run(watch(settings, settings.handoff, idle, limit, show=True))
     summary = f"{len(seen)} handoffs on {settings.handoff}"
     if out.is_terminal:
@@ -67,6 +67,10 @@ def print_handoff_line(h: MqlHandoff) -> None:
     )
 
 
+def _room(limit: int, seen: list[bytes]) -> int | None:
+    return max(1, limit - len(seen)) if limit > 0 else None
+
+
 async def watch(settings: Settings, topic: str, idle: float, limit: int, show: bool) -> list[bytes]:
     """Read `topic` from the beginning until `idle` seconds pass without a record or `limit`
     records were read (0: no limit); print each as a handoff when `show`."""
@@ -77,14 +81,18 @@ async def watch(settings: Settings, topic: str, idle: float, limit: int, show: b
     consumer = AIOKafkaConsumer(
         topic, **client_options(settings), auto_offset_reset="earliest", enable_auto_commit=False
     )
-    await consumer.start()
     seen: list[bytes] = []
-    last = time.monotonic()
     try:
-        while time.monotonic() - last < idle and (limit <= 0 or len(seen) < limit):
-            batch = await consumer.getmany(timeout_ms=250)
+        # Started inside the try: a start that fails (a broker gone) still closes the client,
+        # so no "Unclosed AIOKafkaConsumer" warning follows the error line.
+        await consumer.start()
+        last = time.monotonic()
+        while time.monotonic() - last < idle and not (0 < limit <= len(seen)):
+            batch = await consumer.getmany(timeout_ms=250, max_records=_room(limit, seen))
             for records in batch.values():
                 for r in records:
+                    if 0 < limit <= len(seen):
+                        break  # a batch can hold more than --limit leaves room for
                     seen.append(r.value)
                     last = time.monotonic()
                     if show:

@@ -1,8 +1,8 @@
 """`leadflow import`: the command around streams.importer, with a progress bar and a summary.
 
-Exit codes: 0 when it ran (even with rejects), 2 for a bad profile, mapping or option (or
-credentials the broker refused), 1 when Kafka is unreachable (after waiting up to
-LEADFLOW_STARTUP_TIMEOUT) or did not accept every record.
+Exit codes: 0 when it ran (even with rejects), 2 for a bad profile, mapping, option or input
+file (or credentials the broker refused), 3 when Kafka is unreachable (after waiting up to
+LEADFLOW_STARTUP_TIMEOUT) or the topic is missing, 1 when Kafka did not accept every record.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def import_command(
         # A refused login (wrong SASL password, untrusted CA) is a configuration mistake: 2.
         raise fail(str(exc), 2) from None
     except KafkaUnavailable as exc:
-        raise fail(str(exc), 1) from None
+        raise fail(str(exc), 3) from None
     render_summary(summary, out)
     if summary.failure:
         raise fail(summary.failure, 1)

@@ -17,14 +17,16 @@ from streams.settings import Settings, load_settings
 
 
 def produce_command(
-    path: Annotated[Path, typer.Argument(help="NDJSON file of engagement events")],
+    path: Annotated[
+        Path, typer.Argument(help="NDJSON file of engagement events", exists=True, dir_okay=False)
+    ],
     rate: Annotated[float, typer.Option(help="Events per second (0 = as fast as possible)")] = 0,
 ) -> None:
     """Play an NDJSON file into the engagement topic, keyed by lead_id (bad lines too)."""
     with user_errors():
         settings = load_settings()
         lines = read_lines(path)
-        require_services(settings, kafka=True)
+        require_services(settings, kafka=True, topics=[settings.engagement])
         sent = asyncio.run(play_events(settings, lines, rate))
     out.print(f"sent {sent} records to {settings.engagement}")
 

@@ -34,7 +34,7 @@ def rescore_command(
     with user_errors():
         settings = load_settings()
         rules = load_rules(rules_path)
-        require_services(settings, kafka=True, redis=True)
+        require_services(settings, kafka=True, redis=True, topics=[settings.engagement])
     if not yes:
         typer.confirm(
             f"Rebuild every lead in namespace '{settings.namespace}' under rules {rules.version} "

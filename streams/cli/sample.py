@@ -64,9 +64,12 @@ def sample_generate(
         invalid_every=invalid_every,
         duplicate_every=duplicate_every,
     )
-    with output.open("wb") as fh:
-        for r in records:
-            fh.write(r.value + b"\n")
+    try:
+        with output.open("wb") as fh:
+            for r in records:
+                fh.write(r.value + b"\n")
+    except OSError as exc:
+        raise fail(f"--out: cannot write {output}: {exc.strerror}", 2) from None
     end = begin + timedelta(days=days)
     out.print(
         f"wrote {len(records)} records for {leads} leads to {output} "

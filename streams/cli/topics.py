@@ -19,5 +19,4 @@ def topics_create() -> None:
         require_services(settings, kafka=True, service=True)
         outcomes = asyncio.run(create_topics(settings))
     for o in outcomes:
-        state = "created" if o.created else "exists"
-        out.print(f"{o.topic}: {state}, {o.partitions} partitions {o.note}".rstrip())
+        out.print(o.sentence(), soft_wrap=True, highlight=False)

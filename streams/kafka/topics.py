@@ -40,7 +40,15 @@ class TopicOutcome:
     topic: str
     partitions: int
     created: bool
-    note: str = ""
+    note: str = ""  # why an existing topic differs from the settings, e.g. its partition count
+
+    def sentence(self) -> str:
+        """What `leadflow topics create` did to this topic, in one sentence."""
+        if self.created:
+            return f"{self.topic}: created with {self.partitions} partitions"
+        if self.note:
+            return f"{self.topic} exists with {self.partitions} partitions ({self.note}); kept"
+        return f"{self.topic}: exists with {self.partitions} partitions"
 
 
 def kafka_dependency(settings: Settings) -> Dependency:
@@ -213,7 +221,7 @@ async def create_topics(
         count = partitions.get(name, 0)
         note = ""
         if code == TOPIC_ALREADY_EXISTS and count != settings.topic_partitions:
-            note = f"exists with {count} partitions, configured {settings.topic_partitions}; kept"
+            note = f"LEADFLOW_TOPIC_PARTITIONS says {settings.topic_partitions}"
         out.append(TopicOutcome(name, count, code == 0, note))
     return out
 

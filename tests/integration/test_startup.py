@@ -114,8 +114,7 @@ COMMANDS: list[tuple[list[str], str, int]] = [
     (["topics", "create"], "Kafka", 3),
     (["handoffs"], "Kafka", 3),
     (["rescore", "--rules", str(ROOT / "rules" / "example.yaml"), "--yes"], "Kafka", 3),
-    # import keeps its documented exit code for "Kafka unreachable" (docs/importer.md).
-    (["import", "IMPORT", "--profile", "marketo"], "Kafka", 1),
+    (["import", "IMPORT", "--profile", "marketo"], "Kafka", 3),
 ]
 
 

@@ -223,7 +223,7 @@ async def test_generic_mapping_rejects_are_written_next_to_the_file(
     assert {body["occurred_at"] for _, _, body in records} >= {"2024-03-05T14:02:00+01:00"}
 
 
-async def test_dry_run_needs_no_kafka_and_kafka_down_exits_1(
+async def test_dry_run_needs_no_kafka_and_kafka_down_exits_3(
     settings: Settings, tmp_path: Path
 ) -> None:
     path = copy("marketo_activities.csv", tmp_path)
@@ -239,7 +239,7 @@ async def test_dry_run_needs_no_kafka_and_kafka_down_exits_1(
         leadflow_import, settings, path, "--profile", "marketo",
         LEADFLOW_KAFKA_BOOTSTRAP=nowhere, LEADFLOW_STARTUP_TIMEOUT="1",
     )  # fmt: skip
-    assert down.returncode == 1
+    assert down.returncode == 3
     message = " ".join(down.stderr.split())
     assert f"waiting for Kafka at {nowhere} (attempt 1" in message
     assert "cannot reach Kafka" in message and "ops/stack up" in message
@@ -249,6 +249,6 @@ async def test_dry_run_needs_no_kafka_and_kafka_down_exits_1(
         leadflow_import, settings, path, "--profile", "marketo",
         LEADFLOW_NAMESPACE=settings.namespace + "-none",
     )  # fmt: skip
-    assert missing.returncode == 1
+    assert missing.returncode == 3
     assert "leadflow topics create" in " ".join(missing.stderr.split())
     assert await read_topic(settings, settings.engagement) == []
