@@ -14,7 +14,6 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -30,6 +29,7 @@ from schemas.engagement import KNOWN_EVENT_TYPES, AttributeValue
 from schemas.lifecycle import BantCriterion
 from streams.core.calendar import BusinessCalendar
 from streams.core.durations import format_duration, parse_duration
+from streams.core.yamlfile import read_yaml_mapping
 
 
 def _duration(value: Any) -> timedelta:
@@ -354,14 +354,6 @@ def parse_rules(data: Any, origin: str = "rules") -> Rules:
 def load_rules(path: Path | str) -> Rules:
     """Read and validate a YAML rules file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RulesError(f"cannot read rules file {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RulesError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise RulesError(f"{path}: expected a mapping with at least 'mql.threshold'")
+    expected = "a mapping with at least 'mql.threshold'"
+    data = read_yaml_mapping(path, "rules file", RulesError, expected)
     return parse_rules(data, origin=str(path))

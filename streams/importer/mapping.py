@@ -6,7 +6,6 @@ file's overrides on top; every mistake is a MappingError naming the key.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,6 +21,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from streams.core.yamlfile import key_path
 
 PROFILES = ("marketo", "hubspot", "generic")
 PROFILE_FILES = files("streams.importer").joinpath("profiles")
@@ -175,20 +176,10 @@ class ImportMapping(_Strict):
         return self
 
 
-def _key_path(loc: Sequence[int | str]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
 def _describe_errors(exc: ValidationError, where: str) -> str:
     parts = []
     for err in exc.errors()[:5]:
-        key = _key_path(err["loc"])
+        key = key_path(err["loc"])
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "tuple_type":

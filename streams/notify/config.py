@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from streams.core.yamlfile import key_path, read_yaml_mapping
 
 Format = Literal["slack", "teams", "json"]
 # What a `kinds` filter may name: the record kinds, and `alert` for every SLA alert.
@@ -136,23 +137,13 @@ class NotifyConfig(BaseModel):
         return tuple(found)
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
 def parse_notify_config(data: object, origin: str) -> NotifyConfig:
     """Validate parsed YAML; NotifyConfigError names the file and the first bad field."""
     try:
         return NotifyConfig.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = _location(tuple(err["loc"]))
+        where = key_path(err["loc"])
         message = str(err["msg"]).removeprefix("Value error, ")
         more = len(exc.errors()) - 1
         extra = f" (and {more} more)" if more else ""
@@ -164,14 +155,5 @@ def parse_notify_config(data: object, origin: str) -> NotifyConfig:
 def load_notify_config(path: Path | str) -> NotifyConfig:
     """Read and validate the YAML notify config."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise NotifyConfigError(f"cannot read notify config {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise NotifyConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise NotifyConfigError(f"{path}: expected a mapping with 'targets'")
+    data = read_yaml_mapping(path, "notify config", NotifyConfigError, "a mapping with 'targets'")
     return parse_notify_config(data, str(path))
