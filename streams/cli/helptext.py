@@ -13,13 +13,16 @@ from typing import Any
 
 from typer.core import TyperArgument, TyperOption
 
-_option_type = TyperOption.display_type_rich
+# Typer internals (checked on 0.29): if a release renames them, `install` leaves Typer's own
+# rendering alone rather than break every command (tests/unit/cli/test_error_path.py tells).
+_option_type = getattr(TyperOption, "display_type_rich", None)
 
 
 def _option_display_type(self: TyperOption, ctx: Any) -> str | None:
     if self.is_flag and self.metavar is None:
         return None  # a flag takes no value
-    return _option_type(self, ctx)
+    assert _option_type is not None
+    return _option_type(self, ctx)  # type: ignore[no-any-return]
 
 
 def _argument_name(self: TyperArgument) -> str:
@@ -36,7 +39,10 @@ def _argument_usage(self: TyperArgument) -> str:
 
 
 def install() -> None:
-    """Apply the rendering above (idempotent)."""
+    """Apply the rendering above (idempotent); nothing when this Typer lacks the hooks."""
+    hooks = ("display_name_raw", "_usage_display_name")
+    if _option_type is None or not all(hasattr(TyperArgument, h) for h in hooks):
+        return
     TyperOption.display_type_rich = _option_display_type  # type: ignore[method-assign]
     TyperArgument.display_name_raw = property(_argument_name)  # type: ignore[assignment,method-assign]
     TyperArgument._usage_display_name = _argument_usage  # type: ignore[method-assign]
