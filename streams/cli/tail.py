@@ -29,7 +29,9 @@ TOPICS = {
 
 
 class TopicMissing(Exception):
-    """The topic does not exist (or the ACLs hide it); the message says what to run."""
+    """The topic does not exist (or the ACLs hide it); the message says what to run. Exit 3 like
+    every command's missing topic (a service's part not there yet), not 2 (a usage error: an
+    unknown topic *name*, `resolve`)."""
 
 
 def resolve(settings: Settings, name: str) -> tuple[str, str]:
@@ -80,12 +82,15 @@ def tail_command(
         settings = load_settings()
     kind, name = resolve(settings, topic)
     printer = Printer(kind, json=as_json)
-    with user_errors(TopicMissing):
+    with user_errors():
         require_services(settings, kafka=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(
-                tail(settings, name, printer, follow=follow, limit=limit, from_end=from_end)
-            )
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(
+                    tail(settings, name, printer, follow=follow, limit=limit, from_end=from_end)
+                )
+        except TopicMissing as exc:
+            raise fail(str(exc), 3) from None
     if not as_json:
         console.print(f"[dim]{printer.printed} records on {name}[/]", highlight=False)
 
