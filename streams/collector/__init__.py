@@ -35,7 +35,7 @@ from streams.collector.body import (
     parse_body,
     summarize,
 )
-from streams.collector.gate import WATCH_INTERVAL, KafkaGate, KafkaState
+from streams.collector.gate import WATCH_INTERVAL, KafkaGate, KafkaState, TopicMissing
 from streams.collector.http import EVENTS_PATH, RETRY_AFTER_UNAVAILABLE, Collector, run_collector
 from streams.collector.metrics import CollectorMetrics
 from streams.kafka import KafkaUnavailable
@@ -62,6 +62,7 @@ __all__ = [
     "KafkaUnavailable",
     "RateLimiter",
     "TokenBucket",
+    "TopicMissing",
     "authenticate",
     "body_format",
     "check_collector_settings",

@@ -4,7 +4,15 @@ every second; its state and detail decide between accepting events and answering
 Until the first connection the gate is starting: one log line per attempt ("waiting for Kafka at
 ... (attempt N, next in S s)"), and when LEADFLOW_STARTUP_TIMEOUT passes without one it tells
 `on_startup_failure` (the collector then exits naming LEADFLOW_KAFKA_BOOTSTRAP). Once connected,
-an outage is answered with 503s and the gate reconnects for as long as it takes."""
+an outage is answered with 503s and the gate reconnects for as long as it takes.
+
+Connected, the gate checks that the engagement topic exists (cluster metadata: every second while
+it is missing, every TOPIC_RECHECK seconds once it was found). While it is missing the state is
+`topic_missing`: events are answered 503 (reason `topic_missing`) and one line naming `leadflow
+topics create` is logged every TOPIC_LOG_INTERVAL seconds. Never ready by LEADFLOW_STARTUP_TIMEOUT
+(a wrong LEADFLOW_NAMESPACE, no `topics create` in the deployment): `on_startup_failure` with
+that line, as for Kafka not answering (exit 3). Once it was ready the collector never exits over
+it (a topic deleted and re-created: 503s meanwhile)."""
 
 from __future__ import annotations
 
@@ -25,8 +33,15 @@ from streams.startup import ServiceRefused, ServiceUnavailable, attempt_line, de
 
 log = structlog.get_logger("leadflow.collector")
 
-KafkaState = Literal["connecting", "ready", "unavailable", "stopped"]
+KafkaState = Literal["connecting", "ready", "unavailable", "topic_missing", "stopped"]
 WATCH_INTERVAL = 1.0
+TOPIC_RECHECK = 30.0  # seconds between checks that the topic still exists, once it was found
+TOPIC_LOG_INTERVAL = 30.0  # seconds between the `leadflow topics create` lines while it is missing
+
+
+class TopicMissing(KafkaUnavailable):
+    """The engagement topic does not exist (or the ACLs hide it): 503 with reason
+    `topic_missing`."""
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:
@@ -56,10 +71,14 @@ class KafkaGate:
         # Start-up: attempts before the first connection, and who hears when they ran out.
         self.dependency = kafka_dependency(settings)
         self.connected_once = False
+        self.ready_once = False  # connected and the topic there
         self.attempts = 0
         self.startup_within = settings.startup_within(service=True)
         self._startup_deadline = 0.0
         self.startup_failure: ServiceUnavailable | ServiceRefused | None = None
+        # The topic: when it was last seen (loop time), when its absence was last logged.
+        self._topic_checked = float("-inf")
+        self._topic_logged = float("-inf")
         self.on_startup_failure: Callable[[ServiceUnavailable | ServiceRefused], None] | None = None
 
     def _new_producer(self) -> Any:
@@ -78,6 +97,8 @@ class KafkaGate:
             )
         self.state = state
         self.detail = detail
+        if state == "ready":
+            self.ready_once = True
         self.metrics.kafka_up.set(1 if state == "ready" else 0)
 
     def start(self) -> None:
@@ -107,14 +128,14 @@ class KafkaGate:
                 return min(backoff * 2, 5.0)
             self._producer = producer
             self.connected_once = True
-            self._set("ready", "producer connected")
+            await self._check_topic()
         elif self._broken():
             old, self._producer = self._producer, None
             self._set("unavailable", "producer failed; starting a new one")
             await self._stop(old, within=5)
             return 0.5
         elif await self._connected():
-            self._set("ready", "producer connected")
+            await self._check_topic()
         else:
             self._set("unavailable", "no Kafka broker answers")
         await asyncio.sleep(WATCH_INTERVAL)
@@ -147,6 +168,41 @@ class KafkaGate:
             log.warning(attempt_line(self.dependency, self.attempts, backoff), error=reason)
         return backoff
 
+    def missing_line(self) -> str:
+        return (
+            f"topic {self.topic} does not exist at {self.settings.kafka_bootstrap} (or the ACLs "
+            "hide it); create it with `leadflow topics create` (same LEADFLOW_NAMESPACE), or "
+            "check LEADFLOW_NAMESPACE / LEADFLOW_ENGAGEMENT_TOPIC"
+        )
+
+    async def _check_topic(self) -> None:
+        """Connected: ready if the topic exists (asked again every TOPIC_RECHECK s, every second
+        while missing), else `topic_missing` (logged every TOPIC_LOG_INTERVAL s; past the start-up
+        timeout without ever being ready: give up)."""
+        now = asyncio.get_running_loop().time()
+        if self.state == "ready" and now - self._topic_checked < TOPIC_RECHECK:
+            return
+        try:
+            metadata = await asyncio.wait_for(self._producer.client.fetch_all_metadata(), 5)
+        except Exception as exc:  # KafkaError, TimeoutError: not known; the watch goes on
+            self._set("unavailable", f"cannot read the cluster metadata: {exc!r}")
+            return
+        if self.topic in metadata.topics():
+            self._topic_checked = now
+            self._set("ready", "producer connected")
+            return
+        line = self.missing_line()
+        self._set("topic_missing", line)
+        if now - self._topic_logged >= TOPIC_LOG_INTERVAL:
+            self._topic_logged = now
+            log.error(line, topic=self.topic, kafka=self.settings.kafka_bootstrap)
+        if not self.ready_once and self.startup_failure is None and now >= self._startup_deadline:
+            self._give_up(
+                ServiceUnavailable(
+                    f"{line} (not there within {self.startup_within:g} s, LEADFLOW_STARTUP_TIMEOUT)"
+                )
+            )
+
     def _give_up(self, failure: ServiceUnavailable | ServiceRefused) -> None:
         self.startup_failure = failure
         log.error("kafka start-up failed", detail=str(failure))
@@ -177,6 +233,8 @@ class KafkaGate:
         """
         producer = self._producer
         if producer is None or self.state != "ready":
+            if self.state == "topic_missing":
+                raise TopicMissing(self.detail)
             raise KafkaUnavailable(f"Kafka is {self.state}: {self.detail}")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within

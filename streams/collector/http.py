@@ -36,7 +36,7 @@ from streams.collector.body import (
     parse_body,
     summarize,
 )
-from streams.collector.gate import KafkaGate
+from streams.collector.gate import KafkaGate, TopicMissing
 from streams.collector.metrics import CollectorMetrics
 from streams.kafka import KafkaUnavailable
 from streams.settings import Settings
@@ -252,9 +252,11 @@ class Collector:
             )
         except KafkaUnavailable as exc:
             detail = str(exc)
-            self.metrics.events_rejected.labels("kafka_unavailable").inc(len(accepted))
+            reason = "topic_missing" if isinstance(exc, TopicMissing) else "kafka_unavailable"
+            self.metrics.events_rejected.labels(reason).inc(len(accepted))
             log.error(
                 "kafka did not acknowledge; answering 503",
+                reason=reason,
                 source=source,
                 events=len(accepted),
                 detail=detail,
@@ -263,7 +265,7 @@ class Collector:
                 503,
                 {
                     "error": f"events not stored, retry later: {detail}",
-                    "reason": "kafka_unavailable",
+                    "reason": reason,
                 },
                 {"Retry-After": str(RETRY_AFTER_UNAVAILABLE)},
             )

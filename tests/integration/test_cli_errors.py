@@ -64,10 +64,11 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "tail": ("tail", "deadletter", "--limit", "1"),
     "sales record": ("sales", "record", "won", "lead-1"),
 }
-# The collector is not among them: it listens at once and answers 503 while Kafka is not
-# there (docs/collector.md), so a missing topic is not a start-up error for it (yet: issue 16).
+# The collector listens at once and answers 503 (reason topic_missing) while the topic is not
+# there, and exits 3 once LEADFLOW_STARTUP_TIMEOUT passed without it (docs/collector.md).
 KAFKA_COMMANDS = (
     "worker",
+    "collector",
     "notify",
     "produce",
     "import",

@@ -28,6 +28,7 @@ from streams.kafka import wait_for_kafka
 from streams.settings import Settings
 from tests.harness import (
     Consumed,
+    drop_topics,
     ensure_topics,
     eventually,
     free_port,
@@ -541,3 +542,44 @@ async def test_events_answered_202_survive_a_broker_outage(
     # after all), which the worker drops by event_id.
     assert {i: on_topic[f"e-{i}"] for i in retried}.keys() == set(retried)
     assert all(1 <= on_topic[f"e-{i}"] <= 2 for i in retried), on_topic
+
+
+# -- the engagement topic missing ----------------------------------------------------------------
+
+
+async def test_missing_topic_is_503_topic_missing_until_topics_create(
+    services: None, spawn: Spawn, http: aiohttp.ClientSession
+) -> None:
+    """Kafka up, the topic not created yet (a deployment whose `topics create` runs beside the
+    collector): /health and events answer 503 with reason topic_missing and the log names
+    `leadflow topics create`; once the topic exists the collector takes events by itself."""
+    bare = fresh_settings()  # no topics in this namespace
+    collector = spawn(on=bare, startup_timeout="60")
+    try:
+        await collector.wait_ready(http, kafka=False)
+
+        async def missing() -> bool:
+            async with http.get(f"{collector.url}/health") as resp:
+                health = await resp.json()
+                return resp.status == 503 and health["kafka"]["state"] == "topic_missing"
+
+        await eventually(missing, 20, "/health to say topic_missing")
+        status, body, headers = await post(http, collector, [event(1), event(2)])
+        assert (status, body["reason"]) == (503, "topic_missing"), body
+        assert "leadflow topics create" in body["error"] and bare.engagement in body["error"]
+        assert int(headers["Retry-After"]) >= 1
+        lines = [orjson.loads(ln) for ln in collector.tail(200).splitlines() if ln.startswith("{")]
+        named = [ln for ln in lines if "`leadflow topics create`" in ln["event"]]
+        assert named and named[0]["level"] == "error", collector.tail()
+        values = await metrics(http, collector)
+        rejected = ("leadflow_collector_events_rejected_total", (("reason", "topic_missing"),))
+        assert values[rejected] == 2
+
+        await ensure_topics(bare)
+        await collector.wait_ready(http)
+        status, body, _ = await post(http, collector, [event(1), event(2)])
+        assert (status, body["accepted"]) == (202, 2), body
+        assert ids_on(await read_topic(bare, bare.engagement)) == {"e-1": 1, "e-2": 1}
+    finally:
+        collector.stop()
+        await drop_topics(bare)
