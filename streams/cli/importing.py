@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
+import orjson
 import typer
 from rich.markup import escape
 
@@ -53,6 +54,28 @@ def render_summary(summary: ImportSummary, to: Console) -> None:
     to.print(f"{summary.bytes_read / 1e6:,.1f} MB in {summary.seconds:,.1f} s ({rate:,.0f} rows/s)")
     if summary.rejected_file is not None:
         to.print(f"rejected rows with their reason and line: {escape(str(summary.rejected_file))}")
+
+
+def summary_to_json(summary: ImportSummary) -> dict[str, Any]:
+    """The summary for machines: every count of the table (skipped and rejected by type and
+    reason, complete), where the rejected rows went, and the failure (if any)."""
+    return {
+        "path": str(summary.path),
+        "profile": summary.profile,
+        "topic": summary.topic,
+        "dry_run": summary.dry_run,
+        "rows": summary.rows,
+        "mapped": summary.mapped,
+        "produced": summary.produced,
+        "duplicates": summary.duplicates,
+        "skipped": dict(summary.skipped.most_common()),
+        "rejected": dict(summary.rejected.most_common()),
+        "rejected_file": None if summary.rejected_file is None else str(summary.rejected_file),
+        "notes": list(summary.notes),
+        "bytes_read": summary.bytes_read,
+        "seconds": round(summary.seconds, 3),
+        "failure": summary.failure,
+    }
 
 
 def _progress_bar() -> Progress:
@@ -143,6 +166,9 @@ def import_command(
         str | None,
         typer.Option(help="Time zone of times without an offset (default: the mapping's, or UTC)"),
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object")
+    ] = False,
 ) -> None:
     """Stream a Marketo, HubSpot or other MA export into the engagement topic, keyed by lead.
 
@@ -175,6 +201,11 @@ def import_command(
         raise fail(str(exc), 2) from None
     except KafkaUnavailable as exc:
         raise fail(str(exc), 3) from None
-    render_summary(summary, out)
+    if as_json:
+        out.file.write(orjson.dumps(summary_to_json(summary), option=orjson.OPT_INDENT_2).decode())
+        out.file.write("\n")
+        out.file.flush()
+    else:
+        render_summary(summary, out)
     if summary.failure:
         raise fail(summary.failure, 1)

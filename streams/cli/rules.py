@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import orjson
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -20,12 +21,50 @@ def rules_check(
     path: Annotated[
         Path | None, typer.Argument(help="Rules file (default: LEADFLOW_RULES)")
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the checked rules as one JSON object")
+    ] = False,
 ) -> None:
     """Validate a rules file and show what it does."""
     with user_errors():
-        rules = load_rules(path or load_settings().rules)
+        chosen = path or load_settings().rules
+        rules = load_rules(chosen)
+    if as_json:
+        body = orjson.dumps(rules_to_json(rules, chosen), option=orjson.OPT_INDENT_2)
+        out.file.write(body.decode() + "\n")
+        out.file.flush()
+        return
     out.print(points_table(rules))
     out.print(qualification_summary(rules))
+
+
+def rules_to_json(rules: Rules, path: Path) -> dict[str, Any]:
+    """What `rules check` shows, for machines: the rules with their points, the MQL condition,
+    decay and SLA (durations as the rules file writes them: `24h`), the event types accepted."""
+    return {
+        "path": str(path),
+        "valid": True,
+        "version": rules.version,
+        "rules": [
+            {
+                "kind": "engagement",
+                "name": name,
+                "points": rule.points,
+                "cap_per_day": rule.cap_per_day,
+            }
+            for name, rule in rules.engagement.items()
+        ]
+        + [{"kind": "fit", "name": fit.describe(), "points": fit.points} for fit in rules.fit],
+        "mql": {
+            "threshold": rules.mql.threshold,
+            "min_fit": rules.mql.min_fit,
+            "min_engagement": rules.mql.min_engagement,
+        },
+        "decay_half_life": format_duration(rules.decay.half_life) if rules.decay else None,
+        "first_contact_due": format_duration(rules.sla.mql_first_contact),
+        "event_types": sorted(rules.event_types),
+        "summary": qualification_summary(rules),
+    }
 
 
 def points_table(rules: Rules) -> Table:

@@ -96,6 +96,35 @@ def test_rules_check_example(
         assert rule.describe() in text
 
 
+def test_rules_check_json(
+    runner: CliRunner, example_rules_path: Path, example_rules: Rules
+) -> None:
+    result = runner.invoke(app, ["rules", "check", str(example_rules_path), "--json"])
+    assert result.exit_code == 0, result.output
+    body = orjson.loads(result.stdout)  # one JSON object, nothing else on stdout
+    assert body["valid"] is True and body["version"] == example_rules.version
+    assert body["path"] == str(example_rules_path)
+    engagement = {r["name"]: r for r in body["rules"] if r["kind"] == "engagement"}
+    assert {n: r["points"] for n, r in engagement.items()} == {
+        n: r.points for n, r in example_rules.engagement.items()
+    }
+    fit = [r for r in body["rules"] if r["kind"] == "fit"]
+    assert [r["name"] for r in fit] == [f.describe() for f in example_rules.fit]
+    assert body["mql"]["threshold"] == example_rules.mql.threshold
+    assert set(body["event_types"]) == set(example_rules.event_types)
+    assert body["summary"].startswith("MQL at score >= ")
+
+
+def test_rules_check_json_on_a_bad_file_is_the_one_error_line(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mql:\n  threshold: -1\n", encoding="utf-8")
+    result = runner.invoke(app, ["rules", "check", str(bad), "--json"])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "mql.threshold" in flat(result.output)
+
+
 def test_rules_check_bad_file_names_the_field(runner: CliRunner, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(

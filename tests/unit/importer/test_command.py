@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import orjson
 import pytest
 from typer.testing import CliRunner
 
@@ -29,6 +30,22 @@ def test_import_command_dry_run(tmp_path: Path) -> None:
     assert "dry run" in text and "would be produced 6" in text
     assert "rejected 3" in text and "skipped (type not imported) 1" in text
     assert str(rejected_path(path)) in text
+
+
+def test_import_command_dry_run_json(tmp_path: Path) -> None:
+    path = tmp_path / "hubspot.csv"
+    shutil.copy(DATA / "hubspot_events.csv", path)
+    result = CliRunner(env=ENV).invoke(
+        app,
+        ["import", str(path), "--profile", "hubspot", "--dry-run", "--timezone", "UTC", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    body = orjson.loads(result.stdout)  # one JSON object; the progress bar is on stderr
+    assert body["dry_run"] is True and body["topic"] is None and body["profile"] == "hubspot"
+    assert (body["mapped"], body["produced"]) == (6, 0)
+    assert sum(body["rejected"].values()) == 3 and sum(body["skipped"].values()) == 1
+    assert body["rejected_file"] == str(rejected_path(path))
+    assert body["path"] == str(path) and body["failure"] is None
 
 
 @pytest.mark.parametrize(
