@@ -227,12 +227,12 @@ async def test_tail_follow_from_end_prints_new_records(settings: Settings) -> No
 async def test_tail_errors_are_one_line(services: None) -> None:
     missing = fresh_settings()  # a namespace whose topics were never created
     result = piped(missing, "tail", "nope")
-    assert result.returncode == 2
+    assert result.returncode == 2  # an unknown name: a usage error
     assert (
         result.stderr.count("\n") == 1 and "handoff, lifecycle, alerts, deadletter" in result.stderr
     )
     result = piped(missing, "tail", "alerts")
-    assert result.returncode == 2
+    assert result.returncode == 3  # a topic not created yet, like every command's (not usage)
     assert result.stderr.count("\n") == 1
     assert f"{missing.alerts} does not exist" in result.stderr
     assert "leadflow topics create" in result.stderr
