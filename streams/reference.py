@@ -55,10 +55,11 @@ def _default(field: FieldInfo) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, Path):
+        # The repository first: a checkout may itself live under the temp directory.
+        if value.is_relative_to(ROOT):
+            return str(value.relative_to(ROOT))
         temp = Path(tempfile.gettempdir())
-        if value.is_relative_to(temp):
-            return f"$TMPDIR/{value.relative_to(temp)}"
-        return str(value.relative_to(ROOT)) if value.is_relative_to(ROOT) else str(value)
+        return f"$TMPDIR/{value.relative_to(temp)}" if value.is_relative_to(temp) else str(value)
     if isinstance(value, float):
         return f"{value:g}"
     if hasattr(value, "get_secret_value"):

@@ -33,6 +33,7 @@ from streams.startup import (
 )
 
 TOPIC_ALREADY_EXISTS = 36
+TOPIC_AUTHORIZATION_FAILED = 29
 
 
 @dataclass(frozen=True)
@@ -165,10 +166,23 @@ def topics_dependency(settings: Settings, topics: Sequence[str]) -> Dependency:
             with quiet():
                 await admin.start()
                 listed = set(await admin.list_topics())
+                missing = [t for t in topics if t not in listed]
+                # A topic the ACLs hide is not listed either: ask, so a denial is said at once
+                # (waiting would not help) and not taken for a topic still to be created.
+                described = await admin.describe_topics(missing) if missing else []
         finally:
             with contextlib.suppress(Exception), quiet():
                 await admin.close()
-        missing = [t for t in topics if t not in listed]
+        hidden = [
+            d["topic"] for d in described if d.get("error_code") == TOPIC_AUTHORIZATION_FAILED
+        ]
+        if hidden:
+            user = settings.kafka_sasl_username or "(anonymous)"
+            raise ServiceRefused(
+                f"Kafka denied the topic(s) {', '.join(hidden)} to user {user}: the ACLs allow "
+                "it only its own prefix; check LEADFLOW_NAMESPACE (and the topic variables), or "
+                'grant the ACLs (docs/operations.md, "ACLs for the worker principal")'
+            )
         if missing:
             raise LookupError(f"missing or not allowed: {', '.join(missing)}")
 

@@ -140,6 +140,10 @@ CASES = cases()
 def run_case(case: Case, notify_config: Path) -> tuple[subprocess.CompletedProcess[str], float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    # Where the stack is (ops/test may run it on other ports); each case overrides what it breaks.
+    for name in ("LEADFLOW_KAFKA_BOOTSTRAP", "LEADFLOW_REDIS_URL"):
+        if name in os.environ:
+            env[name] = os.environ[name]
     env.update(
         {
             "LEADFLOW_LOG_FORMAT": "json",

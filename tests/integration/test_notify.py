@@ -96,6 +96,11 @@ class Receiver:
         if self.runner is not None:
             await self.runner.cleanup()
 
+    def open_connections(self) -> int:
+        """Client connections still open (a killed client's close once the kernel resets them)."""
+        server = self.runner.server if self.runner is not None else None
+        return len(server.connections) if server is not None else 0
+
     def of(self, path: str, delivery: str | None = None) -> list[Hit]:
         return [h for h in self.hits if h.path == path and delivery in (None, h.delivery)]
 
@@ -420,7 +425,14 @@ targets:
         return len(r.hits) >= 60
 
     await eventually(some_delivered, 60, "60 POSTs before the kill", every=0.01)
-    notify.kill()
+    # Killed in a thread, so the receiver keeps reading meanwhile; then every request the process
+    # sent before it died has been read (its connections are closed) before the count is taken.
+    await asyncio.to_thread(notify.kill)
+
+    async def connections_closed() -> bool:
+        return r.open_connections() == 0
+
+    await eventually(connections_closed, 30, "the killed process's connections to close")
     at_kill = Counter((h.path, h.delivery) for h in r.hits)
     restarted = spawn(config)
     await restarted.wait_ready(http)

@@ -659,7 +659,7 @@ async def test_refusals_and_outages_name_the_variable_to_fix_without_a_secret(
         ("kafka down", ["handoffs"], kafka_down, 3, (bootstrap,)),
         ("kafka down", ["collector"], kafka_down, 3, (bootstrap,)),
         ("kafka down", ["topics", "create"], kafka_down, 3, (bootstrap,)),
-        ("kafka down", import_, kafka_down, 1, (bootstrap,)),
+        ("kafka down", import_, kafka_down, 3, (bootstrap,)),
     ]  # fmt: skip
     runs = await run_all([Run(label, args, e, timeout=45) for label, args, e, _, _ in cases], seen)
     problems = []
