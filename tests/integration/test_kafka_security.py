@@ -64,8 +64,10 @@ def leadflow(
     env: dict[str, str], *args: str, timeout: float = 60, **extra: str
 ) -> subprocess.CompletedProcess[str]:
     """A real `leadflow` command (this checkout's code) with these LEADFLOW_* settings."""
+    stack = {k: os.environ[k] for k in ("LEADFLOW_REDIS_URL",) if k in os.environ}
     full = {
         **{k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")},
+        **stack,  # the plain Redis where ops/test runs it (other ports are possible)
         **env,
         "LEADFLOW_RULES": str(TEST_RULES),
         "LEADFLOW_STARTUP_TIMEOUT": "20",
