@@ -59,8 +59,36 @@ def fresh_settings(namespace: str | None = None, **overrides: Any) -> Settings:
     return load_settings(namespace=ns, rules=TEST_RULES, **overrides)
 
 
+class OwnedProcess:
+    """What every `leadflow` process a test starts can be told: kill -9, stop (SIGTERM, then
+    kill -9 if it does not end in time), and the end of its log. Subclasses set `proc` and
+    `log_path`."""
+
+    proc: subprocess.Popen[bytes] | None
+    log_path: Path
+
+    def kill(self) -> None:
+        """kill -9: no shutdown hooks, no final commit."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self, within: float = 40) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=within)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self, lines: int = 60) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
 @dataclass
-class WorkerProcess:
+class WorkerProcess(OwnedProcess):
     """A real `leadflow worker` process, as an operator would run it."""
 
     settings: Settings
@@ -133,25 +161,6 @@ class WorkerProcess:
             return body is not None and (not assigned or bool(body["assigned_partitions"]))
 
         await eventually(ready, within, f"worker health at {self.url}")
-
-    def kill(self) -> None:
-        """kill -9: no shutdown hooks, no final commit."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 async def ensure_topics(settings: Settings) -> None:

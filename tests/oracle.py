@@ -135,3 +135,18 @@ SALES_FIELDS = (
 def comparable(state: LeadState) -> dict[str, object]:
     """A lead's scoring state as stored (dedupe markers live in a separate Redis set)."""
     return {k: v for k, v in lead_to_json(state).items() if k not in SALES_FIELDS}
+
+
+async def stored_leads_equal(settings: Settings, expected: Expected) -> bool:
+    """Redis holds exactly the expected leads, each equal to the fold field for field (for
+    waiting until a replay has caught up)."""
+    from streams.bootstrap import open_store
+
+    store = open_store(settings)
+    try:
+        stored = await store.read_all_leads()
+    finally:
+        await store.close()
+    return set(stored) == set(expected.leads) and all(
+        comparable(stored[lead]) == comparable(state) for lead, state in expected.leads.items()
+    )

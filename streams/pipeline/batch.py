@@ -212,10 +212,9 @@ def reroute_entry(rec: InRecord, lead_id: str) -> OutboxEntry:
     """A record on another partition than its lead's (its producer used another partitioner
     than Kafka's default murmur2, e.g. librdkafka's default CRC32): sent again to its topic,
     keyed by the lead id, by leadflow's producer, whose default partitioner puts it on the
-    lead's partition. On Redis Cluster a
-    partition's batch can only touch its own hash slot; the lead's own partition scores it
-    (a re-sent record counts once: its id is the dedupe key). Written with the batch's offsets
-    through the outbox, like any output."""
+    lead's partition. On Redis Cluster a partition's batch can only touch its own hash slot;
+    the lead's own partition scores it (a re-sent record counts once: its id is the dedupe
+    key). Written with the batch's offsets through the outbox, like any output."""
     output_id = f"rr:{rec.topic}:{rec.partition}:{rec.offset}"
     origin = f"{rec.partition}:{rec.offset}".encode()
     return OutboxEntry(

@@ -26,7 +26,6 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from streams.bootstrap import open_store
 from streams.core.rules import load_rules
 from streams.jobs.sample import SampleRecord
 from tests.chaos.matrix import (
@@ -47,7 +46,7 @@ from tests.chaos.matrix import (
     start_workers,
 )
 from tests.harness import consumer_caught_up, eventually, produce, read_topic
-from tests.oracle import comparable, expected_outcome
+from tests.oracle import expected_outcome, stored_leads_equal
 
 FREEZE_SECONDS = 10.0
 
@@ -148,14 +147,7 @@ async def test_redis_restored_older_replays_exactly(make_rig: MakeRig, size: Siz
 
     async def replayed() -> bool:
         assert_alive(rig)
-        store = open_store(s)
-        try:
-            stored = await store.read_all_leads()
-        finally:
-            await store.close()
-        return set(stored) == set(expected.leads) and all(
-            comparable(stored[lead]) == comparable(state) for lead, state in expected.leads.items()
-        )
+        return await stored_leads_equal(s, expected)
 
     await eventually(replayed, 240, "the gap to be replayed", every=1.0)
     await eventually(lambda: consumer_caught_up(s), 120, "the stream to be scored")

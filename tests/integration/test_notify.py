@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import hmac
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemas.notify import NotifyDeadLetterHeaders
 from streams.kafka import client_options
 from streams.settings import Settings
-from tests.harness import eventually, free_port, produce, read_topic, topic_partitions
+from tests.harness import OwnedProcess, eventually, free_port, produce, read_topic, topic_partitions
 
 pytestmark = pytest.mark.integration
 
@@ -119,7 +118,7 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 @dataclass
-class NotifyProcess:
+class NotifyProcess(OwnedProcess):
     """A real `leadflow notify` process, as an operator would run it."""
 
     settings: Settings
@@ -177,24 +176,6 @@ class NotifyProcess:
                 ):
                     return float(sample.value)
         return 0.0
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def tail(self, lines: int = 60) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 Spawn = Callable[[str], NotifyProcess]

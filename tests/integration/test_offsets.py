@@ -28,7 +28,7 @@ from tests.harness import (
     redis_client,
     wait_for_handoffs,
 )
-from tests.oracle import comparable, expected_outcome, reference_disagreements
+from tests.oracle import comparable, expected_outcome, reference_disagreements, stored_leads_equal
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
@@ -202,14 +202,7 @@ async def test_redis_restored_older_under_an_idle_worker_is_replayed_without_new
     expected = expected_outcome(records, load_rules(settings.rules), settings)
 
     async def replayed() -> bool:
-        store = open_store(settings)
-        try:
-            stored = await store.read_all_leads()
-        finally:
-            await store.close()
-        return set(stored) == set(expected.leads) and all(
-            comparable(stored[lead]) == comparable(state) for lead, state in expected.leads.items()
-        )
+        return await stored_leads_equal(settings, expected)
 
     await eventually(replayed, 120, "the gap to be replayed", every=0.5)
     await eventually(lambda: consumer_caught_up(settings), 60, "the worker to catch up")

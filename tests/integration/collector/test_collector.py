@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import signal
 import subprocess
 import sys
 from collections import Counter
@@ -28,6 +27,7 @@ from streams.kafka import wait_for_kafka
 from streams.settings import Settings
 from tests.harness import (
     Consumed,
+    OwnedProcess,
     drop_topics,
     ensure_topics,
     eventually,
@@ -56,7 +56,7 @@ def event(n: int | str, lead: str | None = None, **extra: Any) -> dict[str, Any]
 
 
 @dataclass
-class CollectorProcess:
+class CollectorProcess(OwnedProcess):
     """A real `leadflow collector` process, as an operator would run it."""
 
     settings: Settings
@@ -99,20 +99,6 @@ class CollectorProcess:
                 return False
 
         await eventually(ready, 60, f"collector health at {self.url}", every=0.1)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-    def tail(self, lines: int = 60) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 Spawn = Callable[..., CollectorProcess]
