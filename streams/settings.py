@@ -223,7 +223,7 @@ class Settings(BaseSettings):
     kafka_heartbeat_interval: float = Field(
         default=3.0,
         gt=0,
-        description="seconds between consumer heartbeats (under a third of the session timeout)",
+        description="seconds between consumer heartbeats (at most a third of the session timeout)",
     )
 
     # Processing
@@ -237,7 +237,9 @@ class Settings(BaseSettings):
         ),
     )
     batch_within: float = Field(
-        default=0.25, gt=0, description="seconds the sales agent waits to fill a batch"
+        default=0.25,
+        gt=0,
+        description="longest wait of the sales consumer's fetch while nothing is buffered",
     )
     max_event_bytes: int = Field(
         default=65_536, ge=256, description="larger records are dead-lettered as `oversized`"
@@ -470,6 +472,19 @@ class Settings(BaseSettings):
         if self.redis_ssl_keyfile is not None and self.redis_ssl_certfile is None:
             raise ValueError(
                 "LEADFLOW_REDIS_SSL_KEYFILE is set without LEADFLOW_REDIS_SSL_CERTFILE"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> Settings:
+        # Kafka's rule of thumb (and the consumer's documented constraint): a member must be
+        # able to miss two heartbeats before its session times out, or a short pause costs it
+        # its partitions (a rebalance for the whole group).
+        if self.kafka_heartbeat_interval * 3 > self.kafka_session_timeout:
+            raise ValueError(
+                f"LEADFLOW_KAFKA_HEARTBEAT_INTERVAL ({self.kafka_heartbeat_interval:g} s) must be "
+                "at most a third of LEADFLOW_KAFKA_SESSION_TIMEOUT "
+                f"({self.kafka_session_timeout:g} s); lower the first or raise the second"
             )
         return self
 

@@ -279,3 +279,21 @@ def test_a_missing_kafka_ca_file_names_the_variable(
     monkeypatch.setenv("LEADFLOW_KAFKA_SSL_CAFILE", str(tmp_path / "no-ca.pem"))
     with pytest.raises(SettingsError, match=r"LEADFLOW_KAFKA_SSL_CAFILE: .*no-ca.pem"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("heartbeat", "session", "ok"), [(3, 30, True), (10, 30, True), (11, 30, False), (3, 8, False)]
+)
+def test_heartbeat_must_fit_three_times_into_the_session(
+    heartbeat: float, session: float, ok: bool
+) -> None:
+    # Kafka's guidance: two heartbeats may be missed before the session expires.
+    if ok:
+        load_settings(kafka_heartbeat_interval=heartbeat, kafka_session_timeout=session)
+        return
+    with pytest.raises(SettingsError) as info:
+        load_settings(kafka_heartbeat_interval=heartbeat, kafka_session_timeout=session)
+    message = str(info.value)
+    assert "LEADFLOW_KAFKA_HEARTBEAT_INTERVAL" in message
+    assert "LEADFLOW_KAFKA_SESSION_TIMEOUT" in message
+    assert f"({session:g} s)" in message
