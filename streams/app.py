@@ -10,15 +10,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from faust.app.base import BootStrategy
 from prometheus_client import generate_latest
 
-from streams.agents.sales import register_sales_agent
+from streams.agents.sales import SalesConsumer
 from streams.agents.scoring import EngagementConsumer
 from streams.bootstrap import LiveRules, open_store
 from streams.core.explain import explain, lead_id_problem
 from streams.core.lead import LeadState
 from streams.core.rules import Rules
-from streams.kafka import KafkaPing, Producer, faust_credentials
+from streams.kafka import KafkaPing, Producer
 from streams.observability import Metrics, dependency_hint, log
 from streams.pipeline.background import BackgroundTasks
 from streams.pipeline.retry import OUTAGES
@@ -37,29 +38,37 @@ class Worker:
     service: ScoringService
     sales: SalesService
     engagement: EngagementConsumer
+    sales_consumer: SalesConsumer
     store: LeadStore
     metrics: Metrics
     rules: Rules
     kafka_ping: KafkaPing
 
 
+class WorkerBoot(BootStrategy):
+    """Faust runs the worker's services, timers and web views. Its Kafka clients are not
+    started: both inputs are read by leadflow's own batch consumers (streams/agents), and every
+    output leaves through leadflow's producer (streams/kafka/producer.py)."""
+
+    enable_kafka = False
+
+
+class WorkerApp(faust.App):
+    BootStrategy = WorkerBoot
+
+
 def new_app(settings: Settings) -> faust.App:
     datadir = settings.data_dir / settings.app_id
     datadir.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    return WorkerApp(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
-        broker_credentials=faust_credentials(settings),
         value_serializer="raw",
         key_serializer="raw",
         # leadflow creates its own topics with explicit partition counts (`leadflow topics
-        # create`); Faust must not invent them with broker defaults.
+        # create`); Faust must not invent any.
         topic_allow_declare=False,
         topic_disable_leader=True,
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=settings.kafka_session_timeout,
-        broker_heartbeat_interval=settings.kafka_heartbeat_interval,
-        producer_acks=-1,
         store="memory://",
         datadir=str(datadir),
         web_enabled=True,
@@ -77,17 +86,25 @@ def create_worker(settings: Settings, rules: Rules, generation: int = 0) -> Work
     service = ScoringService(settings, rules, store, publisher, metrics)
     sales = SalesService(settings, rules, store.for_source(settings.handoff), publisher, metrics)
     engagement = EngagementConsumer(settings, service, metrics, loop=app.loop)
+    sales_consumer = SalesConsumer(settings, sales, metrics, loop=app.loop)
 
     @app.task  # type: ignore[untyped-decorator]
-    async def start_engagement() -> None:
-        # Started and stopped with the app (mode runtime dependency).
+    async def start_consumers() -> None:
+        # Started and stopped with the app (mode runtime dependencies).
         await app.add_runtime_dependency(engagement)
+        await app.add_runtime_dependency(sales_consumer)
 
-    sales_inputs = app.topic(
-        settings.handoff, settings.activity, value_serializer="raw", key_serializer="raw"
+    worker = Worker(
+        app,
+        service,
+        sales,
+        engagement,
+        sales_consumer,
+        store,
+        metrics,
+        rules,
+        KafkaPing(settings),
     )
-    register_sales_agent(app, sales_inputs, sales, settings)
-    worker = Worker(app, service, sales, engagement, store, metrics, rules, KafkaPing(settings))
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close_kafka_ping(app: faust.App, *args: Any, **kwargs: Any) -> None:
@@ -103,17 +120,13 @@ def register_timers(worker: Worker, settings: Settings) -> None:
     logged and skipped (the next tick tries again), never raised into Faust, which would crash
     the worker (docs/reliability.md, "Outages of Redis or Kafka")."""
     app = worker.app
-
-    def sales_partitions() -> list[int]:
-        return [tp.partition for tp in app.consumer.assignment() if tp.topic == settings.handoff]
-
     ticks = BackgroundTasks(
         worker.service,
         worker.sales,
         worker.store,
         worker.metrics,
         worker.engagement.assigned,
-        sales_partitions,
+        worker.sales_consumer.assigned,
     )
 
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]

@@ -187,7 +187,7 @@ class Metrics:
         )
         self.sales_inputs = Counter(
             "leadflow_sales_inputs",
-            "Handoffs and sales activities applied by the sales agent (duplicates excluded).",
+            "Handoffs and sales activities applied by the sales consumer (duplicates excluded).",
             registry=r,
         )
         self.sla_alerts = Counter(

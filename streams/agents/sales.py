@@ -1,36 +1,156 @@
-"""The sales agent: handoffs and sales activities in, lifecycle events out."""
+"""The sales side's consumer: handoffs and sales activities in batches, into the sales service.
+
+Read with aiokafka, like the engagement topic, not through a Faust agent: Faust's consumer did
+not always come back after a broker restart (it rejoined its group, and fetched nothing more;
+faust-streaming issues #175 and #523), and the broker fault matrix caught it once
+(docs/reliability.md, "Broker restarts"). This loop reconnects like the engagement loop does.
+
+Offsets are Kafka's, committed once the batch is in Redis: every sales record is applied once
+per lead (its mark is kept with the lead), so a batch read again after a crash or a rebalance
+changes nothing and sends nothing twice.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Iterable
 from typing import Any
 
-import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from mode import Service
 
+from streams.agents.consumer import (
+    LOOP_RETRY_MAX_SECONDS,
+    LOOP_RETRY_MIN_SECONDS,
+    OffsetCommits,
+    Rebalances,
+    join_group,
+    partitions_of,
+)
 from streams.agents.scoring import finish_even_if_cancelled
+from streams.observability import Metrics
 from streams.pipeline.batch import InRecord
+from streams.pipeline.retry import Ticks
 from streams.pipeline.sales import SalesService
 from streams.settings import Settings
 
 
-def register_sales_agent(
-    app: faust.App, topics: Any, service: SalesService, settings: Settings
-) -> Any:
-    @app.agent(topics, concurrency=1, name="track_sales")
-    async def track_sales(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within):
-            await finish_even_if_cancelled(service.process(to_records(events)))
+class SalesConsumer(Service):
+    """Reads the handoff and sales-activity topics in batches and hands each to the sales
+    service; the consumer group is the app id's (`<namespace>.leadflow-scoring`)."""
 
-    return track_sales
-
-
-def to_records(events: Any) -> list[InRecord]:
-    return [
-        InRecord(
-            key=e.message.key,
-            value=e.message.value,
-            topic=e.message.topic,
-            partition=e.message.partition,
-            offset=e.message.offset,
+    def __init__(
+        self, settings: Settings, sales: SalesService, metrics: Metrics, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.sales = sales
+        self.metrics = metrics
+        self.topics = (settings.handoff, settings.activity)
+        self.consumer: AIOKafkaConsumer | None = None
+        # Next offset per partition whose records are in Redis: what Kafka may be told.
+        self.done: dict[TopicPartition, int] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._flush: set[int] = set()
+        # Bumped by every revocation: a batch fetched before one does not move `done`, whose
+        # partitions may since have been applied further by their next owner.
+        self.epoch = 0
+        self._loop_ticks = Ticks("sales_loop", metrics)
+        self.commits = OffsetCommits(
+            "sales_offset_commit",
+            lambda: self.consumer,
+            lambda: self.done,
+            settings.offsets_commit_interval,
+            metrics,
         )
-        for e in events
-    ]
+
+    async def on_start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="track-sales")
+
+    async def on_stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.sales.delivery.settle()
+        if self.consumer is not None:
+            await self.commits.now()
+            with contextlib.suppress(KafkaError, OSError):
+                await self.consumer.stop()
+
+    def assigned(self) -> list[int]:
+        """The partitions of the handoff topic this worker owns (the same numbers of the
+        activity topic: both are keyed by lead id and have as many partitions)."""
+        return partitions_of(self.consumer, self.settings.handoff)
+
+    def _hold(self, consumer: AIOKafkaConsumer | None) -> None:
+        self.consumer = consumer
+
+    async def _run(self) -> None:
+        s = self.settings
+        consumer = await join_group(s, s.app_id, self.topics, Rebalances(self), self._hold)
+        delay = LOOP_RETRY_MIN_SECONDS
+        while True:
+            try:
+                await self._step(consumer)
+            except Exception as exc:
+                # Never let the loop die while the process lives on: read again from the last
+                # commit (the records applied since are recognised and skipped).
+                self._loop_ticks.failed(exc)
+                await self._rewind(consumer)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, LOOP_RETRY_MAX_SECONDS)
+            else:
+                delay = LOOP_RETRY_MIN_SECONDS
+                self._loop_ticks.succeeded()
+
+    async def _step(self, consumer: AIOKafkaConsumer) -> None:
+        if self._flush:
+            # Outputs a crash or an outage left in the outbox of partitions new to this
+            # worker leave before anything new is applied to them.
+            parts, self._flush = self._flush, set()
+            try:
+                await self.sales.flush_outbox(p for p in parts if p in self.assigned())
+            except BaseException:
+                self._flush |= parts
+                raise
+        wait_ms = int(self.settings.batch_within * 1000)
+        epoch = self.epoch
+        fetched = await consumer.getmany(timeout_ms=wait_ms, max_records=self.settings.batch_max)
+        if fetched:
+            records = [
+                InRecord(r.key, r.value, tp.topic, tp.partition, r.offset)
+                for tp, batch in fetched.items()
+                for r in batch
+            ]
+            await finish_even_if_cancelled(self.sales.process(records))
+            if epoch == self.epoch:
+                self.done.update({tp: batch[-1].offset + 1 for tp, batch in fetched.items()})
+        self.commits.maybe()
+
+    async def _rewind(self, consumer: AIOKafkaConsumer) -> None:
+        """After a failed step, fetch again from what this worker applied last (or the group's
+        last commit): a batch that failed half-way is read again, never skipped."""
+        for tp in consumer.assignment():
+            done = self.done.get(tp)
+            with contextlib.suppress(Exception):
+                if done is not None:
+                    consumer.seek(tp, done)
+                else:
+                    committed = await consumer.committed(tp)
+                    if committed is not None:
+                        consumer.seek(tp, committed)
+                    else:
+                        await consumer.seek_to_beginning(tp)
+
+    async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        # The next owner starts from here: tell Kafka what is applied before letting go.
+        self.epoch += 1
+        await self.commits.now()
+        for tp in partitions:
+            self.done.pop(tp, None)
+
+    async def assigned_anew(self, partitions: Iterable[TopicPartition]) -> None:
+        self._flush |= {tp.partition for tp in partitions if tp.topic == self.settings.handoff}

@@ -21,20 +21,19 @@ import time
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import (
-    CommitFailedError,
-    CoordinatorLoadInProgressError,
-    IllegalGenerationError,
-    IllegalStateError,
-    KafkaError,
-    NotCoordinatorForGroupError,
-    RebalanceInProgressError,
-    UnknownMemberIdError,
-)
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from mode import Service
 
-from streams.kafka import client_options
+from streams.agents.consumer import (
+    LOOP_RETRY_MAX_SECONDS,
+    LOOP_RETRY_MIN_SECONDS,
+    POLL_MS,
+    OffsetCommits,
+    Rebalances,
+    join_group,
+    partitions_of,
+)
 from streams.observability import Metrics, log
 from streams.pipeline.batch import BatchPositions, InRecord, Resync
 from streams.pipeline.retry import Ticks
@@ -43,22 +42,6 @@ from streams.settings import Settings
 
 # How long a batch already taken may keep running after the worker was asked to stop.
 SHUTDOWN_GRACE_SECONDS = 20.0
-# How long `getmany` waits when nothing is buffered (latency at low load is this at most).
-POLL_MS = 100
-# Backoff of the fetch loop after a failed step (an outage while resuming, say).
-LOOP_RETRY_MIN_SECONDS = 1.0
-LOOP_RETRY_MAX_SECONDS = 10.0
-# A commit refused because the group is rebalancing or its coordinator is moving: expected,
-# not an outage (the next commit, a second later, usually goes through).
-REBALANCING: tuple[type[BaseException], ...] = (
-    CommitFailedError,
-    RebalanceInProgressError,
-    IllegalGenerationError,
-    UnknownMemberIdError,
-    IllegalStateError,
-    CoordinatorLoadInProgressError,
-    NotCoordinatorForGroupError,
-)
 
 
 async def finish_even_if_cancelled(work: Awaitable[Any]) -> Any:
@@ -78,19 +61,6 @@ async def finish_even_if_cancelled(work: Awaitable[Any]) -> Any:
             log.error("batch could not finish during shutdown; exiting without committing it")
             os._exit(75)
         raise
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, owner: EngagementConsumer) -> None:
-        self.owner = owner
-
-    # No I/O here: the fetch loop re-reads the offsets from Redis and seeks before it scores
-    # anything fetched after a rebalance (records fetched across one are dropped, unscored).
-    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        self.owner.revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        self.owner.assigned_anew()
 
 
 class EngagementConsumer(Service):
@@ -115,13 +85,18 @@ class EngagementConsumer(Service):
         self.stopped: dict[int, str] = {}
         self._resync = False
         self._task: asyncio.Task[None] | None = None
-        self._last_kafka_commit = 0.0
         self._last_offsets_check = 0.0
-        self._committing: asyncio.Task[None] | None = None
         # Background work that logs and skips a failure instead of raising (retry.Ticks).
         self._loop_ticks = Ticks("engagement_loop", metrics)
         self._lag_ticks = Ticks("consumer_lag", metrics)
-        self._commit_ticks = Ticks("kafka_offset_commit", metrics, dependency="kafka")
+        # Kafka is told how far Redis is, for lag tools only (Redis stays the truth on restart).
+        self.commits = OffsetCommits(
+            "kafka_offset_commit",
+            lambda: self.consumer,
+            self._committable,
+            settings.offsets_commit_interval,
+            metrics,
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -135,49 +110,21 @@ class EngagementConsumer(Service):
                 await self._task
         await self.scoring.delivery.settle()
         if self.consumer is not None:
-            await self._commit_to_kafka(force=True)
+            await self.commits.now()
             with contextlib.suppress(KafkaError, OSError):
                 await self.consumer.stop()
         with contextlib.suppress(KafkaError, OSError):
             await self.scoring.delivery.publisher.stop()
 
     def assigned(self) -> list[int]:
-        if self.consumer is None:
-            return []
-        return sorted(tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic)
+        return partitions_of(self.consumer, self.topic)
+
+    def _hold(self, consumer: AIOKafkaConsumer | None) -> None:
+        self.consumer = consumer
 
     async def _connect(self) -> AIOKafkaConsumer:
-        delay = 0.5
-        while True:
-            s = self.settings
-            consumer = AIOKafkaConsumer(
-                **client_options(s),
-                group_id=s.engagement_group,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                max_poll_records=s.batch_max,
-                session_timeout_ms=int(s.kafka_session_timeout * 1000),
-                heartbeat_interval_ms=int(s.kafka_heartbeat_interval * 1000),
-                isolation_level="read_committed",
-            )
-            consumer.subscribe([self.topic], listener=_Rebalance(self))
-            # Set before start: the first assignment may arrive while start() runs.
-            self.consumer = consumer
-            try:
-                await consumer.start()
-                return consumer
-            except (KafkaError, OSError) as exc:
-                self.consumer = None
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
-                log.error(
-                    "kafka unavailable; retrying",
-                    error=repr(exc),
-                    retry_in_seconds=delay,
-                    hint="check that kafka is reachable (LEADFLOW_KAFKA_BOOTSTRAP)",
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        s = self.settings
+        return await join_group(s, s.engagement_group, [self.topic], Rebalances(self), self._hold)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -210,7 +157,7 @@ class EngagementConsumer(Service):
         if fetched:
             await self._score(fetched)
         await self._check_offsets()
-        await self._commit_to_kafka()
+        self.commits.maybe()
 
     async def _check_offsets(self) -> None:
         """Notice a Redis that came back older (or emptied) even while no partition gets records.
@@ -287,52 +234,22 @@ class EngagementConsumer(Service):
         else:
             self._lag_ticks.succeeded()
 
-    async def _commit_to_kafka(self, force: bool = False) -> None:
-        """Tell Kafka how far Redis is, for lag tools; Redis stays the truth on restart.
-
-        In the background (a commit waits out a rebalance of the group, and scoring must not);
-        at shutdown, waited for a few seconds at most."""
-        now = time.monotonic()
-        if force:
-            if self._committing is not None:
-                self._committing.cancel()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._commit_offsets(), timeout=5.0)
-            return
-        busy = self._committing is not None and not self._committing.done()
-        if busy or now - self._last_kafka_commit < self.settings.offsets_commit_interval:
-            return
-        self._last_kafka_commit = now
-        self._committing = asyncio.create_task(self._commit_offsets(), name="commit-offsets")
-
-    async def _commit_offsets(self) -> None:
-        assert self.consumer is not None
-        mine = set(self.assigned())
-        offsets = {
+    def _committable(self) -> dict[TopicPartition, int]:
+        return {
             TopicPartition(self.topic, p): o
             for p, o in self.stored.items()
-            if p in mine and p not in self.stopped
+            if p not in self.stopped
         }
-        if not offsets:
-            return
-        try:
-            await self.consumer.commit(offsets)
-        except REBALANCING as exc:
-            log.debug("could not commit offsets to Kafka (a rebalance)", error=repr(exc))
-        except Exception as exc:
-            # For lag tools only (Redis holds the offsets): the next commit tries again.
-            self._commit_ticks.failed(exc)
-        else:
-            self._commit_ticks.succeeded()
-            self.metrics.dependencies.succeeded("kafka")
 
     # -- where to resume ----------------------------------------------------------------------
 
-    def assigned_anew(self) -> None:
+    # No I/O in these two: the fetch loop re-reads the offsets from Redis and seeks before it
+    # scores anything fetched after a rebalance (records fetched across one are dropped).
+    async def assigned_anew(self, partitions: Iterable[TopicPartition]) -> None:
         self.epoch += 1
         self._resync = True
 
-    def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+    async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         self.epoch += 1
         self._resync = True
         for tp in partitions:

@@ -72,7 +72,7 @@ class LeadState:
     handoff_id: str | None = None
     qualified_at: datetime | None = None
     last_event_at: datetime | None = None
-    # Sales side (written by the sales agent, see streams/core/sales.py)
+    # Sales side (written by the sales consumer, see streams/core/sales.py)
     qualifications: int = 0
     clocks: tuple[Clock, ...] = ()
     last_contact_at: datetime | None = None

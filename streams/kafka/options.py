@@ -36,19 +36,3 @@ def client_options(settings: Settings) -> dict[str, Any]:
             sasl_plain_password=password.get_secret_value() if password else None,
         )
     return options
-
-
-def faust_credentials(settings: Settings) -> Any:
-    """The same security settings in the form faust.App(broker_credentials=...) takes."""
-    context = ssl_context(settings)
-    if settings.kafka_security_protocol.startswith("SASL"):
-        import faust  # only the worker pays for importing faust
-
-        password = settings.kafka_sasl_password
-        return faust.SASLCredentials(
-            username=settings.kafka_sasl_username,
-            password=password.get_secret_value() if password else None,
-            mechanism=settings.kafka_sasl_mechanism,
-            ssl_context=context,
-        )
-    return context

@@ -1,7 +1,7 @@
 """The lead states this worker wrote last, kept in memory.
 
 A batch sends Redis the version it holds for each lead; Redis answers with the state only where
-the version moved (another worker, the sales agent, a restore). An unchanged lead then costs
+the version moved (another worker, the sales consumer, a restore). An unchanged lead then costs
 neither the transfer nor the decoding. Correctness does not depend on the cache: every write is
 still a compare-and-set on the version, and the cache is dropped whenever the offsets or the
 generation move under the worker.

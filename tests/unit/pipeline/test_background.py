@@ -496,10 +496,10 @@ async def test_a_kafka_commit_that_fails_is_tried_again_by_the_next(world, error
     engagement, fake = consumer_of(world)
     engagement.stored = {0: 7}
     fake.commit_error = error()
-    await engagement._commit_offsets()  # no exception, nothing committed
+    await engagement.commits.now()  # no exception, nothing committed
     assert fake.committed_offsets == {} and world.failures("kafka_offset_commit") == 1
     fake.commit_error = None
-    await engagement._commit_offsets()
+    await engagement.commits.now()
     assert fake.committed_offsets == {TopicPartition(world.settings.engagement, 0): 7}
     assert world.metrics.dependencies.unavailable() == {}
 
@@ -508,7 +508,7 @@ async def test_a_commit_refused_by_a_rebalance_is_not_an_outage(world) -> None:
     engagement, fake = consumer_of(world)
     engagement.stored = {0: 7}
     fake.commit_error = CommitFailedError("rebalanced")
-    await engagement._commit_offsets()
+    await engagement.commits.now()
     assert world.failures("kafka_offset_commit") == 0
     assert world.metrics.dependencies.unavailable() == {}
 

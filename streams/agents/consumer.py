@@ -1,0 +1,167 @@
+"""What the worker's two batch consumers share: joining their group through an outage, and
+telling Kafka how far they are without holding up the batches."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import (
+    CommitFailedError,
+    CoordinatorLoadInProgressError,
+    IllegalGenerationError,
+    IllegalStateError,
+    KafkaError,
+    NotCoordinatorForGroupError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
+
+from streams.kafka import client_options
+from streams.observability import Metrics, log
+from streams.pipeline.retry import Ticks
+from streams.settings import Settings
+
+# How long `getmany` waits when nothing is buffered (latency at low load is this at most).
+POLL_MS = 100
+# Backoff of a fetch loop after a failed step (an outage while resuming, say).
+LOOP_RETRY_MIN_SECONDS = 1.0
+LOOP_RETRY_MAX_SECONDS = 10.0
+# The longest a commit at shutdown or revocation is waited for.
+COMMIT_NOW_SECONDS = 5.0
+# A commit refused because the group is rebalancing or its coordinator is moving: expected,
+# not an outage (the next commit, a second later, usually goes through).
+REBALANCING: tuple[type[BaseException], ...] = (
+    CommitFailedError,
+    RebalanceInProgressError,
+    IllegalGenerationError,
+    UnknownMemberIdError,
+    IllegalStateError,
+    CoordinatorLoadInProgressError,
+    NotCoordinatorForGroupError,
+)
+
+
+async def join_group(
+    settings: Settings,
+    group: str,
+    topics: Iterable[str],
+    listener: ConsumerRebalanceListener,
+    hold: Callable[[AIOKafkaConsumer | None], None],
+) -> AIOKafkaConsumer:
+    """A started consumer of `topics` in `group`, retried (with backoff, one log line a try)
+    until Kafka answers. `hold` gets the consumer before it starts, since the group's first
+    assignment may reach the listener while start() runs, and None if that start failed."""
+    delay = 0.5
+    while True:
+        consumer = AIOKafkaConsumer(
+            **client_options(settings),
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=settings.batch_max,
+            session_timeout_ms=int(settings.kafka_session_timeout * 1000),
+            heartbeat_interval_ms=int(settings.kafka_heartbeat_interval * 1000),
+            isolation_level="read_committed",
+        )
+        consumer.subscribe(list(topics), listener=listener)
+        hold(consumer)
+        try:
+            await consumer.start()
+            return consumer
+        except (KafkaError, OSError) as exc:
+            hold(None)
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            log.error(
+                "kafka unavailable; retrying",
+                group=group,
+                error=repr(exc),
+                retry_in_seconds=delay,
+                hint="check that kafka is reachable (LEADFLOW_KAFKA_BOOTSTRAP)",
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+class OffsetCommits:
+    """Commits a consumer's offsets to Kafka at most every `interval` seconds, in the
+    background: a commit waits out a rebalance of the group, and the batches must not.
+
+    `offsets` names what may be committed now (only partitions the consumer still owns are
+    sent); a refusal because the group is rebalancing is expected and logged at debug level,
+    an outage is a failed tick (the next commit tries again)."""
+
+    def __init__(
+        self,
+        task: str,
+        consumer: Callable[[], AIOKafkaConsumer | None],
+        offsets: Callable[[], Mapping[TopicPartition, int]],
+        interval: float,
+        metrics: Metrics,
+    ) -> None:
+        self.consumer = consumer
+        self.offsets = offsets
+        self.interval = interval
+        self.metrics = metrics
+        self._ticks = Ticks(task, metrics, dependency="kafka")
+        self._last = 0.0
+        self._running: asyncio.Task[None] | None = None
+
+    def maybe(self) -> None:
+        """Start a commit in the background if the last was `interval` ago and is done."""
+        now = time.monotonic()
+        busy = self._running is not None and not self._running.done()
+        if busy or now - self._last < self.interval:
+            return
+        self._last = now
+        self._running = asyncio.create_task(self._commit(), name=self._ticks.task)
+
+    async def now(self) -> None:
+        """Commit at once and wait (a few seconds at most): at a shutdown or a revocation."""
+        if self._running is not None and not self._running.done():
+            self._running.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._commit(), timeout=COMMIT_NOW_SECONDS)
+
+    async def _commit(self) -> None:
+        consumer = self.consumer()
+        if consumer is None:
+            return
+        mine = consumer.assignment()
+        offsets = {tp: o for tp, o in self.offsets().items() if tp in mine}
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except REBALANCING as exc:
+            log.debug("could not commit offsets to Kafka (a rebalance)", error=repr(exc))
+        except Exception as exc:
+            self._ticks.failed(exc)
+        else:
+            self._ticks.succeeded()
+            self.metrics.dependencies.succeeded("kafka")
+
+
+def partitions_of(consumer: AIOKafkaConsumer | None, topic: str) -> list[int]:
+    """The partitions of `topic` the consumer owns now (none before it has started)."""
+    if consumer is None:
+        return []
+    return sorted(tp.partition for tp in consumer.assignment() if tp.topic == topic)
+
+
+class Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Forwards a group's rebalance callbacks to the consumer service that owns it."""
+
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.owner.revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self.owner.assigned_anew(assigned)
