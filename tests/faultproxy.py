@@ -38,6 +38,7 @@ class FaultProxy:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._open: set[asyncio.StreamWriter] = set()
+        self._cut_generation = 0  # bumped by every cut()
         self._server: asyncio.Server | None = None
 
     @property
@@ -65,6 +66,7 @@ class FaultProxy:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
 
     async def _cut(self) -> int:
+        self._cut_generation += 1
         victims = list(self._open)
         for writer in victims:
             writer.transport.abort()
@@ -82,10 +84,17 @@ class FaultProxy:
         if self.refuse:
             client_w.transport.abort()
             return
+        generation = self._cut_generation
         try:
             target_r, target_w = await asyncio.open_connection(self.target_host, self.target_port)
         except OSError:
             client_w.transport.abort()
+            return
+        if self.refuse or generation != self._cut_generation:
+            # Accepted before a cut (or before refusing began) but still being opened while
+            # it ran: cut as well, or it would be the one connection the fault missed.
+            client_w.transport.abort()
+            target_w.transport.abort()
             return
         self.connections += 1
         self._open |= {client_w, target_w}
