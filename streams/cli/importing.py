@@ -178,7 +178,7 @@ def import_command(
     """
     from streams.bootstrap import checked_settings
     from streams.core.rules import load_rules
-    from streams.importer import MappingError, load_mapping
+    from streams.importer import MappingError, load_mapping, override_warnings
     from streams.kafka import KafkaUnavailable
     from streams.startup import ServiceRefused
 
@@ -187,6 +187,9 @@ def import_command(
         known_types = load_rules(settings.rules).event_types
     try:
         chosen = load_mapping(profile, mapping)
+        warnings = override_warnings(profile, mapping)
+        for warning in warnings:
+            console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
         summary = _run_with_progress(
             path,
             chosen,
@@ -202,7 +205,8 @@ def import_command(
     except KafkaUnavailable as exc:
         raise fail(str(exc), 3) from None
     if as_json:
-        out.file.write(orjson.dumps(summary_to_json(summary), option=orjson.OPT_INDENT_2).decode())
+        report = {**summary_to_json(summary), "warnings": warnings}
+        out.file.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         out.file.write("\n")
         out.file.flush()
     else:

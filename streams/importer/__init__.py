@@ -25,7 +25,13 @@ from streams.importer.compile import (
     compile_mapping,
     normalize_type,
 )
-from streams.importer.mapping import PROFILES, ImportMapping, MappingError, load_mapping
+from streams.importer.mapping import (
+    PROFILES,
+    ImportMapping,
+    MappingError,
+    load_mapping,
+    override_warnings,
+)
 from streams.importer.reading import ExportReader
 from streams.importer.rejects import RejectWriter, rejected_path
 from streams.importer.rows import (
@@ -61,6 +67,7 @@ __all__ = [
     "load_mapping",
     "map_row",
     "normalize_type",
+    "override_warnings",
     "parse_time",
     "prepare",
     "rejected_path",

@@ -269,3 +269,55 @@ def load_mapping(
         return ImportMapping.model_validate(_merge(_text_keys(base), _text_keys(override)))
     except ValidationError as exc:
         raise MappingError(_describe_errors(exc, where)) from None
+
+
+def _describe_refine(rule: dict[str, Any]) -> str:
+    columns = rule.get("column")
+    test = next((k for k in ("contains", "equals", "matches") if k in rule), None)
+    condition = f" {test} {rule[test]}" if test else ""
+    return f"source types {rule.get('source_types')}: {columns}{condition} -> {rule.get('type')}"
+
+
+def _columns(rule: dict[str, Any]) -> list[str]:
+    column = rule.get("column")
+    return [str(c) for c in column] if isinstance(column, list) else [str(column)]
+
+
+def override_warnings(profile: str | None, mapping: Path | dict[str, Any] | None) -> list[str]:
+    """What a mapping on top of a built-in profile silently drops: lists are replaced, not
+    merged, so a `refine` list in the mapping ends every profile rule it does not repeat (a
+    rule for the same source types and leadflow type counts as the profile's, changed), and
+    a changed rule that no longer reads one of the profile rule's columns loses that fallback."""
+    if profile in (None, "generic") or mapping is None:
+        return []
+    override, _ = _overrides(mapping)
+    if "refine" not in override:
+        return []
+    ours = _text_keys(override.get("refine") or [])
+    source = f"streams/importer/profiles/{profile}.yaml"
+    warnings = []
+    for rule in _text_keys(_builtin(profile).get("refine") or []):
+        same = [
+            r
+            for r in ours
+            if isinstance(r, dict)
+            and r.get("source_types") == rule.get("source_types")
+            and r.get("type") == rule.get("type")
+        ]
+        if not same:
+            warnings.append(
+                f"--mapping replaces the {profile} profile's refine list: its rule "
+                f"({_describe_refine(rule)}) no longer applies; copy it from {source} into "
+                "your refine list to keep it"
+            )
+            continue
+        read = {c for r in same for c in _columns(r)}
+        lost = [c for c in _columns(rule) if c not in read]
+        if lost:
+            warnings.append(
+                f"--mapping changes the {profile} profile's refine rule for source types "
+                f"{rule.get('source_types')} -> {rule.get('type')}: it no longer reads "
+                f"{', '.join(lost)} (the profile's rule reads {', '.join(_columns(rule))}); "
+                "list the column too to keep that fallback"
+            )
+    return warnings

@@ -74,3 +74,24 @@ def test_import_command_bad_mapping_exit_2(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     assert "types." in result.output
     assert not rejected_path(path).exists()  # nothing was read
+
+
+def test_an_override_that_drops_profile_rules_is_warned_about(tmp_path: Path) -> None:
+    path = tmp_path / "marketo.csv"
+    shutil.copy(DATA / "marketo_activities.csv", path)
+    mapping = tmp_path / "ours.yaml"
+    mapping.write_text(
+        "refine:\n"
+        "  - {source_types: [1], column: primaryAttributeValue, contains: [/pricing],"
+        " type: pricing_page_view}\n"
+    )
+    args = ["import", str(path), "--profile", "marketo", "--mapping", str(mapping), "--dry-run"]
+    plain = CliRunner(env=ENV).invoke(app, args)
+    assert plain.exit_code == 0, plain.output
+    lines = [line for line in plain.stderr.splitlines() if line.startswith("warning:")]
+    assert len(lines) == 3  # the two webinar rules, and the pricing rule's URL fallback
+    as_json = CliRunner(env=ENV).invoke(app, [*args, "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    assert orjson.loads(as_json.stdout)["warnings"] == [
+        line.removeprefix("warning: ") for line in lines
+    ]

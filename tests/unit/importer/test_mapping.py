@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from schemas.engagement import KNOWN_EVENT_TYPES
 from streams.importer.compile import compile_mapping
-from streams.importer.mapping import ImportMapping, MappingError, load_mapping
-from tests.unit.importer.samples import DATA, KNOWN, outcomes
+from streams.importer.mapping import ImportMapping, MappingError, load_mapping, override_warnings
+from tests.unit.importer.samples import DATA, KNOWN, events, outcomes
 
 pytestmark = pytest.mark.unit
 
@@ -76,3 +78,64 @@ def test_builtin_profiles_are_valid_for_the_contract_types() -> None:
         mapping = load_mapping(profile)
         assert isinstance(mapping, ImportMapping)
         compile_mapping(mapping, KNOWN_EVENT_TYPES)
+
+
+# -- overrides on top of a profile ------------------------------------------------------------
+
+# The override docs/importer.md showed before it warned: its refine list leaves out the
+# profile's two webinar rules and the Webpage URL fallback of the pricing rule.
+LOSSY_OVERRIDE: dict[str, Any] = {
+    "types": {3: "page_view", 11: None},
+    "refine": [
+        {
+            "source_types": [1],
+            "column": "primaryAttributeValue",
+            "contains": ["/pricing", "/plans"],
+            "type": "pricing_page_view",
+        },
+        {
+            "source_types": [2],
+            "column": "primaryAttributeValue",
+            "contains": ["demo"],
+            "type": "demo_request",
+        },
+    ],
+}
+
+
+def docs_override() -> dict[str, Any]:
+    """The example override of docs/importer.md, as printed there."""
+    text = (Path(__file__).resolve().parents[3] / "docs" / "importer.md").read_text()
+    block = text.split("Example override (`--profile marketo")[1].split("```yaml\n")[1]
+    data = yaml.safe_load(block.split("```")[0])
+    assert isinstance(data, dict)
+    return data
+
+
+def test_a_refine_list_that_drops_profile_rules_warns_about_each() -> None:
+    warnings = override_warnings("marketo", LOSSY_OVERRIDE)
+    assert len(warnings) == 3
+    assert sum("source types [104]" in w for w in warnings) == 2
+    fallback = [w for w in warnings if "pricing_page_view" in w]
+    assert len(fallback) == 1 and "no longer reads attributes.Webpage URL" in fallback[0]
+    webinar = [w for w in warnings if "source types [104]" in w]
+    assert all("copy it from streams/importer/profiles/marketo.yaml" in w for w in webinar)
+    # What the warnings are about: the webinar rows of the sample export are lost with it.
+    sample = DATA / "marketo_activities.csv"
+    lossy = {e.type for e in events(outcomes(sample, "marketo", LOSSY_OVERRIDE)).values()}
+    assert not {"webinar_registered", "webinar_attended"} & lossy
+
+
+def test_the_documented_override_keeps_the_profile_rules() -> None:
+    override = docs_override()
+    assert override_warnings("marketo", override) == []
+    sample = DATA / "marketo_activities.csv"
+    kept = events(outcomes(sample, "marketo", override))
+    # Lines 11 and 12 are the webinar registration and attendance of lead 1003.
+    assert (kept[11].type, kept[12].type) == ("webinar_registered", "webinar_attended")
+
+
+def test_no_warning_without_a_refine_override_or_a_profile() -> None:
+    assert override_warnings("marketo", {"types": {3: "page_view"}}) == []
+    assert override_warnings("marketo", None) == []
+    assert override_warnings(None, {"refine": []}) == []
