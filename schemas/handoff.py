@@ -40,3 +40,19 @@ class MqlHandoff(BaseModel):
         description="When sales must have made contact: qualified_at + sla.mql_first_contact "
         "(working time when the rules have a business calendar)."
     )
+    # Routing (added in schema version 1, optional: readers that ignore them keep working).
+    owner: str | None = Field(
+        default=None,
+        description="The salesperson the routing rules gave the lead to; null when the rules "
+        "have no routing section, or when nobody in the queue was available (see queue).",
+    )
+    queue: str | None = Field(
+        default=None,
+        description="The routing queue whose `when` matched the lead (null without routing).",
+    )
+    routing_reason: str | None = Field(
+        default=None,
+        description="Why this owner: `round_robin` (the queue's weighted rotation), "
+        "`no_capacity` (every member away or at capacity: owner is the queue's escalate_to), "
+        "or `no_queue` (no queue matched; owner null).",
+    )

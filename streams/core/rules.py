@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -81,14 +82,13 @@ def _engagement_rule(value: Any) -> Any:
     return value
 
 
-class FitRule(_Frozen):
-    """Points for a profile attribute, e.g. {field: industry, in: [software], points: 15}."""
+class Matcher(_Frozen):
+    """A test of one profile attribute: exactly one of in, equals, between, contains. Fit
+    rules add points to it; routing queues match leads with it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     field: str = Field(min_length=1, description="Profile attribute to match, e.g. industry.")
-    points: float = Field(description="Fit points when the attribute matches.")
-    name: str | None = Field(default=None, description="Label shown in reasons and explain.")
     in_: tuple[AttributeValue, ...] | None = Field(
         default=None, alias="in", description="Matches one of these values (case-insensitive)."
     )
@@ -115,7 +115,7 @@ class FitRule(_Frozen):
     def _contains_norm(self) -> tuple[str, ...]:
         return tuple(part.casefold() for part in self.contains or ())
 
-    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> FitRule:
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """A copy with changes: the normalised values are worked out again."""
         copy = super().model_copy(update=update, deep=deep)
         for cached in ("_in_norm", "_contains_norm"):
@@ -123,7 +123,7 @@ class FitRule(_Frozen):
         return copy
 
     @model_validator(mode="after")
-    def _exactly_one_condition(self) -> FitRule:
+    def _exactly_one_condition(self) -> Self:
         given = [
             name
             for name, value in (
@@ -136,7 +136,7 @@ class FitRule(_Frozen):
         ]
         if len(given) != 1:
             raise ValueError(
-                "a fit rule needs exactly one of 'in', 'equals', 'between', 'contains'"
+                f"{self.kind} needs exactly one of 'in', 'equals', 'between', 'contains'"
                 f" (got {', '.join(given) or 'none'})"
             )
         if self.between is not None:
@@ -147,9 +147,9 @@ class FitRule(_Frozen):
                 raise ValueError(f"between: lower bound {lo} is above upper bound {hi}")
         return self
 
+    kind: ClassVar[str] = "a matcher"
+
     def describe(self) -> str:
-        if self.name:
-            return self.name
         if self.in_ is not None:
             return f"{self.field} in [{', '.join(str(v) for v in self.in_)}]"
         if self.contains is not None:
@@ -178,6 +178,18 @@ class FitRule(_Frozen):
             return False
         lo, hi = self.between
         return (lo is None or number >= lo) and (hi is None or number <= hi)
+
+
+class FitRule(Matcher):
+    """Points for a profile attribute, e.g. {field: industry, in: [software], points: 15}."""
+
+    points: float = Field(description="Fit points when the attribute matches.")
+    name: str | None = Field(default=None, description="Label shown in reasons and explain.")
+
+    kind: ClassVar[str] = "a fit rule"
+
+    def describe(self) -> str:
+        return self.name or super().describe()
 
 
 def _norm(value: AttributeValue) -> str:
@@ -264,6 +276,88 @@ class ReportingRule(_Frozen):
         return value
 
 
+class RoutingMember(_Frozen):
+    owner: str = Field(min_length=1, max_length=256, description="The salesperson (CRM user).")
+    weight: int = Field(
+        default=1, ge=1, le=1000, description="Share of the queue's leads: 2 gets twice as many."
+    )
+    capacity_per_day: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most leads a day (reporting.timezone, by qualified_at); unset: no limit.",
+    )
+
+
+class RoutingQueue(_Frozen):
+    name: str = Field(min_length=1, max_length=128, description="Shown on handoffs and KPIs.")
+    when: tuple[Matcher, ...] = Field(
+        default=(),
+        description="Every matcher must match (fit rules' in, equals, between, contains); "
+        "empty: every lead (a catch-all queue, last).",
+    )
+    members: tuple[RoutingMember, ...] = Field(
+        min_length=1, description="Who gets the leads, by weighted round robin."
+    )
+    escalate_to: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Gets the lead when every member is away or at capacity, and SLA breaches.",
+    )
+
+    @model_validator(mode="after")
+    def _members_once(self) -> RoutingQueue:
+        owners = [m.owner for m in self.members]
+        twice = sorted({o for o in owners if owners.count(o) > 1})
+        if twice:
+            raise ValueError(f"queue {self.name!r} lists {', '.join(twice)} more than once")
+        return self
+
+    def matches(self, attributes: Mapping[str, AttributeValue]) -> bool:
+        return all(m.matches(attributes.get(m.field)) for m in self.when)
+
+
+class AwayWindow(_Frozen):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    owner: str = Field(min_length=1, description="A member of any queue.")
+    from_: AwareDatetime = Field(alias="from", description="Away from (with a UTC offset).")
+    until: AwareDatetime = Field(description="Back at (exclusive).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AwayWindow:
+        if self.until <= self.from_:
+            raise ValueError(f"away window of {self.owner}: until must be after from")
+        return self
+
+    def covers(self, at: datetime) -> bool:
+        return self.from_ <= at < self.until
+
+
+class RoutingRule(_Frozen):
+    queues: tuple[RoutingQueue, ...] = Field(
+        min_length=1, description="The first queue whose `when` matches takes the lead."
+    )
+    away: tuple[AwayWindow, ...] = Field(
+        default=(), description="Members skipped while away (holidays, leave)."
+    )
+    reassign_after_breach: bool = Field(
+        default=False,
+        description="A missed first contact moves the lead to the next member, with a new clock.",
+    )
+
+    @model_validator(mode="after")
+    def _names_once(self) -> RoutingRule:
+        names = [q.name for q in self.queues]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"queue names must be unique: {', '.join(twice)} used twice")
+        members = {m.owner for q in self.queues for m in q.members}
+        strangers = sorted({w.owner for w in self.away} - members)
+        if strangers:
+            raise ValueError(f"away: {', '.join(strangers)} is not a member of any queue (a typo?)")
+        return self
+
+
 class Rules(_Frozen):
     """The effective rules. `version` is a content hash, stamped on every output."""
 
@@ -297,6 +391,11 @@ class Rules(_Frozen):
     reporting: ReportingRule = Field(
         default_factory=lambda: ReportingRule(), description="How KPIs are counted."
     )
+    routing: RoutingRule | None = Field(
+        default=None,
+        description="Who gets each MQL at handoff (docs/routing.md); unset: nobody until sales "
+        "records an activity with an owner.",
+    )
 
     @field_validator("engagement")
     @classmethod
@@ -313,9 +412,10 @@ class Rules(_Frozen):
     # Cached: the version is stamped on every handoff and the types are checked per batch.
     @cached_property
     def version(self) -> str:
-        canonical = orjson.dumps(
-            self.model_dump(mode="json", by_alias=True), option=orjson.OPT_SORT_KEYS
-        )
+        dumped = self.model_dump(mode="json", by_alias=True)
+        if dumped.get("routing") is None:
+            dumped.pop("routing", None)  # rules without routing keep their earlier version
+        canonical = orjson.dumps(dumped, option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(canonical).hexdigest()[:12]
 
     @cached_property
