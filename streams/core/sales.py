@@ -172,6 +172,9 @@ def open_first_contact_clock(
             qualified_at=handoff.qualified_at,
             qualifications=max(state.qualifications, 1),
         )
+    if state.owner is None and handoff.owner is not None:
+        # Routed at handoff (docs/routing.md): the owner is known before sales says anything.
+        state = replace(state, owner=handoff.owner)
     clock = _new_clock(
         "mql_first_contact", handoff.handoff_id, handoff.qualified_at, rules, state.owner
     )

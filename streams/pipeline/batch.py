@@ -258,6 +258,10 @@ class BatchWriter:
     # Whether the fold takes the batch's known ids apart from the states (`StoredLead.known`).
     seen_apart = False
 
+    async def complete(self, decided: BatchChanges) -> None:
+        """What a fold leaves to be decided with I/O before the write (the scoring side routes
+        its handoffs). Called again whenever the batch is folded again."""
+
     async def _write(
         self,
         partition: int,
@@ -272,6 +276,7 @@ class BatchWriter:
             load = partial(self.store.load, wanted, self.seen_apart)
             stored = await self.retrying("redis", load) if wanted else {}
             decided = fold(stored)
+            await self.retrying("redis", partial(self.complete, decided))
             advances = positions.advances() if positions else []
             if not (decided.changes or decided.unschedule or decided.outbox or advances):
                 return decided

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from functools import partial
+from functools import cached_property, partial
 
 from schemas.engagement import EngagementEvent
 from schemas.handoff import MqlHandoff
@@ -23,13 +23,23 @@ from streams.pipeline.batch import (
     each_partition,
 )
 from streams.pipeline.intake import DeadLetter, RecordLocation, parse_engagement
+from streams.pipeline.routing import route_handoffs
 from streams.store import OutboxEntry, StoredLead
+from streams.store.routing_ledger import RoutingLedger
 
 
 class ScoringService(BatchWriter):
     """Engagement events in; lead scores, MQL handoffs and `mql` lifecycle events out."""
 
     seen_apart = True
+
+    @cached_property
+    def routing_ledger(self) -> RoutingLedger:
+        return RoutingLedger(self.store.redis, self.store.keys.prefix)
+
+    async def complete(self, decided: BatchChanges) -> None:
+        if self.rules.routing is not None:
+            await route_handoffs(decided, self.rules, self.routing_ledger)
 
     async def process(
         self,
