@@ -195,9 +195,10 @@ class Keys:
         """The hash-tagged start of every key of one partition."""
         return self._tags[partition]
 
-    def namespace_patterns(self) -> tuple[str, str]:
-        """SCAN patterns that together match every key of this namespace (and no other's)."""
-        return f"{self.prefix}*", f"{{{self.prefix}p*"
+    def namespace_patterns(self) -> tuple[str, ...]:
+        """SCAN patterns that together match every key of this namespace (and no other's):
+        untagged records, the partitions' keys and the routing ledger's."""
+        return f"{self.prefix}*", f"{{{self.prefix}p*", f"{{{self.prefix}routing}}:*"
 
     def layout_record(self) -> str:
         """Which layout and partition count this namespace's keys follow (read alone)."""

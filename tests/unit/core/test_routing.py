@@ -188,7 +188,10 @@ def test_a_member_removed_from_the_rules_is_forgotten() -> None:
     ("section", "message"),
     [
         ({"queues": []}, r"routing\.queues: Tuple should have at least 1 item"),
-        ({"queues": [{"name": "q", "members": []}]}, r"routing\.queues\[0\]\.members: Tuple should have at least 1 item"),
+        (
+            {"queues": [{"name": "q", "members": []}]},
+            r"routing\.queues\[0\]\.members: Tuple should have at least 1 item",
+        ),
         (
             {"queues": [{"name": "q", "members": [{"owner": "a"}, {"owner": "a"}]}]},
             "lists a more than once",
@@ -204,7 +207,7 @@ def test_a_member_removed_from_the_rules_is_forgotten() -> None:
         ),
         (
             {"queues": [{"name": "q", "members": [{"owner": "a", "weight": 0}]}]},
-            r"routing\.queues\[0\]\.members\[0\]\.weight: Input should be greater than or equal to 1",
+            r"routing\.queues\[0\]\.members\[0\]\.weight: Input should be greater than or equal",
         ),
         (
             {
