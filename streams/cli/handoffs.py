@@ -59,10 +59,11 @@ def print_handoff(h: MqlHandoff) -> None:
 def print_handoff_line(h: MqlHandoff) -> None:
     """One line per handoff: the lead, its score, when sales must call and the top reasons."""
     reasons = escape("; ".join(f"{r.rule} {r.points:+.0f}" for r in h.reasons[:3]))
+    owner = f"  -> {escape(h.owner)} ({escape(h.queue or '')})" if h.owner else ""
     out.print(
         f"[bold green]MQL[/] {h.lead_id:<16} score {h.score:6.1f} "
         f"(fit {h.fit_score:g} + engagement {h.engagement_score:.1f})  "
-        f"contact by {h.first_contact_due_at:%Y-%m-%d %H:%M:%S}  [dim]{reasons}[/]",
+        f"contact by {h.first_contact_due_at:%Y-%m-%d %H:%M:%S}{owner}  [dim]{reasons}[/]",
         soft_wrap=True,
     )
 

@@ -117,6 +117,8 @@ VIEWS: dict[str, View] = {
             "fit_score",
             "engagement_score",
             "first_contact_due_at",
+            "owner",
+            "queue",
             "handoff_id",
             "reasons",
         ),

@@ -92,4 +92,19 @@ def qualification_summary(rules: Rules) -> str:
             else "; no decay"
         )
         + f"; first contact due {format_duration(rules.sla.mql_first_contact)} after handoff"
+        + routing_summary(rules)
     )
+
+
+def routing_summary(rules: Rules) -> str:
+    """Who gets the MQLs: each queue's members (with weights) and escalation."""
+    if rules.routing is None:
+        return ""  # owners come from sales activity
+    queues = []
+    for q in rules.routing.queues:
+        members = ", ".join(
+            m.owner + (f" x{m.weight}" if m.weight != 1 else "") for m in q.members
+        )
+        escalate = f" -> {q.escalate_to}" if q.escalate_to else ""
+        queues.append(f"{q.name} ({members}{escalate})")
+    return "; routed to " + "; ".join(queues)

@@ -63,6 +63,13 @@ async def test_demo_shows_handoffs_sales_outcomes_and_a_breach(
     assert stages["sql"] > 0 and stages["nurture"] > 0  # the whole loop ran
     breaches = [a for a in alerts if a.severity == "breach"]
     assert len(breaches) >= 1
+    # The demo rules route at handoff (rules/demo.yaml): every MQL has an owner from its queue
+    # from the start, so no breach goes to "unassigned".
+    members = {"enterprise": {"sato", "suzuki", "tanaka"}, "inside-sales": {"abe", "ito"}}
+    assert all(h.owner in members.get(h.queue or "", set()) for h in handoffs), handoffs
+    owner_of = {h.handoff_id: h.owner for h in handoffs}
+    assert all(a.owner is not None and a.owner == owner_of[a.handoff_id] for a in breaches)
+    assert "unassigned" not in shown
     assert sorted(re.findall(r"^SLA BREACH (\S+)", shown, re.M)) == sorted(
         a.lead_id for a in breaches
     )
