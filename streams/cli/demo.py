@@ -231,7 +231,7 @@ class DemoRun:
     def _handoff(self, h: MqlHandoff, producer: Producer) -> None:
         self.counts["handoffs"] += 1
         print_handoff_line(h)
-        plan = simulate_sales(h.lead_id, h.handoff_id)
+        plan = simulate_sales(h.lead_id, h.handoff_id, h.owner)
         self.pending_sales.append(asyncio.create_task(self._play_sales(producer, plan)))
 
     def _stage_change(self, t: LifecycleTransition) -> None:

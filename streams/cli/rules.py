@@ -102,9 +102,7 @@ def routing_summary(rules: Rules) -> str:
         return ""  # owners come from sales activity
     queues = []
     for q in rules.routing.queues:
-        members = ", ".join(
-            m.owner + (f" x{m.weight}" if m.weight != 1 else "") for m in q.members
-        )
+        members = ", ".join(m.owner + (f" x{m.weight}" if m.weight != 1 else "") for m in q.members)
         escalate = f" -> {q.escalate_to}" if q.escalate_to else ""
         queues.append(f"{q.name} ({members}{escalate})")
     return "; routed to " + "; ".join(queues)

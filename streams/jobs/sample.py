@@ -167,15 +167,18 @@ def iter_ndjson(records: list[SampleRecord]) -> Iterator[bytes]:
         yield r.value + b"\n"
 
 
-def simulate_sales(lead_id: str, handoff_id: str) -> list[tuple[float, dict[str, object]]]:
+def simulate_sales(
+    lead_id: str, handoff_id: str, owner: str | None = None
+) -> list[tuple[float, dict[str, object]]]:
     """What a (simulated) inside-sales team does with a handoff: (delay in seconds, activity).
 
     Deterministic per handoff: half become SQLs, three in ten go back to nurture with the
     missing BANT criteria, one in ten is disqualified and one in ten is never contacted, so its
     first-contact deadline is breached. `occurred_at` is filled in when the activity is sent.
+    The rep is the handoff's routed owner, or one of three when the rules do not route.
     """
     bucket = int(hashlib.sha256(handoff_id.encode()).hexdigest(), 16) % 10
-    rep = ["sato", "suzuki", "tanaka"][bucket % 3]
+    rep = owner or ["sato", "suzuki", "tanaka"][bucket % 3]
 
     def activity(step: str, kind: str, **extra: object) -> dict[str, object]:
         return {
