@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +15,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError
 
-from streams.core.funnel import PeriodKpis
+from streams.core.funnel import OwnerKpis, PeriodKpis
 from streams.settings import REDIS_LOGIN, scrub
 
 
@@ -272,6 +272,33 @@ class Metrics:
             ["owner", "window"],
             registry=r,
         )
+        # Per owner and per queue: labels only for names the routing rules know (members and
+        # escalate_to; "-" = no owner); any other owner named by sales activity counts as
+        # "other", so the label sets stay as small as the team (docs/routing.md, "KPIs").
+        self.kpi_owner_handoffs = Gauge(
+            "leadflow_kpi_owner_handoffs",
+            kpi + "MQLs routed to each owner at handoff.",
+            ["owner", "window"],
+            registry=r,
+        )
+        self.kpi_owner_breach_rate = Gauge(
+            "leadflow_kpi_owner_first_contact_breach_rate",
+            kpi + "missed first contacts / (met + missed), per owner (NaN: none decided).",
+            ["owner", "window"],
+            registry=r,
+        )
+        self.kpi_owner_time_to_contact = Gauge(
+            "leadflow_kpi_owner_time_to_first_contact_seconds",
+            kpi + "mean seconds from handoff to first contact, per owner (NaN: no contact).",
+            ["owner", "window"],
+            registry=r,
+        )
+        self.kpi_queue_handoffs = Gauge(
+            "leadflow_kpi_queue_handoffs",
+            kpi + "MQLs per routing queue.",
+            ["queue", "window"],
+            registry=r,
+        )
         self.open_deadlines = Gauge(
             "leadflow_sla_open_deadlines",
             "Reminders waiting in Redis on this worker's partitions.",
@@ -337,7 +364,9 @@ class Metrics:
         )
         self.dependencies = DependencyHealth(self.dependency_up)
 
-    def observe_kpis(self, window: str, kpis: PeriodKpis) -> None:
+    def observe_kpis(
+        self, window: str, kpis: PeriodKpis, known_owners: frozenset[str] = frozenset()
+    ) -> None:
         """Publish one window's funnel KPIs (NaN where a rate has no denominator yet)."""
         stages = {
             "mql": kpis.mqls,
@@ -367,12 +396,38 @@ class Metrics:
             self.kpi_missing_bant.labels(criterion, window).set(count)
         for owner, count in kpis.breaches_by_owner.items():
             self.kpi_breaches_by_owner.labels(owner, window).set(count)
+        for owner, o in bounded_owners(kpis.by_owner, known_owners).items():
+            self.kpi_owner_handoffs.labels(owner, window).set(o.handoffs)
+            self.kpi_owner_breach_rate.labels(owner, window).set(_or_nan(o.breach_rate))
+            self.kpi_owner_time_to_contact.labels(owner, window).set(
+                _or_nan(o.mean_time_to_first_contact)
+            )
+        for queue, count in kpis.by_queue.items():
+            self.kpi_queue_handoffs.labels(queue, window).set(count)
         for gauge, durations in (
             (self.kpi_time_to_contact, kpis.time_to_first_contact),
             (self.kpi_time_to_action, kpis.time_to_sales_action),
         ):
             gauge.labels("0.5", window).set(_or_nan(durations.median))
             gauge.labels("0.9", window).set(_or_nan(durations.p90))
+
+
+def bounded_owners(
+    by_owner: Mapping[str, OwnerKpis], known: frozenset[str]
+) -> dict[str, OwnerKpis]:
+    """Owners the rules know (and "-") as they are, everyone else summed as "other"."""
+    out: dict[str, OwnerKpis] = {}
+    for owner, o in by_owner.items():
+        name = owner if owner in known or owner == "-" else "other"
+        was = out.get(name, OwnerKpis())
+        out[name] = OwnerKpis(
+            was.handoffs + o.handoffs,
+            was.met + o.met,
+            was.breached + o.breached,
+            was.contacted + o.contacted,
+            was.contact_seconds + o.contact_seconds,
+        )
+    return out
 
 
 # What an operator checks when a dependency does not answer.

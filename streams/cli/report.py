@@ -108,10 +108,38 @@ def _sla_table(report: Report, rows: list[PeriodKpis]) -> Table:
     return table
 
 
+def _owner_table(report: Report) -> Table:
+    t = report.total
+    queues = ", ".join(f"{q} {n}" for q, n in t.by_queue.items())
+    table = Table(
+        title="Owners (whole range)",
+        title_justify="left",
+        caption=f"handoffs per queue: {queues}" if queues else None,
+        caption_justify="left",
+    )
+    table.add_column("owner", no_wrap=True)
+    for name in ("handoffs", "first contact met", "breached", "breach rate", "mean to contact"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for owner, o in t.by_owner.items():
+        table.add_row(
+            "unassigned" if owner == "-" else owner,
+            str(o.handoffs),
+            str(o.met),
+            str(o.breached),
+            percent(o.breach_rate),
+            humanize(o.mean_time_to_first_contact),
+        )
+    return table
+
+
 def render_tables(report: Report) -> list[Table]:
-    """Two tables, one row per period and a total row: the funnel, and the SLA clocks."""
+    """The funnel and the SLA clocks (one row per period and a total row), and the owners'
+    load and first-contact record when the data has any (routing, or owners from activity)."""
     rows = [*report.periods, report.total]
-    return [_funnel_table(report, rows), _sla_table(report, rows)]
+    tables = [_funnel_table(report, rows), _sla_table(report, rows)]
+    if report.total.by_owner:
+        tables.append(_owner_table(report))
+    return tables
 
 
 def notes(report: Report) -> list[str]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Literal
 
@@ -69,6 +69,26 @@ class DurationKpis:
 
 
 @dataclass(frozen=True, slots=True)
+class OwnerKpis:
+    """One salesperson's load and first-contact record ("-": no owner known)."""
+
+    handoffs: int = 0  # MQLs routed to them at handoff (docs/routing.md)
+    met: int = 0  # first contacts in time
+    breached: int = 0  # first-contact deadlines missed
+    contacted: int = 0  # first contacts made (in time or late)
+    contact_seconds: int = 0  # their seconds from handoff, summed
+
+    @property
+    def breach_rate(self) -> float | None:
+        decided = self.met + self.breached
+        return self.breached / decided if decided else None
+
+    @property
+    def mean_time_to_first_contact(self) -> float | None:
+        return self.contact_seconds / self.contacted if self.contacted else None
+
+
+@dataclass(frozen=True, slots=True)
 class PeriodKpis:
     label: str  # 2026-11-27, 2026-W48 or 2026-11 (or "total")
     start: date  # first day covered (clipped to the requested range)
@@ -89,6 +109,8 @@ class PeriodKpis:
     time_to_sales_action: DurationKpis
     breaches_by_owner: dict[str, int]  # "-" = no owner known when the clock breached
     days_with_data: int
+    by_owner: dict[str, OwnerKpis] = field(default_factory=dict)  # most handoffs first
+    by_queue: dict[str, int] = field(default_factory=dict)  # handoffs per routing queue
 
     @property
     def mql_to_sql(self) -> float | None:
@@ -203,7 +225,35 @@ def aggregate(
             )
         ),
         days_with_data=seen,
+        by_owner=_by_owner(total),
+        by_queue=_suffixes(total, "queue_handoffs:"),
     )
+
+
+def _suffixes(total: Counter[str], prefix: str) -> dict[str, int]:
+    """The counters named prefix + X, as {X: n}, largest first (then by name)."""
+    found = ((name.removeprefix(prefix), n) for name, n in total.items() if name.startswith(prefix))
+    return dict(sorted(((k, n) for k, n in found if n), key=lambda item: (-item[1], item[0])))
+
+
+def _by_owner(total: Counter[str]) -> dict[str, OwnerKpis]:
+    first_contact = _suffixes(total, "owner_first_contact:")
+    parts = {
+        "handoffs": _suffixes(total, "owner_handoffs:"),
+        "met": {k.removesuffix(":met"): n for k, n in first_contact.items() if k.endswith(":met")},
+        "breached": {
+            k.removesuffix(":breached"): n
+            for k, n in first_contact.items()
+            if k.endswith(":breached")
+        },
+        "contacted": _suffixes(total, "owner_contacted:"),
+        "contact_seconds": _suffixes(total, "owner_contact_seconds:"),
+    }
+    owners = {o for values in parts.values() for o in values}
+    table = {
+        o: OwnerKpis(**{name: values.get(o, 0) for name, values in parts.items()}) for o in owners
+    }
+    return dict(sorted(table.items(), key=lambda item: (-item[1].handoffs, item[0])))
 
 
 def summarize(

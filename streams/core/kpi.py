@@ -70,14 +70,17 @@ def kpi_changes(
     for clock in ended_clocks(before, after):
         started = day_of(clock.started_at, rules)
         counts.append(KpiCount(started, f"clock:{clock.kind}:{clock.status}"))
+        owner = clock.owner or after.owner or "-"
         if clock.status == "breached":
-            counts.append(KpiCount(started, f"breach_owner:{clock.owner or after.owner or '-'}"))
+            counts.append(KpiCount(started, f"breach_owner:{owner}"))
+        if clock.kind == "mql_first_contact" and clock.status in ("met", "breached"):
+            counts.append(KpiCount(started, f"owner_first_contact:{owner}:{clock.status}"))
         if clock.status in ("met", "breached") and clock.ended_at is not None:
             acted = clock.late_action_at or clock.ended_at
             if clock.status == "met" or clock.late_action_at is not None:
-                samples.append(
-                    _sample(started, clock.kind, clock.clock_id, acted, clock.started_at)
-                )
+                sample = _sample(started, clock.kind, clock.clock_id, acted, clock.started_at)
+                samples.append(sample)
+                counts += _owner_contact(clock.kind, owner, sample)
     for clock in late_actions(before, after):
         started = day_of(clock.started_at, rules)
         counts.append(KpiCount(started, f"clock:{clock.kind}:late"))
@@ -87,12 +90,30 @@ def kpi_changes(
                 c.clock_id == clock.clock_id and c.status != "open" for c in before.clocks
             )
             if was_ended:
-                samples.append(
-                    _sample(
-                        started, clock.kind, clock.clock_id, clock.late_action_at, clock.started_at
-                    )
+                sample = _sample(
+                    started, clock.kind, clock.clock_id, clock.late_action_at, clock.started_at
                 )
+                samples.append(sample)
+                counts += _owner_contact(clock.kind, clock.owner or after.owner or "-", sample)
     return counts, samples
+
+
+def routed_counts(day: date, owner: str | None, queue: str | None) -> list[KpiCount]:
+    """A handoff routed at qualification (docs/routing.md): one more lead for its owner and its
+    queue, on the day it qualified."""
+    counts = [KpiCount(day, f"owner_handoffs:{owner}")] if owner else []
+    return counts + ([KpiCount(day, f"queue_handoffs:{queue}")] if queue else [])
+
+
+def _owner_contact(kind: str, owner: str, sample: KpiSample) -> list[KpiCount]:
+    """Per owner, the first contacts made and their seconds summed (a mean per owner; the
+    median and p90 stay for the whole team, from the samples)."""
+    if kind != "mql_first_contact":
+        return []
+    return [
+        KpiCount(sample.day, f"owner_contacted:{owner}"),
+        KpiCount(sample.day, f"owner_contact_seconds:{owner}", round(sample.seconds)),
+    ]
 
 
 def _was_sql_before(state: LeadState, handoff_id: str | None) -> bool:

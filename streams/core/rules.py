@@ -345,6 +345,12 @@ class RoutingRule(_Frozen):
         description="A missed first contact moves the lead to the next member, with a new clock.",
     )
 
+    @property
+    def owners(self) -> frozenset[str]:
+        """Every member of a queue and every escalate_to: the team the rules know."""
+        members = {m.owner for q in self.queues for m in q.members}
+        return frozenset(members | {q.escalate_to for q in self.queues if q.escalate_to})
+
     @model_validator(mode="after")
     def _names_once(self) -> RoutingRule:
         names = [q.name for q in self.queues]

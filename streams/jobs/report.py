@@ -21,6 +21,7 @@ from streams.core.funnel import (
     Counts,
     DurationKpis,
     Durations,
+    OwnerKpis,
     Period,
     PeriodKpis,
     days_between,
@@ -243,6 +244,19 @@ def period_to_json(p: PeriodKpis) -> dict[str, Any]:
         "time_to_first_contact": _duration_json(p.time_to_first_contact),
         "time_to_sales_action": _duration_json(p.time_to_sales_action),
         "breaches_by_owner": p.breaches_by_owner,
+        "by_owner": {
+            owner: {
+                "handoffs": o.handoffs,
+                "first_contact_met": o.met,
+                "first_contact_breached": o.breached,
+                "breach_rate": o.breach_rate,
+                "contacted": o.contacted,
+                "contact_seconds": o.contact_seconds,
+                "mean_time_to_first_contact_seconds": o.mean_time_to_first_contact,
+            }
+            for owner, o in p.by_owner.items()
+        },
+        "by_queue": {queue: {"handoffs": n} for queue, n in p.by_queue.items()},
     }
 
 
@@ -274,6 +288,17 @@ def period_from_json(d: dict[str, Any]) -> PeriodKpis:
         time_to_sales_action=_duration_from_json(d["time_to_sales_action"]),
         breaches_by_owner=dict(d["breaches_by_owner"]),
         days_with_data=d["days_with_data"],
+        by_owner={
+            owner: OwnerKpis(
+                o["handoffs"],
+                o["first_contact_met"],
+                o["first_contact_breached"],
+                o["contacted"],
+                o["contact_seconds"],
+            )
+            for owner, o in d.get("by_owner", {}).items()
+        },
+        by_queue={queue: q["handoffs"] for queue, q in d.get("by_queue", {}).items()},
     )
 
 

@@ -79,4 +79,6 @@ class BackgroundTasks:
             start = today - timedelta(days=days - 1)
             read = partial(self.store.read_kpis, days_between(start, today), SERIES.values())
             counts, durations = await self.service.retrying("redis", read)
-            self.metrics.observe_kpis(window, total(counts, durations, start, today))
+            routing = self.service.rules.routing
+            known = routing.owners if routing is not None else frozenset()
+            self.metrics.observe_kpis(window, total(counts, durations, start, today), known)

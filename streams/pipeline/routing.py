@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from schemas.engagement import AttributeValue
 from schemas.handoff import MqlHandoff
+from streams.core.kpi import day_of, routed_counts
 from streams.core.routing import QueueLedger, Routing, queue_for, route, routing_day
 from streams.core.rules import Rules
 from streams.pipeline.batch import BatchChanges
@@ -25,6 +26,8 @@ async def route_handoffs(decided: BatchChanges, rules: Rules, ledger: RoutingLed
     for n, output in enumerate(decided.outputs):
         if not isinstance(output, MqlHandoff) or output.lead_id not in changed:
             continue
+        if output.routing_reason is not None:
+            continue  # routed by an earlier try of this step (a Redis outage in between)
         at = changed[output.lead_id]
         before, after = decided.changes[at]
         decision = await _decide(
@@ -45,6 +48,8 @@ async def route_handoffs(decided: BatchChanges, rules: Rules, ledger: RoutingLed
         ]
         if decision.owner is not None:
             decided.changes[at] = (before, replace(after, owner=decision.owner))
+        day = day_of(output.qualified_at, rules)
+        decided.counts += routed_counts(day, decision.owner, decision.queue)
 
 
 async def _decide(

@@ -20,6 +20,7 @@ from tests.harness import (
     TEST_RULES,
     WorkerProcess,
     eventually,
+    leadflow_cli,
     produce,
     qualifying,
     wait_for,
@@ -104,7 +105,28 @@ async def test_weights_2_1_1_stay_fair_across_a_worker_restart(
     workers.append(second.start())
     await second.wait_ready()
     await send_leads(s, LEADS // 2, LEADS // 2)
-    assert_fair(await handoffs(s, LEADS))
+    by_id = await handoffs(s, LEADS)
+    assert_fair(by_id)
+
+    # The KPIs per owner and queue agree with the handoffs on the topic: in the report...
+    on_topic = Counter(str(h["owner"]) for h in by_id.values())
+    report = leadflow_cli(s, "report", "--json")
+    assert report.returncode == 0, report.stderr
+    kpis = orjson.loads(report.stdout)["total"]
+    assert {o: v["handoffs"] for o, v in kpis["by_owner"].items()} == on_topic
+    assert kpis["by_queue"] == {"inside-sales": {"handoffs": LEADS}}
+
+    # ... and on /metrics (the 7-day window, refreshed every second in tests).
+    async def gauges_agree() -> bool:
+        got = {
+            o: await asyncio.to_thread(
+                second.metric, "leadflow_kpi_owner_handoffs", owner=o, window="7d"
+            )
+            for o in WEIGHTS
+        }
+        return got == {o: float(n) for o, n in on_topic.items()}
+
+    await eventually(gauges_agree, 30, "the per-owner handoff gauges")
 
 
 async def test_weights_2_1_1_stay_fair_with_two_workers(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -11,6 +12,7 @@ from schemas.activity import SalesActivity
 from schemas.handoff import MqlHandoff
 from streams.core.funnel import (
     ClockKpis,
+    OwnerKpis,
     PeriodKpis,
     aggregate,
     days_between,
@@ -23,6 +25,7 @@ from streams.core.kpi import kpi_changes
 from streams.core.lead import LeadState
 from streams.core.rules import parse_rules
 from streams.core.sales import apply_activity, open_first_contact_clock
+from streams.observability import bounded_owners
 
 pytestmark = pytest.mark.unit
 
@@ -352,3 +355,55 @@ def test_a_close_after_the_follow_up_deadline_is_a_breach() -> None:
     counts = counts_of([[contact, bant], [lost]], T0 + HOUR)
     t = total(counts, {}, T0.date(), T0.date() + timedelta(days=5))
     assert t.sla["sql_follow_up"].compliance == 0.0
+
+
+# -- per owner and per queue (docs/routing.md, "KPIs") -----------------------------------------
+
+
+def test_owner_kpis_from_a_routed_handoff_and_its_first_contact() -> None:
+    # Routed to sato at 09:00; contact 90 minutes later: met, 5,400 s to first contact.
+    state = replace(handed_off(), owner="sato")
+    before = state
+    state, moved = apply_activity(state, sales(1, "contacted", T0 + 1.5 * HOUR), RULES, T0)
+    days = {T0.date(): Counter({"owner_handoffs:sato": 1, "queue_handoffs:inside": 1})}
+    for c in kpi_changes(before, state, moved, RULES)[0]:
+        days[c.day][c.field] += c.amount
+    kpis = total({d: dict(c) for d, c in days.items()}, {}, T0.date(), T0.date())
+    assert kpis.by_owner == {
+        "sato": OwnerKpis(handoffs=1, met=1, contacted=1, contact_seconds=5400)
+    }
+    assert kpis.by_owner["sato"].breach_rate == 0.0
+    assert kpis.by_owner["sato"].mean_time_to_first_contact == 5400.0
+    assert kpis.by_queue == {"inside": 1}
+
+
+def test_owner_breach_rate_and_mean_time_to_contact_by_hand() -> None:
+    p = one_day(
+        {
+            "owner_handoffs:abe": 4,
+            "owner_first_contact:abe:met": 3,
+            "owner_first_contact:abe:breached": 1,
+            "owner_contacted:abe": 4,  # the breached one was contacted late
+            "owner_contact_seconds:abe": 4 * 3600 + 600,
+            "owner_handoffs:ito": 2,
+        }
+    )
+    abe, ito = p.by_owner["abe"], p.by_owner["ito"]
+    assert (abe.breach_rate, abe.mean_time_to_first_contact) == (0.25, 3750.0)
+    assert (ito.handoffs, ito.breach_rate, ito.mean_time_to_first_contact) == (2, None, None)
+    assert list(p.by_owner) == ["abe", "ito"]  # most handoffs first
+
+
+def test_metrics_name_only_owners_the_rules_know() -> None:
+    by_owner = {
+        "abe": OwnerKpis(handoffs=3),
+        "crm-user-1": OwnerKpis(handoffs=1, breached=1),
+        "crm-user-2": OwnerKpis(handoffs=2, met=1),
+        "-": OwnerKpis(breached=2),
+    }
+    bounded = bounded_owners(by_owner, frozenset({"abe", "ito"}))
+    assert bounded == {
+        "abe": OwnerKpis(handoffs=3),
+        "other": OwnerKpis(handoffs=3, met=1, breached=1),
+        "-": OwnerKpis(breached=2),
+    }
