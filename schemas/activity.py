@@ -8,7 +8,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, mo
 
 from schemas.engagement import Identifier
 
-ActivityType = Literal["contacted", "bant_assessed", "sales_action", "disqualified", "won", "lost"]
+ActivityType = Literal[
+    "contacted", "bant_assessed", "sales_action", "disqualified", "won", "lost", "reassigned"
+]
 
 
 class Bant(BaseModel):
@@ -30,7 +32,11 @@ class SalesActivity(BaseModel):
     lead_id: Identifier = Field(description="The lead; also the Kafka key (UTF-8).")
     type: ActivityType
     occurred_at: AwareDatetime = Field(description="RFC 3339 with offset: when sales did it.")
-    owner: str | None = Field(default=None, max_length=256, description="Sales rep or queue.")
+    owner: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Sales rep or queue; for `reassigned` (required) the lead's new owner.",
+    )
     bant: Bant | None = Field(default=None, description="Required when type is bant_assessed.")
     reason: str | None = Field(default=None, max_length=2000)
 
@@ -38,4 +44,6 @@ class SalesActivity(BaseModel):
     def _bant_when_assessed(self) -> SalesActivity:
         if self.type == "bant_assessed" and self.bant is None:
             raise ValueError("bant: required when type is bant_assessed")
+        if self.type == "reassigned" and not self.owner:
+            raise ValueError("owner: required when type is reassigned (the new owner)")
         return self

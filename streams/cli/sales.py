@@ -31,6 +31,7 @@ TYPES = {
     "disqualified": "disqualified",
     "won": "won",
     "lost": "lost",
+    "reassigned": "reassigned",  # with --owner: the new owner
 }
 BANT = ("budget", "authority", "need", "timeframe")
 

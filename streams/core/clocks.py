@@ -36,7 +36,10 @@ class Clock:
     ended_at: datetime | None = None  # event time that met it, or detection time of a breach
     late_action_at: datetime | None = None  # the action that came after a breach
     owner: str | None = None
-    round: int = 0  # a lead that becomes an SQL again under the same handoff gets a new clock
+    # A new clock of the same handoff and kind: sql_follow_up when the lead becomes an SQL
+    # again under the same handoff; mql_first_contact when a breach reassigned the lead.
+    round: int = 0
+    queue: str | None = None  # the lead's routing queue (from the handoff): who escalations reach
 
     @property
     def clock_id(self) -> str:

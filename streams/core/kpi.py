@@ -54,6 +54,8 @@ def kpi_changes(
     counts: list[KpiCount] = []
     samples: list[KpiSample] = []
     for t in transitions:
+        if t.kind != "stage_change":
+            continue  # a reassignment moves no stage
         counts.append(KpiCount(day_of(t.occurred_at, rules), t.to_stage))
         counts += [
             KpiCount(day_of(t.occurred_at, rules), f"nurture_missing:{c}") for c in t.missing_bant

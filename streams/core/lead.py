@@ -79,6 +79,7 @@ class LeadState:
     contact_times: tuple[datetime, ...] = ()  # recent contacts, for clocks that open late
     last_sales_action_at: datetime | None = None
     owner: str | None = None
+    queue: str | None = None  # routing queue of the latest handoff (escalations, reassignment)
     missing_bant: tuple[str, ...] = ()
     sql_at: datetime | None = None
     # Bounded history for "why this score" (rules.history_limit entries each)
@@ -637,6 +638,7 @@ class _Fold:
             contact_times=base.contact_times,
             last_sales_action_at=base.last_sales_action_at,
             owner=base.owner,
+            queue=base.queue,
             missing_bant=base.missing_bant if handoff is None else (),
             sql_at=base.sql_at,
             recent_events=tuple(self._recent) if self._contributed else base.recent_events,

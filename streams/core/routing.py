@@ -96,6 +96,33 @@ def route(
     )
 
 
+def next_available(
+    routing: RoutingRule,
+    queue: RoutingQueue,
+    after: str | None,
+    at: datetime,
+    *,
+    skip: frozenset[str] = frozenset(),
+    ledger: QueueLedger | None = None,
+    day: date | None = None,
+) -> str | None:
+    """Who takes a lead off `after` (a breach's reassignment, docs/routing.md "Escalation
+    ladder"): the next member after `after` in the queue's member order, wrapping round,
+    skipping `after` itself, `skip` (members who already missed this lead's deadline), members
+    away at `at`, and, when a ledger and day are given, members at capacity. None: nobody.
+
+    Deterministic, not the weighted rotation: the sales side, which reassigns, does not hold the
+    rotation (it lives in the routing ledger, written only at handoff), and a reassignment does
+    not take anybody's turn."""
+    names = [m.owner for m in queue.members]
+    out = unavailable(queue, routing, ledger or QueueLedger(), at, day or at.date())
+    start = names.index(after) + 1 if after in names else 0
+    for owner in names[start:] + names[:start]:
+        if owner != after and owner not in skip and owner not in out:
+            return owner
+    return None
+
+
 def _rotate(members: list[RoutingMember], credit: Mapping[str, int]) -> tuple[str, dict[str, int]]:
     grown = {m.owner: credit.get(m.owner, 0) + m.weight for m in members}
     total = sum(m.weight for m in members)

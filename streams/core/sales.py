@@ -20,7 +20,8 @@ from streams.core.calendar import add_time
 from streams.core.clocks import Clock, ClockKind, Severity
 from streams.core.history import JourneyStep, remember
 from streams.core.lead import LeadState, Tally
-from streams.core.rules import Rules
+from streams.core.routing import next_available
+from streams.core.rules import RoutingQueue, Rules
 
 BANT_CRITERIA: tuple[BantCriterion, ...] = ("budget", "authority", "need", "timeframe")
 CLOSED_STAGES: frozenset[Stage] = frozenset({"won", "lost"})
@@ -36,6 +37,8 @@ def transition_id_for(lead_id: str, cause_id: str, to_stage: str) -> str:
 
 
 def alert_id_for(handoff_id: str, kind: str, severity: str, round: int = 0) -> str:
+    """One id per (handoff, clock, severity); `round` tells apart a later clock of the same
+    handoff and kind (an SQL again, or a first contact reassigned after a breach)."""
     if round:
         return _stable_id("al", handoff_id, kind, severity, str(round))
     return _stable_id("al", handoff_id, kind, severity)
@@ -90,7 +93,12 @@ def mql_transition(previous: Stage, handoff: MqlHandoff) -> LifecycleTransition:
 
 
 def _new_clock(
-    kind: ClockKind, handoff_id: str, start: datetime, rules: Rules, owner: str | None
+    kind: ClockKind,
+    handoff_id: str,
+    start: datetime,
+    rules: Rules,
+    owner: str | None,
+    queue: str | None = None,
 ) -> Clock:
     window = rules.sla.mql_first_contact if kind == "mql_first_contact" else rules.sla.sql_follow_up
     calendar = rules.sla.calendar
@@ -104,6 +112,7 @@ def _new_clock(
         due_at=add_time(calendar, start, window),
         warn_at=warn_at,
         owner=owner,
+        queue=queue,
     )
 
 
@@ -175,8 +184,17 @@ def open_first_contact_clock(
     if state.owner is None and handoff.owner is not None:
         # Routed at handoff (docs/routing.md): the owner is known before sales says anything.
         state = replace(state, owner=handoff.owner)
+    if handoff.queue is not None:
+        # The queue whose escalate_to hears of breaches, and whose members a breach may pass
+        # the lead on to (docs/routing.md, "Escalation ladder").
+        state = replace(state, queue=handoff.queue)
     clock = _new_clock(
-        "mql_first_contact", handoff.handoff_id, handoff.qualified_at, rules, state.owner
+        "mql_first_contact",
+        handoff.handoff_id,
+        handoff.qualified_at,
+        rules,
+        state.owner,
+        state.queue,
     )
     settled = _settle_on_open(clock, state.contact_times, now, rules)
     # A lead that left the funnel before this handoff reached us: a contact seen first still
@@ -239,6 +257,8 @@ def apply_activity(
     """
     state, moved = _apply_activity(state, activity, rules, now)
     for t in moved:
+        if t.kind != "stage_change":
+            continue  # the journey lists stage changes; a reassignment is not one
         step = JourneyStep(t.occurred_at, t.from_stage, t.to_stage, t.handoff_id, t.reason)
         state = replace(state, journey=remember(state.journey, step, rules))
         if t.to_stage == "sql":
@@ -252,9 +272,10 @@ def _apply_activity(
     mark = activity_mark(activity)
     if mark in state.seen_event_ids:
         return state, []
-    state = _record_contact(
-        replace(state, seen_event_ids=state.seen_event_ids | {mark}), activity, rules
-    )
+    state = replace(state, seen_event_ids=state.seen_event_ids | {mark})
+    if activity.type == "reassigned":
+        return _reassigned_by_hand(state, activity)
+    state = _record_contact(state, activity, rules)
     if state.stage in CLOSED_STAGES:
         return state, []  # won and lost are final; later activities are only recorded
     if activity.type == "bant_assessed":
@@ -267,6 +288,46 @@ def _apply_activity(
         moved = _transition(state, to_stage, activity.activity_id, at, activity.reason)
         return replace(state, stage=to_stage, clocks=_close_open(state.clocks, at)), [moved]
     return state, []
+
+
+def _reassigned_by_hand(
+    state: LeadState, activity: SalesActivity
+) -> tuple[LeadState, list[LifecycleTransition]]:
+    """The CRM moved the lead to another owner: the owner changes, open clocks are the new
+    owner's with the deadlines they had (a manual move does not reset the SLA), and one
+    `reassigned` event is emitted. Any stage, won and lost included: no stage moves."""
+    new_owner = activity.owner
+    assert new_owner  # the schema requires it for reassigned
+    if new_owner == state.owner:
+        return state, []
+    moved = reassignment(
+        state, new_owner, activity.activity_id, activity.occurred_at, activity.reason or "manual"
+    )
+    clocks = tuple(replace(c, owner=new_owner) if c.status == "open" else c for c in state.clocks)
+    return replace(state, owner=new_owner, clocks=clocks), [moved]
+
+
+def reassignment(
+    state: LeadState,
+    to_owner: str,
+    cause_id: str,
+    at: datetime,
+    reason: str,
+    handoff_id: str | None = None,
+) -> LifecycleTransition:
+    """The lifecycle event of an owner change: the stage stays (from_stage == to_stage)."""
+    return LifecycleTransition(
+        transition_id=transition_id_for(state.lead_id, cause_id, "reassigned"),
+        lead_id=state.lead_id,
+        kind="reassigned",
+        from_stage=state.stage,
+        to_stage=state.stage,
+        occurred_at=at,
+        handoff_id=handoff_id or state.handoff_id,
+        reason=reason,
+        from_owner=state.owner,
+        to_owner=to_owner,
+    )
 
 
 def _record_contact(state: LeadState, activity: SalesActivity, rules: Rules) -> LeadState:
@@ -305,7 +366,7 @@ def _assessed(
     at = activity.occurred_at
     moved = _transition(state, "sql", activity.activity_id, at, activity.reason)
     handoff_id = state.handoff_id or activity.activity_id
-    clock = _new_clock("sql_follow_up", handoff_id, at, rules, state.owner)
+    clock = _new_clock("sql_follow_up", handoff_id, at, rules, state.owner, state.queue)
     # Back to SQL under the same handoff (after nurture, say): a new clock beside the decided
     # one, never over it.
     earlier = [c for c in state.clocks if c.kind == "sql_follow_up" and c.handoff_id == handoff_id]
@@ -344,10 +405,26 @@ def _recycle(
     return recycled, [moved]
 
 
+def routing_queue(rules: Rules | None, name: str | None) -> RoutingQueue | None:
+    """The rules' routing queue of this name (None without routing, or if it was removed)."""
+    if rules is None or rules.routing is None or name is None:
+        return None
+    return next((q for q in rules.routing.queues if q.name == name), None)
+
+
 def alert_if_due(
-    state: LeadState, clock_id: str, severity: Severity, now: datetime
+    state: LeadState,
+    clock_id: str,
+    severity: Severity,
+    now: datetime,
+    rules: Rules | None = None,
 ) -> tuple[LeadState, list[SlaAlert]]:
-    """A reminder came due: alert if the clock is still open (exactly once per severity)."""
+    """A reminder came due: alert if the clock is still open (exactly once per severity).
+
+    The alert names the owner and the lead's queue; a breach also names the queue's
+    `escalate_to` (from `rules`; not when that is the owner). This is one rung of the ladder:
+    the sweeper calls `escalate`, which also reassigns the lead after a missed first contact.
+    """
     clock = next((c for c in state.clocks if c.clock_id == clock_id), None)
     if clock is None or clock.status != "open":
         return state, []
@@ -363,6 +440,14 @@ def alert_if_due(
             # Too late to warn (the sweeper was behind): the breach alert says it all.
             clocks = tuple(updated if c.clock_id == clock_id else c for c in state.clocks)
             return replace(state, clocks=clocks), []
+    owner = clock.owner or state.owner
+    queue = clock.queue or state.queue
+    escalated_to = None
+    if severity == "breach":
+        routed = routing_queue(rules, queue)
+        escalated_to = routed.escalate_to if routed is not None else None
+        if escalated_to == owner:
+            escalated_to = None  # the owner hears of it anyway
     alert = SlaAlert(
         alert_id=alert_id_for(clock.handoff_id, clock.kind, severity, clock.round),
         lead_id=state.lead_id,
@@ -371,7 +456,77 @@ def alert_if_due(
         severity=severity,
         due_at=clock.due_at,
         detected_at=now,
-        owner=clock.owner or state.owner,
+        owner=owner,
+        escalated_to=escalated_to,
+        queue=queue,
     )
     clocks = tuple(updated if c.clock_id == clock_id else c for c in state.clocks)
     return replace(state, clocks=clocks), [alert]
+
+
+@dataclass(frozen=True, slots=True)
+class Escalation:
+    """What one due reminder caused: the lead after it, its alerts and lifecycle events."""
+
+    state: LeadState
+    alerts: list[SlaAlert]
+    moved: list[LifecycleTransition]
+
+
+def escalate(
+    state: LeadState, clock_id: str, severity: Severity, now: datetime, rules: Rules
+) -> Escalation:
+    """The escalation ladder for one due reminder (docs/routing.md, "Escalation ladder"):
+
+    1. warning (sla.early_warning): an alert to the owner only;
+    2. breach: an alert to the owner and the queue's escalate_to;
+    3. a breached first contact with `routing.reassign_after_breach`: the lead moves to the
+       next available member of its queue (`reassign_after_breach`), with a `reassigned`
+       lifecycle event and a new first-contact clock for the new owner.
+    """
+    state, alerts = alert_if_due(state, clock_id, severity, now, rules)
+    if severity != "breach" or not alerts:
+        return Escalation(state, alerts, [])
+    state, moved = reassign_after_breach(state, clock_id, now, rules)
+    return Escalation(state, alerts, moved)
+
+
+def reassign_after_breach(
+    state: LeadState, clock_id: str, now: datetime, rules: Rules
+) -> tuple[LeadState, list[LifecycleTransition]]:
+    """A first-contact clock was breached: with `routing.reassign_after_breach`, give the lead
+    to the next available member of its queue (routing.next_available: after the current
+    owner in member order, skipping members away at the breach time and members who already
+    missed this handoff's first contact). The new owner gets a new first-contact clock (the
+    next round) that starts at the breach time, the deadline, and is due one
+    sla.mql_first_contact later (working time on a calendar). Nobody available: no change."""
+    routing = rules.routing
+    clock = next((c for c in state.clocks if c.clock_id == clock_id), None)
+    if routing is None or not routing.reassign_after_breach or clock is None:
+        return state, []
+    if clock.kind != "mql_first_contact" or clock.status != "breached":
+        return state, []
+    queue = routing_queue(rules, clock.queue or state.queue)
+    if queue is None:
+        return state, []
+    current = clock.owner or state.owner
+    same = [
+        c
+        for c in state.clocks
+        if c.handoff_id == clock.handoff_id and c.kind == "mql_first_contact"
+    ]
+    missed = frozenset(c.owner for c in same if c.status == "breached" and c.owner)
+    breach_at = clock.due_at
+    new_owner = next_available(routing, queue, current, breach_at, skip=missed)
+    if new_owner is None:
+        return state, []
+    fresh = _new_clock(
+        "mql_first_contact", clock.handoff_id, breach_at, rules, new_owner, queue.name
+    )
+    fresh = replace(fresh, round=max(c.round for c in same) + 1)
+    fresh = _settle_on_open(fresh, state.contact_times, now, rules)
+    moved = reassignment(
+        state, new_owner, fresh.clock_id, breach_at, "sla_breach", handoff_id=clock.handoff_id
+    )
+    state = replace(state, owner=new_owner, clocks=_replace_clock(state, fresh))
+    return state, [moved]

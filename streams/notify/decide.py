@@ -133,6 +133,8 @@ def summary(notice: Notice) -> tuple[str, str, list[tuple[str, str]]]:
             ("Due", _when(m.due_at)),
             ("Severity", m.severity),
         ]
+        if m.escalated_to:
+            facts.append(("Escalated to", m.escalated_to))
         if notice.queue:
             facts.append(("Queue", notice.queue))
         return title, text, facts
@@ -158,6 +160,12 @@ def summary(notice: Notice) -> tuple[str, str, list[tuple[str, str]]]:
         if reasons:
             facts.append(("Why", reasons))
         return title, text, facts
+    if m.kind == "reassigned":
+        who = f"{m.from_owner or 'unassigned'} → {m.to_owner or 'unassigned'}"
+        text = f"Lead {m.lead_id} reassigned from {who.replace(' → ', ' to ')}"
+        if m.reason:
+            text += f" ({m.reason})"
+        return f"Lead {m.lead_id} reassigned", text, [("Lead", m.lead_id), ("Owner", who)]
     title = f"Lead {m.lead_id}: {m.from_stage} → {m.to_stage}"
     text = f"Lead {m.lead_id} moved from {m.from_stage} to {m.to_stage}"
     if m.reason:

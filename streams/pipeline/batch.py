@@ -358,6 +358,15 @@ class BatchWriter:
 
     def _observe_transitions(self, result: BatchResult) -> None:
         for t in result.of_type(LifecycleTransition):
+            if t.kind == "reassigned":
+                log.info(
+                    "lead reassigned",
+                    lead_id=t.lead_id,
+                    from_owner=t.from_owner,
+                    to_owner=t.to_owner,
+                    reason=t.reason,
+                )
+                continue
             self.metrics.transitions.labels(t.from_stage, t.to_stage).inc()
             log.info(
                 "lead moved",

@@ -19,8 +19,8 @@ from streams.core.clocks import Severity, ended_clocks, late_actions, reminders
 from streams.core.lead import LeadState
 from streams.core.sales import (
     activity_mark,
-    alert_if_due,
     apply_activity,
+    escalate,
     handoff_mark,
     open_first_contact_clock,
 )
@@ -155,6 +155,14 @@ class SalesService(BatchWriter):
                 severity=alert.severity,
                 due_at=alert.due_at.isoformat(),
                 owner=alert.owner,
+                escalated_to=alert.escalated_to,
+            )
+        for moved in fired.of_type(LifecycleTransition):
+            log.warning(
+                "lead reassigned after a breach",
+                lead_id=moved.lead_id,
+                from_owner=moved.from_owner,
+                to_owner=moved.to_owner,
             )
         self.metrics.sweep_seconds.observe(time.perf_counter() - started)
         return len(alerts)
@@ -167,13 +175,18 @@ class SalesService(BatchWriter):
             before = stored[lead_id]
             state = before.state
             partition = entries[0].partition
+            transitions: list[LifecycleTransition] = []
             for w in entries:
                 severity: Severity = "warning" if w.severity == "warning" else "breach"
-                state, alerts = alert_if_due(state, w.clock_id, severity, now)
-                for alert in alerts:
+                step = escalate(state, w.clock_id, severity, now, self.rules)
+                state = step.state
+                for alert in step.alerts:
                     fold.emit(partition, self.settings.alerts, alert.alert_id, alert, lead_id)
+                for t in step.moved:  # a reassignment after a breach
+                    fold.emit(partition, self.settings.lifecycle, t.transition_id, t, lead_id)
+                transitions += step.moved
             if state is not before.state:
-                fold.change(before, state, [], self.rules)
+                fold.change(before, state, transitions, self.rules)
                 fold.reschedule(partition, before.state, state)
             # A reminder whose clock is no longer open (or gone) is dropped.
             live = {(r.clock_id, r.severity) for r in reminders(state)}

@@ -66,6 +66,7 @@ def encode_lead(state: LeadState, seen: bytes = b"") -> bytes:
         ],
         list(types),
         seen,
+        state.queue,  # appended later: states written before have 23 fields
     ]
     return bytes(msgpack.packb(packed, use_bin_type=True))
 
@@ -108,6 +109,7 @@ def decode_stored(raw: bytes | str, seen_event_ids: Iterable[str] = ()) -> tuple
             Contribution(e, types[i], _time(at), float(p)) for e, i, at, p in f[19]
         ),
         journey=tuple(JourneyStep(_time(at), a, b, h, r) for at, a, b, h, r in f[20]),
+        queue=f[23] if len(f) > 23 else None,
     )
     return state, bytes(f[22])
 
@@ -204,6 +206,7 @@ def _pack_clock(c: Clock) -> list[Any]:
         _pack_opt(c.late_action_at),
         c.owner,
         c.round,
+        c.queue,
     ]
 
 
@@ -220,6 +223,7 @@ def _clock(f: list[Any]) -> Clock:
         late_action_at=_opt(f[8]),
         owner=f[9],
         round=f[10],
+        queue=f[11] if len(f) > 11 else None,
     )
 
 
@@ -242,6 +246,7 @@ def lead_to_json(state: LeadState) -> dict[str, Any]:
         "contact_times": [t.isoformat() for t in state.contact_times],
         "last_sales_action_at": _iso(state.last_sales_action_at),
         "owner": state.owner,
+        "queue": state.queue,
         "missing_bant": list(state.missing_bant),
         "sql_at": _iso(state.sql_at),
         "recent_events": [
@@ -275,6 +280,7 @@ def lead_from_json(data: Mapping[str, Any], seen_event_ids: Iterable[str] = ()) 
         contact_times=tuple(datetime.fromisoformat(t) for t in data.get("contact_times", ())),
         last_sales_action_at=_dt(data.get("last_sales_action_at")),
         owner=data.get("owner"),
+        queue=data.get("queue"),
         missing_bant=tuple(data.get("missing_bant", ())),
         sql_at=_dt(data.get("sql_at")),
         recent_events=tuple(
@@ -301,6 +307,7 @@ def clock_to_json(clock: Clock) -> dict[str, Any]:
         "late_action_at": _iso(clock.late_action_at),
         "owner": clock.owner,
         "round": clock.round,
+        "queue": clock.queue,
     }
 
 
@@ -317,6 +324,7 @@ def clock_from_json(data: Mapping[str, Any]) -> Clock:
         late_action_at=_dt(data["late_action_at"]),
         owner=data["owner"],
         round=data.get("round", 0),
+        queue=data.get("queue"),
     )
 
 

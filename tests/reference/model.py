@@ -32,6 +32,9 @@ Readings taken where the docs are silent (also listed in docs/reliability.md):
   at or after its start (docs/sales-lifecycle.md). A follow-up clock that opens after sales
   actions were seen (the BANT arrived late) is settled by the newest sales action seen so far,
   if at or after its start: only that one is kept (docs/sales-lifecycle.md, as clarified).
+- Owners: an activity that names an owner makes it the lead's owner. A `reassigned` activity
+  whose owner differs from the current one is a `reassigned` event (stage unchanged, on any
+  stage, won and lost included); it is not a contact and moves no deadline.
 """
 
 from __future__ import annotations
@@ -283,6 +286,7 @@ class RefActivity:
     type: str
     occurred_at: datetime
     bant: Mapping[str, bool] | None = None
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -303,6 +307,9 @@ class RefTransition:
     to_stage: str
     occurred_at: datetime
     missing_bant: tuple[str, ...] = ()
+    kind: str = "stage_change"  # or reassigned: from_stage == to_stage
+    from_owner: str | None = None
+    to_owner: str | None = None
 
 
 @dataclass
@@ -332,6 +339,7 @@ class RefLead:
     contacts: list[datetime] = field(default_factory=list)
     sales_actions: list[datetime] = field(default_factory=list)
     missing_bant: tuple[str, ...] = ()
+    owner: str | None = None
 
     # --- recomputed from the accepted events each time -------------------------------------
 
@@ -455,6 +463,24 @@ class Reference:
             return []
         lead.activity_ids.add(activity.activity_id)
         at = activity.occurred_at
+        if activity.type == "reassigned":
+            if activity.owner == lead.owner:
+                return []
+            moved = RefTransition(
+                lead.lead_id,
+                lead.stage,
+                lead.stage,
+                at,
+                (),
+                "reassigned",
+                lead.owner,
+                activity.owner,
+            )
+            lead.owner = activity.owner
+            self.transitions.append(moved)
+            return [moved]
+        if activity.owner:
+            lead.owner = activity.owner
         if activity.type in CONTACTS:
             lead.contacts.append(at)
             self._act_on(lead, "mql_first_contact", at)

@@ -358,6 +358,7 @@ def test_a_fold_sets_or_carries_every_lead_state_field() -> None:
     }  # fmt: skip
     carried = {
         "clocks", "last_contact_at", "contact_times", "last_sales_action_at", "owner", "sql_at",
+        "queue",
     }  # fmt: skip
     assert {f.name for f in fields(LeadState)} == folded | carried | {"lead_id"}
     sentinels = {name: object() for name in carried}

@@ -125,7 +125,12 @@ def activity_lists(draw: st.DrawFn, max_size: int = 10) -> list[SalesActivity]:
                 lead_id=LEAD,
                 type=type_,
                 occurred_at=at(draw(minutes)),
-                owner=draw(st.sampled_from([None, "rep-a", "rep-b"])),
+                # A reassignment names the new owner (the schema requires it).
+                owner=draw(
+                    st.sampled_from(
+                        ["rep-a", "rep-b"] if type_ == "reassigned" else [None, "rep-a", "rep-b"]
+                    )
+                ),
                 bant=bant,
             )
         )

@@ -231,7 +231,7 @@ def activities(draw: st.DrawFn) -> SalesActivity:
         st.sampled_from(
             [
                 *["contacted", "bant_assessed", "bant_assessed", "sales_action", "sales_action"],
-                *["disqualified", "won", "lost"],
+                *["disqualified", "won", "lost", "reassigned"],
             ]
         )
     )
@@ -246,6 +246,11 @@ def activities(draw: st.DrawFn) -> SalesActivity:
         type=kind,
         occurred_at=draw(instants()),
         bant=bant,
+        owner=draw(
+            st.sampled_from(
+                ["rep-a", "rep-b"] if kind == "reassigned" else [None, "rep-a", "rep-b"]
+            )
+        ),
     )
 
 
@@ -256,6 +261,7 @@ def ref_activity(activity: SalesActivity) -> RefActivity:
         type=activity.type,
         occurred_at=activity.occurred_at,
         bant=activity.bant.model_dump() if activity.bant else None,
+        owner=activity.owner,
     )
 
 
@@ -312,7 +318,7 @@ def test_lifecycle_stages_transitions_and_clocks_equal_the_reference(
     rules = parse_rules(data)
     ref = Reference(RefRules.from_dict(data))
     states: dict[str, LeadState] = {}
-    transitions: list[tuple[str, str, str, datetime, tuple[str, ...]]] = []
+    transitions: list[tuple[Any, ...]] = []
     expected_transitions = []
     for step in steps:
         state = states.get(step.lead_id) or LeadState(lead_id=step.lead_id)
@@ -327,26 +333,47 @@ def test_lifecycle_stages_transitions_and_clocks_equal_the_reference(
                 assert mine is not None
                 assert utc(h.first_contact_due_at) == utc(mine.first_contact_due_at)
                 assert close(h.score, mine.score)
-                transitions.append((h.lead_id, before, "mql", utc(h.qualified_at), ()))
+                transitions.append(
+                    (h.lead_id, before, "mql", utc(h.qualified_at), (), "stage_change", None, None)
+                )
                 # The sales agent sees the handoff at once (no backfill).
                 state = open_first_contact_clock(state, h, rules, now=h.qualified_at)
         else:
             state, moved = apply_activity(state, step, rules, now=step.occurred_at)
             ref.activity(ref_activity(step))
             transitions += [
-                (t.lead_id, t.from_stage, t.to_stage, utc(t.occurred_at), tuple(t.missing_bant))
+                (
+                    t.lead_id,
+                    t.from_stage,
+                    t.to_stage,
+                    utc(t.occurred_at),
+                    tuple(t.missing_bant),
+                    t.kind,
+                    t.from_owner,
+                    t.to_owner,
+                )
                 for t in moved
             ]
         states[step.lead_id] = state
 
     expected_transitions = [
-        (t.lead_id, t.from_stage, t.to_stage, utc(t.occurred_at), t.missing_bant)
+        (
+            t.lead_id,
+            t.from_stage,
+            t.to_stage,
+            utc(t.occurred_at),
+            t.missing_bant,
+            t.kind,
+            t.from_owner,
+            t.to_owner,
+        )
         for t in ref.transitions
     ]
     assert transitions == expected_transitions
     for lead_id, state in states.items():
         expected = ref.leads[lead_id]
         assert state.stage == expected.stage, lead_id
+        assert state.owner == expected.owner, lead_id
         now = score(state, rules)
         assert close(now.fit, expected.fit(ref.rules)), lead_id
         assert close(now.engagement, expected.engagement(ref.rules)), lead_id
