@@ -51,24 +51,8 @@ def kpi_changes(
     rules: Rules,
 ) -> tuple[list[KpiCount], list[KpiSample]]:
     """Counts and samples caused by one lead's change from `before` to `after`."""
-    counts: list[KpiCount] = []
+    counts = _stage_counts(before, after, transitions, rules)
     samples: list[KpiSample] = []
-    for t in transitions:
-        if t.kind != "stage_change":
-            continue  # a reassignment moves no stage
-        counts.append(KpiCount(day_of(t.occurred_at, rules), t.to_stage))
-        counts += [
-            KpiCount(day_of(t.occurred_at, rules), f"nurture_missing:{c}") for c in t.missing_bant
-        ]
-        # Cohort days come from `after`: the MQL or SQL may have happened in the same batch.
-        if (
-            t.to_stage == "sql"
-            and after.qualified_at is not None
-            and not _was_sql_before(before, t.handoff_id)
-        ):
-            counts.append(KpiCount(day_of(after.qualified_at, rules), "cohort_sql"))
-        if t.to_stage in ("won", "lost") and after.sql_at is not None:
-            counts.append(KpiCount(day_of(after.sql_at, rules), f"cohort_{t.to_stage}"))
     for clock in ended_clocks(before, after):
         started = day_of(clock.started_at, rules)
         counts.append(KpiCount(started, f"clock:{clock.kind}:{clock.status}"))
@@ -98,6 +82,30 @@ def kpi_changes(
                 samples.append(sample)
                 counts += _owner_contact(clock.kind, clock.owner or after.owner or "-", sample)
     return counts, samples
+
+
+def _stage_counts(
+    before: LeadState, after: LeadState, transitions: list[LifecycleTransition], rules: Rules
+) -> list[KpiCount]:
+    """The funnel's flow and cohort counts of the stage changes (a reassignment moves none)."""
+    counts: list[KpiCount] = []
+    for t in transitions:
+        if t.kind != "stage_change":
+            continue
+        counts.append(KpiCount(day_of(t.occurred_at, rules), t.to_stage))
+        counts += [
+            KpiCount(day_of(t.occurred_at, rules), f"nurture_missing:{c}") for c in t.missing_bant
+        ]
+        # Cohort days come from `after`: the MQL or SQL may have happened in the same batch.
+        if (
+            t.to_stage == "sql"
+            and after.qualified_at is not None
+            and not _was_sql_before(before, t.handoff_id)
+        ):
+            counts.append(KpiCount(day_of(after.qualified_at, rules), "cohort_sql"))
+        if t.to_stage in ("won", "lost") and after.sql_at is not None:
+            counts.append(KpiCount(day_of(after.sql_at, rules), f"cohort_{t.to_stage}"))
+    return counts
 
 
 def routed_counts(day: date, owner: str | None, queue: str | None) -> list[KpiCount]:
