@@ -6,6 +6,8 @@ Reasons use the same words (`ScoreReason`) as the MQL handoff's `reasons`.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.engagement import AttributeValue
@@ -73,6 +75,17 @@ class StageChange(_Frozen):
     reason: str | None = None
 
 
+class RoutingExplanation(_Frozen):
+    """How the routing rules chose the owner at the latest handoff (docs/routing.md)."""
+
+    owner: str | None = Field(description="Who got the lead (escalate_to for no_capacity).")
+    queue: str | None = Field(description="The queue whose `when` matched (null: none did).")
+    reason: Literal["round_robin", "no_capacity", "no_queue"]
+    passed_over: list[str] = Field(
+        default_factory=list, description="Members skipped as away or at capacity that day."
+    )
+
+
 class LeadExplanation(_Frozen):
     """Why this score: the lead's score, every contribution, and where it stands with sales."""
 
@@ -116,6 +129,11 @@ class LeadExplanation(_Frozen):
     qualified_at: AwareDatetime | None = None
     qualifications: int = 0
     owner: str | None = None
+    routing: RoutingExplanation | None = Field(
+        default=None,
+        description="The routing decision of the latest handoff (null without routing, or once "
+        "the decision is older than the 35 days it is kept).",
+    )
     missing_bant: list[BantCriterion] = Field(default_factory=list)
     events_counted: int = Field(default=0, description="Engagement events folded into the lead.")
     last_event_at: AwareDatetime | None = None

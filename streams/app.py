@@ -18,15 +18,18 @@ from streams.agents.scoring import EngagementConsumer
 from streams.bootstrap import LiveRules, open_store
 from streams.core.explain import explain, lead_id_problem
 from streams.core.lead import LeadState
+from streams.core.routing import Routing
 from streams.core.rules import Rules
 from streams.kafka import KafkaPing, Producer
 from streams.observability import Metrics, dependency_hint, log
 from streams.pipeline.background import BackgroundTasks
 from streams.pipeline.retry import OUTAGES
+from streams.pipeline.routing import recorded_routing
 from streams.pipeline.sales import SalesService
 from streams.pipeline.scoring import ScoringService
 from streams.settings import Settings
 from streams.store import Generation, LeadStore
+from streams.store.routing_ledger import RoutingLedger
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 HEALTH_PING_SECONDS = 2.0
@@ -142,6 +145,17 @@ def register_timers(worker: Worker, settings: Settings) -> None:
         await ticks.refresh_kpis()
 
 
+async def routing_if_available(
+    ledger: RoutingLedger, state: LeadState, rules: Rules
+) -> Routing | None:
+    """The lead's routing decision for explain; None if Redis stops answering after the lead
+    was read (the rest of the explanation is worth more than this part of it)."""
+    try:
+        return await asyncio.wait_for(recorded_routing(ledger, state, rules), timeout=5)
+    except OUTAGES:
+        return None
+
+
 def register_views(worker: Worker, settings: Settings) -> None:
     app, service, store, metrics = worker.app, worker.service, worker.store, worker.metrics
 
@@ -195,6 +209,8 @@ def register_views(worker: Worker, settings: Settings) -> None:
         live = await store.active_generation()
         return await store.at_generation(live.number).read_lead(lead_id), live
 
+    ledger = RoutingLedger(store.redis, store.keys.prefix)
+
     # `[^/]*` rather than the default `[^{}/]+`: an empty id gets a 400 naming the problem,
     # not a bare 404; a `/` inside an id is sent as %2F.
     @app.page("/leads/{lead_id:[^/]*}/explain")
@@ -225,5 +241,7 @@ def register_views(worker: Worker, settings: Settings) -> None:
         if state is None:
             body = {"error": "unknown lead", "lead_id": lead_id, "namespace": settings.namespace}
             return web.json(body, status=404)
-        explanation = explain(state, live_rules.of(live), datetime.now(UTC))
+        rules = live_rules.of(live)
+        routing = await routing_if_available(ledger, state, rules)
+        explanation = explain(state, rules, datetime.now(UTC), routing)
         return web.bytes(explanation.model_dump_json().encode(), content_type="application/json")

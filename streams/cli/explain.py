@@ -64,6 +64,8 @@ def explain_command(
 async def fetch_explanation(settings: Settings, lead_id: str) -> LeadExplanation | None:
     """Read the lead from the live key space; explain it under that key space's rules."""
     from streams.bootstrap import LiveRules, check_layout, open_store
+    from streams.pipeline.routing import recorded_routing
+    from streams.store.routing_ledger import RoutingLedger
 
     rules = LiveRules(load_rules(settings.rules))
     store = open_store(settings)
@@ -71,6 +73,8 @@ async def fetch_explanation(settings: Settings, lead_id: str) -> LeadExplanation
         await check_layout(store, settings)
         live = await store.active_generation()
         state = await store.at_generation(live.number).read_lead(lead_id)
+        ledger = RoutingLedger(store.redis, store.keys.prefix)
+        routing = await recorded_routing(ledger, state, rules.of(live)) if state else None
     finally:
         await store.close()
     if state is None:
@@ -80,4 +84,4 @@ async def fetch_explanation(settings: Settings, lead_id: str) -> LeadExplanation
             f"[yellow]note:[/] explained under the live rules {live.rules_version}, "
             f"not the rules file {escape(str(settings.rules))} ({rules.rules_file.version})"
         )
-    return explain(state, rules.of(live), datetime.now(UTC))
+    return explain(state, rules.of(live), datetime.now(UTC), routing)

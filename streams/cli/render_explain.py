@@ -59,7 +59,22 @@ def header(e: LeadExplanation) -> list[str]:
         f"handoff {e.handoff_id or '-'}; owner {escape(e.owner or '-')}"
         + (f"; missing BANT {', '.join(e.missing_bant)}" if e.missing_bant else "")
         + "[/]",
+        *([routing_line(e)] if e.routing is not None else []),
     ]
+
+
+def routing_line(e: LeadExplanation) -> str:
+    """How the owner was chosen at the latest handoff."""
+    r = e.routing
+    assert r is not None
+    why = {
+        "round_robin": "its turn in the weighted rotation",
+        "no_capacity": "everyone in the queue away or at capacity: escalated",
+        "no_queue": "no queue matched",
+    }[r.reason]
+    skipped = f"; passed over {', '.join(r.passed_over)}" if r.passed_over else ""
+    queue = f"queue {r.queue}: " if r.queue else ""
+    return f"[dim]routed: {escape(queue)}{escape(r.owner or 'nobody')} ({why}){escape(skipped)}[/]"
 
 
 def reason_rows(e: LeadExplanation) -> list[list[str]]:

@@ -16,9 +16,11 @@ from schemas.explain import (
     LeadExplanation,
     OpenDeadline,
     RecentEvent,
+    RoutingExplanation,
     StageChange,
 )
 from streams.core.lead import SCORE_DIGITS, LeadState, can_qualify, score
+from streams.core.routing import Routing
 from streams.core.rules import Rules
 
 MAX_LEAD_ID = 256  # schemas.engagement.Identifier
@@ -35,8 +37,11 @@ def mql_blockers(fit: float, engagement: float, rules: Rules) -> list[str]:
     return out
 
 
-def explain(state: LeadState, rules: Rules, now: datetime) -> LeadExplanation:
-    """Explain one lead: score and every contribution, history, deadlines (overdue at `now`)."""
+def explain(
+    state: LeadState, rules: Rules, now: datetime, routing: Routing | None = None
+) -> LeadExplanation:
+    """Explain one lead: score and every contribution, history, deadlines (overdue at `now`),
+    and `routing`, the recorded routing decision of its latest handoff (if the shell has it)."""
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
     current = score(state, rules)
@@ -113,6 +118,16 @@ def explain(state: LeadState, rules: Rules, now: datetime) -> LeadExplanation:
         qualified_at=state.qualified_at,
         qualifications=state.qualifications,
         owner=state.owner,
+        routing=(
+            RoutingExplanation(
+                owner=routing.owner,
+                queue=routing.queue,
+                reason=routing.reason,
+                passed_over=list(routing.passed_over),
+            )
+            if routing is not None
+            else None
+        ),
         missing_bant=list(state.missing_bant),
         events_counted=state.events_counted,
         last_event_at=state.last_event_at,

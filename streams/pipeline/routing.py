@@ -11,6 +11,7 @@ from dataclasses import replace
 from schemas.engagement import AttributeValue
 from schemas.handoff import MqlHandoff
 from streams.core.kpi import day_of, routed_counts
+from streams.core.lead import LeadState
 from streams.core.routing import QueueLedger, Routing, queue_for, route, routing_day
 from streams.core.rules import Rules
 from streams.pipeline.batch import BatchChanges
@@ -50,6 +51,14 @@ async def route_handoffs(decided: BatchChanges, rules: Rules, ledger: RoutingLed
             decided.changes[at] = (before, replace(after, owner=decision.owner))
         day = day_of(output.qualified_at, rules)
         decided.counts += routed_counts(day, decision.owner, decision.queue)
+
+
+async def recorded_routing(ledger: RoutingLedger, state: LeadState, rules: Rules) -> Routing | None:
+    """The routing decision of the lead's latest handoff, for explain (None without one)."""
+    if rules.routing is None or state.handoff_id is None or state.qualified_at is None:
+        return None
+    day = routing_day(state.qualified_at, rules.reporting.timezone)
+    return await ledger.recorded(state.handoff_id, day)
 
 
 async def _decide(

@@ -101,5 +101,10 @@ class RoutingLedger:
                 return decode_routing(outcome[1])
             # 'conflict': the rotation moved under us; read it again.
 
+    async def recorded(self, handoff_id: str, day: date) -> Routing | None:
+        """The decision recorded for a handoff routed on `day` (None: none, or expired)."""
+        raw = await self.redis.hget(self.decisions_key(day), handoff_id)
+        return decode_routing(raw) if raw is not None else None
+
     async def read_queue(self, queue: str) -> QueueLedger:
         return decode_ledger(await self.redis.get(self.queue_key(queue)))

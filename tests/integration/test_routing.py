@@ -165,3 +165,16 @@ async def test_explain_names_the_routed_owner(
     for lead, owner in owners.items():
         explained = await asyncio.to_thread(get_json, f"{worker.url}/leads/{lead}/explain")
         assert explained["owner"] == owner
+        assert explained["routing"] == {
+            "owner": owner,
+            "queue": "inside-sales",
+            "reason": "round_robin",
+            "passed_over": [],
+        }
+    # The command says the same, in words.
+    lead, owner = next(iter(owners.items()))
+    shown = leadflow_cli(s, "explain", str(lead))
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        f"routed: queue inside-sales: {owner} (its turn in the weighted rotation)" in shown.stdout
+    )

@@ -253,3 +253,27 @@ def test_rules_without_routing_keep_their_version() -> None:
     assert plain.version == parse_rules({"mql": {"threshold": 100}}).version
     assert routed.version != plain.version
     assert "routing" not in plain.model_dump(exclude_none=True)
+
+
+def test_explain_shows_who_was_passed_over_and_why_the_owner_was_chosen() -> None:
+    from streams.cli.render_explain import routing_line
+    from streams.core.explain import explain
+    from streams.core.lead import LeadState
+    from streams.core.routing import Routing
+
+    rules = parse_rules({"mql": {"threshold": 100}, "routing": ISSUE_EXAMPLE})
+    state = LeadState("lead-1", stage="mql", handoff_id="ho-1", qualified_at=AT, owner="manager")
+    escalated = Routing("is-manager", "default", "no_capacity", ("abe", "ito"))
+    e = explain(state, rules, AT, escalated)
+    assert e.routing is not None
+    assert (e.routing.owner, e.routing.queue, e.routing.reason) == (
+        "is-manager",
+        "default",
+        "no_capacity",
+    )
+    assert e.routing.passed_over == ["abe", "ito"]
+    assert routing_line(e) == (
+        "[dim]routed: queue default: is-manager (everyone in the queue away or at capacity: "
+        "escalated); passed over abe, ito[/]"
+    )
+    assert explain(state, rules, AT).routing is None
