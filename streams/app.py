@@ -130,6 +130,7 @@ def register_timers(worker: Worker, settings: Settings) -> None:
         worker.metrics,
         worker.engagement.assigned,
         worker.sales_consumer.assigned,
+        worker.sales_consumer.sweepable,
     )
 
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]

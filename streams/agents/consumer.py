@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import (
     CommitFailedError,
     CoordinatorLoadInProgressError,
@@ -52,6 +54,7 @@ async def join_group(
     topics: Iterable[str],
     listener: ConsumerRebalanceListener,
     hold: Callable[[AIOKafkaConsumer | None], None],
+    assignors: tuple[type[AbstractPartitionAssignor], ...] = (RoundRobinPartitionAssignor,),
 ) -> AIOKafkaConsumer:
     """A started consumer of `topics` in `group`, retried (with backoff, one log line a try)
     until Kafka answers. `hold` gets the consumer before it starts, since the group's first
@@ -67,6 +70,7 @@ async def join_group(
             session_timeout_ms=int(settings.kafka_session_timeout * 1000),
             heartbeat_interval_ms=int(settings.kafka_heartbeat_interval * 1000),
             isolation_level="read_committed",
+            partition_assignment_strategy=assignors,
         )
         consumer.subscribe(list(topics), listener=listener)
         hold(consumer)

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 from mode import Service
 
@@ -37,6 +38,17 @@ from streams.pipeline.sales import SalesService
 from streams.settings import Settings
 
 
+def known_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """The partition's next fetch offset if the consumer has one now, without waiting:
+    `AIOKafkaConsumer.position()` waits (up to the request timeout) while a position is being
+    reset, which would hold up every batch behind it. Reads aiokafka's subscription state."""
+    try:
+        state = consumer._subscription.subscription.assignment.state_value(tp)
+    except Exception:  # unassigned meanwhile, or the consumer is between subscriptions
+        return None
+    return int(state.position) if state is not None and state.has_valid_position else None
+
+
 class SalesConsumer(Service):
     """Reads the handoff and sales-activity topics in batches and hands each to the sales
     service; the consumer group is the app id's (`<namespace>.leadflow-scoring`)."""
@@ -54,6 +66,12 @@ class SalesConsumer(Service):
         self.done: dict[TopicPartition, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._flush: set[int] = set()
+        # Partitions read up to the end they had when this worker got them: only these are
+        # swept (an in-time contact still in the backlog must not lose to the sweeper).
+        self.caught_up: set[TopicPartition] = set()
+        # Per partition not caught up yet: its end when this worker first learnt it (a moving
+        # end under steady traffic would never be reached).
+        self._catch_up_to: dict[TopicPartition, int] = {}
         # Bumped by every revocation: a batch fetched before one does not move `done`, whose
         # partitions may since have been applied further by their next owner.
         self.epoch = 0
@@ -85,12 +103,34 @@ class SalesConsumer(Service):
         activity topic: both are keyed by lead id and have as many partitions)."""
         return partitions_of(self.consumer, self.settings.handoff)
 
+    def sweepable(self) -> list[int]:
+        """The owned partitions whose deadlines may be judged now: both topics read up to
+        where they ended when the partition came to this worker. A worker that takes over
+        after a crash or an outage first applies the activities waiting for it, so a contact
+        made in time but not yet read is never taken for a missed deadline."""
+        s = self.settings
+        return [
+            p
+            for p in self.assigned()
+            if {TopicPartition(s.handoff, p), TopicPartition(s.activity, p)} <= self.caught_up
+        ]
+
     def _hold(self, consumer: AIOKafkaConsumer | None) -> None:
         self.consumer = consumer
 
     async def _run(self) -> None:
         s = self.settings
-        consumer = await join_group(s, s.app_id, self.topics, Rebalances(self), self._hold)
+        # Range, not round robin: with both topics of one partition count, each worker gets the
+        # same partition numbers of both, so a lead's handoff and activities meet on one worker
+        # (and its deadlines are swept where its activities are read).
+        consumer = await join_group(
+            s,
+            s.app_id,
+            self.topics,
+            Rebalances(self),
+            self._hold,
+            assignors=(RangePartitionAssignor,),
+        )
         delay = LOOP_RETRY_MIN_SECONDS
         while True:
             try:
@@ -128,7 +168,25 @@ class SalesConsumer(Service):
             await finish_even_if_cancelled(self.sales.process(records))
             if epoch == self.epoch:
                 self.done.update({tp: batch[-1].offset + 1 for tp, batch in fetched.items()})
+        await self._note_caught_up(consumer)
         self.commits.maybe()
+
+    async def _note_caught_up(self, consumer: AIOKafkaConsumer) -> None:
+        for tp in consumer.assignment() - self.caught_up:
+            # The end is known once a fetch for the partition came back (read_committed: the
+            # last stable offset; an open transaction's records are not readable yet).
+            end = self._catch_up_to.get(tp)
+            if end is None:
+                end = consumer.last_stable_offset(tp)
+                if end is None or end < 0:
+                    end = consumer.highwater(tp)
+                if end is None:
+                    continue
+                self._catch_up_to[tp] = end
+            position = known_position(consumer, tp)
+            if position is not None and position >= end:
+                self.caught_up.add(tp)
+                self._catch_up_to.pop(tp, None)
 
     async def _rewind(self, consumer: AIOKafkaConsumer) -> None:
         """After a failed step, fetch again from what this worker applied last (or the group's
@@ -151,6 +209,8 @@ class SalesConsumer(Service):
         await self.commits.now()
         for tp in partitions:
             self.done.pop(tp, None)
+            self.caught_up.discard(tp)
+            self._catch_up_to.pop(tp, None)
 
     async def assigned_anew(self, partitions: Iterable[TopicPartition]) -> None:
         self._flush |= {tp.partition for tp in partitions if tp.topic == self.settings.handoff}

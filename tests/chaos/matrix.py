@@ -408,6 +408,11 @@ async def assert_kpis_exact(rig: Rig, t0: datetime, historic_handoffs: int, n: i
         "clock:mql_first_contact:breached": breaches,
         "clock:sql_follow_up:met": sqls,
         "breach_owner:-": breaches,
+        # Per owner: sato's contacts (each 1 s after the handoff), nobody's breaches.
+        "owner_first_contact:sato:met": n - kinds[4],
+        "owner_first_contact:-:breached": breaches,
+        "owner_contacted:sato": n - kinds[4],
+        "owner_contact_seconds:sato": (n - kinds[4]) * 1,
     }
     store = open_store(s)
     try:

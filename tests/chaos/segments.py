@@ -254,6 +254,11 @@ async def settle_and_check(
         "clock:mql_first_contact:breached": kinds[4] + 1,
         "clock:sql_follow_up:met": kinds[0] + kinds[1],
         "breach_owner:-": kinds[4] + 1,
+        # Per owner: sato's contacts (each 1 s after the handoff), nobody's breaches.
+        "owner_first_contact:sato:met": len(stream.live) - kinds[4],
+        "owner_first_contact:-:breached": kinds[4] + 1,
+        "owner_contacted:sato": len(stream.live) - kinds[4],
+        "owner_contact_seconds:sato": (len(stream.live) - kinds[4]) * 1,
     }
     totals: Counter[str] = Counter()
     for per_day in counts.values():

@@ -77,6 +77,11 @@ async def test_kpis_equal_independent_counts_after_a_kill_and_redelivery(
         "clock:mql_first_contact:breached": kinds[4],
         "clock:sql_follow_up:met": kinds[0] + kinds[1],
         "breach_owner:-": kinds[4],
+        # Per owner: sato's contacts (each 1 s after the handoff), nobody's breaches.
+        "owner_first_contact:sato:met": LEADS - kinds[4],
+        "owner_first_contact:-:breached": kinds[4],
+        "owner_contacted:sato": LEADS - kinds[4],
+        "owner_contact_seconds:sato": (LEADS - kinds[4]) * 1,
     }
     store = open_store(settings)
     try:
@@ -93,8 +98,19 @@ async def test_kpis_equal_independent_counts_after_a_kill_and_redelivery(
     assert sorted(contact) == [1.0] * (LEADS - kinds[4])  # every call came 1 s after handoff
 
     # The same figures on the worker's metrics endpoint, as Prometheus scrapes them.
+    # A refresh of the gauges from before the last sales writes may still be showing: wait for
+    # one that has every stage count this test sent.
     async def gauges_caught_up() -> bool:
-        return second.metric("leadflow_kpi_stage_count", stage="mql", window="7d") == LEADS
+        shown = {
+            stage: second.metric("leadflow_kpi_stage_count", stage=stage, window="7d")
+            for stage in ("mql", "sql", "nurture", "disqualified")
+        }
+        return shown == {
+            "mql": LEADS,
+            "sql": kinds[0] + kinds[1],
+            "nurture": kinds[2],
+            "disqualified": kinds[3],
+        }
 
     await eventually(gauges_caught_up, 30, "the KPI gauges to show the run")
     sqls = kinds[0] + kinds[1]
