@@ -293,6 +293,12 @@ class Metrics:
             ["owner", "window"],
             registry=r,
         )
+        self.kpi_owner_reassigned = Gauge(
+            "leadflow_kpi_owner_reassigned_away",
+            kpi + "leads moved away from each owner (missed first contact, or by hand).",
+            ["owner", "window"],
+            registry=r,
+        )
         self.kpi_queue_handoffs = Gauge(
             "leadflow_kpi_queue_handoffs",
             kpi + "MQLs per routing queue.",
@@ -402,6 +408,7 @@ class Metrics:
             self.kpi_owner_time_to_contact.labels(owner, window).set(
                 _or_nan(o.mean_time_to_first_contact)
             )
+            self.kpi_owner_reassigned.labels(owner, window).set(o.reassigned_away)
         for queue, count in kpis.by_queue.items():
             self.kpi_queue_handoffs.labels(queue, window).set(count)
         for gauge, durations in (
@@ -426,6 +433,7 @@ def bounded_owners(
             was.breached + o.breached,
             was.contacted + o.contacted,
             was.contact_seconds + o.contact_seconds,
+            was.reassigned_away + o.reassigned_away,
         )
     return out
 

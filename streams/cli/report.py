@@ -110,7 +110,10 @@ def _sla_table(report: Report, rows: list[PeriodKpis]) -> Table:
 
 def _owner_table(report: Report) -> Table:
     t = report.total
-    queues = ", ".join(f"{q} {n}" for q, n in t.by_queue.items())
+    queues = ", ".join(
+        f"{q} {n}" + (f" ({moved} reassigned)" if (moved := t.reassigned_by_queue.get(q)) else "")
+        for q, n in t.by_queue.items()
+    )
     table = Table(
         title="Owners (whole range)",
         title_justify="left",
@@ -118,7 +121,14 @@ def _owner_table(report: Report) -> Table:
         caption_justify="left",
     )
     table.add_column("owner", no_wrap=True)
-    for name in ("handoffs", "first contact met", "breached", "breach rate", "mean to contact"):
+    for name in (
+        "handoffs",
+        "first contact met",
+        "breached",
+        "breach rate",
+        "mean to contact",
+        "reassigned away",
+    ):
         table.add_column(name, justify="right", no_wrap=True)
     for owner, o in t.by_owner.items():
         table.add_row(
@@ -128,6 +138,7 @@ def _owner_table(report: Report) -> Table:
             str(o.breached),
             percent(o.breach_rate),
             humanize(o.mean_time_to_first_contact),
+            str(o.reassigned_away),
         )
     return table
 

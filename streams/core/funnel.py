@@ -77,6 +77,7 @@ class OwnerKpis:
     breached: int = 0  # first-contact deadlines missed
     contacted: int = 0  # first contacts made (in time or late)
     contact_seconds: int = 0  # their seconds from handoff, summed
+    reassigned_away: int = 0  # leads moved from them (a missed first contact, or by hand)
 
     @property
     def breach_rate(self) -> float | None:
@@ -111,6 +112,7 @@ class PeriodKpis:
     days_with_data: int
     by_owner: dict[str, OwnerKpis] = field(default_factory=dict)  # most handoffs first
     by_queue: dict[str, int] = field(default_factory=dict)  # handoffs per routing queue
+    reassigned_by_queue: dict[str, int] = field(default_factory=dict)  # reassignments per queue
 
     @property
     def mql_to_sql(self) -> float | None:
@@ -227,6 +229,7 @@ def aggregate(
         days_with_data=seen,
         by_owner=_by_owner(total),
         by_queue=_suffixes(total, "queue_handoffs:"),
+        reassigned_by_queue=_suffixes(total, "queue_reassigned:"),
     )
 
 
@@ -248,6 +251,7 @@ def _by_owner(total: Counter[str]) -> dict[str, OwnerKpis]:
         },
         "contacted": _suffixes(total, "owner_contacted:"),
         "contact_seconds": _suffixes(total, "owner_contact_seconds:"),
+        "reassigned_away": _suffixes(total, "owner_reassigned_away:"),
     }
     owners = {o for values in parts.values() for o in values}
     table = {

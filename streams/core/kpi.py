@@ -90,7 +90,12 @@ def _stage_counts(
     """The funnel's flow and cohort counts of the stage changes (a reassignment moves none)."""
     counts: list[KpiCount] = []
     for t in transitions:
-        if t.kind != "stage_change":
+        if t.kind == "reassigned":
+            # Not a stage change; counted per owner it left, and per queue.
+            day = day_of(t.occurred_at, rules)
+            counts.append(KpiCount(day, f"owner_reassigned_away:{t.from_owner or '-'}"))
+            if after.queue:
+                counts.append(KpiCount(day, f"queue_reassigned:{after.queue}"))
             continue
         counts.append(KpiCount(day_of(t.occurred_at, rules), t.to_stage))
         counts += [

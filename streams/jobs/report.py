@@ -253,10 +253,17 @@ def period_to_json(p: PeriodKpis) -> dict[str, Any]:
                 "contacted": o.contacted,
                 "contact_seconds": o.contact_seconds,
                 "mean_time_to_first_contact_seconds": o.mean_time_to_first_contact,
+                "reassigned_away": o.reassigned_away,
             }
             for owner, o in p.by_owner.items()
         },
-        "by_queue": {queue: {"handoffs": n} for queue, n in p.by_queue.items()},
+        "by_queue": {
+            queue: {
+                "handoffs": p.by_queue.get(queue, 0),
+                "reassigned": p.reassigned_by_queue.get(queue, 0),
+            }
+            for queue in sorted(p.by_queue.keys() | p.reassigned_by_queue.keys())
+        },
     }
 
 
@@ -295,10 +302,14 @@ def period_from_json(d: dict[str, Any]) -> PeriodKpis:
                 o["first_contact_breached"],
                 o["contacted"],
                 o["contact_seconds"],
+                o.get("reassigned_away", 0),
             )
             for owner, o in d.get("by_owner", {}).items()
         },
-        by_queue={queue: q["handoffs"] for queue, q in d.get("by_queue", {}).items()},
+        by_queue={q: v["handoffs"] for q, v in d.get("by_queue", {}).items() if v["handoffs"]},
+        reassigned_by_queue={
+            q: v["reassigned"] for q, v in d.get("by_queue", {}).items() if v.get("reassigned")
+        },
     )
 
 

@@ -114,7 +114,7 @@ async def test_weights_2_1_1_stay_fair_across_a_worker_restart(
     assert report.returncode == 0, report.stderr
     kpis = orjson.loads(report.stdout)["total"]
     assert {o: v["handoffs"] for o, v in kpis["by_owner"].items()} == on_topic
-    assert kpis["by_queue"] == {"inside-sales": {"handoffs": LEADS}}
+    assert kpis["by_queue"] == {"inside-sales": {"handoffs": LEADS, "reassigned": 0}}
 
     # ... and on /metrics (the 7-day window, refreshed every second in tests).
     async def gauges_agree() -> bool:

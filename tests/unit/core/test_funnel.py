@@ -407,3 +407,19 @@ def test_metrics_name_only_owners_the_rules_know() -> None:
         "other": OwnerKpis(handoffs=3, met=1, breached=1),
         "-": OwnerKpis(breached=2),
     }
+
+
+def test_a_lead_moved_by_hand_counts_against_the_owner_it_left_and_its_queue() -> None:
+    state = replace(handed_off(), owner="sato", queue="inside")
+    moved_state, moved = apply_activity(
+        state, sales(2, "reassigned", T0 + HOUR, owner="abe"), RULES, T0 + HOUR
+    )
+    assert moved_state.owner == "abe"
+    counts = Counter()
+    for c in kpi_changes(state, moved_state, moved, RULES)[0]:
+        counts[c.field] += c.amount
+    assert counts == {"owner_reassigned_away:sato": 1, "queue_reassigned:inside": 1}
+    kpis = total({T0.date(): dict(counts)}, {}, T0.date(), T0.date())
+    assert kpis.by_owner["sato"].reassigned_away == 1
+    assert kpis.reassigned_by_queue == {"inside": 1}
+    assert kpis.mqls == 0  # a reassignment is not a stage change
