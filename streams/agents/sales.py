@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -41,9 +42,13 @@ from streams.settings import Settings
 def known_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
     """The partition's next fetch offset if the consumer has one now, without waiting:
     `AIOKafkaConsumer.position()` waits (up to the request timeout) while a position is being
-    reset, which would hold up every batch behind it. Reads aiokafka's subscription state."""
+    reset, which would hold up every batch behind it. Reads aiokafka's subscription state; an
+    aiokafka without it (a future version) gets no gate at all rather than no sweep at all."""
+    subscriptions = getattr(consumer, "_subscription", None)
+    if subscriptions is None or not hasattr(subscriptions, "subscription"):
+        return sys.maxsize
     try:
-        state = consumer._subscription.subscription.assignment.state_value(tp)
+        state = subscriptions.subscription.assignment.state_value(tp)
     except Exception:  # unassigned meanwhile, or the consumer is between subscriptions
         return None
     return int(state.position) if state is not None and state.has_valid_position else None

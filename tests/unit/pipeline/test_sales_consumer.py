@@ -3,6 +3,7 @@ ended when it got the partition (docs/reliability.md). Fakes only: the consumer 
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -59,3 +60,13 @@ async def test_a_partition_with_a_backlog_is_not_swept_until_it_is_read(setup: A
     positions[handoff] = 5
     await consumer._note_caught_up(fake)
     assert consumer.sweepable() == []  # handoffs now end at 9
+
+
+async def test_known_position_never_waits() -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    tp = TopicPartition("t.leads.handoff", 0)
+    unstarted = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")  # no subscription yet
+    assert sales_agent.known_position(unstarted, tp) is None
+    # An aiokafka without the state this reads: no gate rather than no sweep.
+    assert sales_agent.known_position(object(), tp) == sys.maxsize  # type: ignore[arg-type]
