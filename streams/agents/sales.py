@@ -77,9 +77,6 @@ class SalesConsumer(Service):
         # Per partition not caught up yet: its end when this worker first learnt it (a moving
         # end under steady traffic would never be reached).
         self._catch_up_to: dict[TopicPartition, int] = {}
-        # Bumped by every revocation: a batch fetched before one does not move `done`, whose
-        # partitions may since have been applied further by their next owner.
-        self.epoch = 0
         self._loop_ticks = Ticks("sales_loop", metrics)
         self.commits = OffsetCommits(
             "sales_offset_commit",
@@ -162,7 +159,6 @@ class SalesConsumer(Service):
                 self._flush |= parts
                 raise
         wait_ms = int(self.settings.batch_within * 1000)
-        epoch = self.epoch
         fetched = await consumer.getmany(timeout_ms=wait_ms, max_records=self.settings.batch_max)
         if fetched:
             records = [
@@ -171,8 +167,13 @@ class SalesConsumer(Service):
                 for r in batch
             ]
             await finish_even_if_cancelled(self.sales.process(records))
-            if epoch == self.epoch:
-                self.done.update({tp: batch[-1].offset + 1 for tp, batch in fetched.items()})
+            # Applied: what Kafka may be told, for the partitions still this worker's (a
+            # rebalance during the batch that gave a partition back to this worker keeps it;
+            # one that moved it away leaves it to the next owner, who reads it again).
+            mine = consumer.assignment()
+            for tp, batch in fetched.items():
+                if tp in mine:
+                    self.done[tp] = max(self.done.get(tp, 0), batch[-1].offset + 1)
         await self._note_caught_up(consumer)
         self.commits.maybe()
 
@@ -210,7 +211,6 @@ class SalesConsumer(Service):
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         # The next owner starts from here: tell Kafka what is applied before letting go.
-        self.epoch += 1
         await self.commits.now()
         for tp in partitions:
             self.done.pop(tp, None)

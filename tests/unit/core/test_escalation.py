@@ -434,7 +434,12 @@ def test_a_reassignment_is_not_counted_as_a_stage_change() -> None:
     state = opened()
     after, moved = apply_activity(state, activity("reassigned", T0, owner="dan"), RULES, T0)
     counts, samples = kpi_changes(state, after, moved, RULES)
-    assert (counts, samples) == ([], [])
+    # No stage count: only the owner it left and its queue count a reassignment.
+    assert sorted(c.field for c in counts) == [
+        f"owner_reassigned_away:{state.owner}",
+        f"queue_reassigned:{QUEUE}",
+    ]
+    assert samples == []
 
 
 def test_the_queue_is_stored_and_read_back() -> None:
