@@ -100,17 +100,23 @@ async def test_kpis_equal_independent_counts_after_a_kill_and_redelivery(
     # The same figures on the worker's metrics endpoint, as Prometheus scrapes them.
     # A refresh of the gauges from before the last sales writes may still be showing: wait for
     # one that has every stage count this test sent.
+    # Each window's gauges are set together, one window after the other: wait on both.
     async def gauges_caught_up() -> bool:
-        shown = {
-            stage: second.metric("leadflow_kpi_stage_count", stage=stage, window="7d")
-            for stage in ("mql", "sql", "nurture", "disqualified")
-        }
-        return shown == {
+        wanted = {
             "mql": LEADS,
             "sql": kinds[0] + kinds[1],
             "nurture": kinds[2],
             "disqualified": kinds[3],
         }
+        for window in ("7d", "28d"):
+            shown = {
+                stage: second.metric("leadflow_kpi_stage_count", stage=stage, window=window)
+                for stage in wanted
+            }
+            breaches = second.metric("leadflow_kpi_breaches_by_owner", owner="-", window=window)
+            if shown != wanted or breaches != kinds[4]:
+                return False
+        return True
 
     await eventually(gauges_caught_up, 30, "the KPI gauges to show the run")
     sqls = kinds[0] + kinds[1]
