@@ -151,6 +151,25 @@ class OffsetCommits:
             self.metrics.dependencies.succeeded("kafka")
 
 
+async def wind_down(
+    task: asyncio.Task[None] | None,
+    delivery: Any,
+    consumer: AIOKafkaConsumer | None,
+    commits: OffsetCommits,
+) -> None:
+    """A consumer service's stop: end its loop, let its deliveries finish, tell Kafka how far it
+    got (a few seconds at most), leave the group."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await delivery.settle()
+    if consumer is not None:
+        await commits.now()
+        with contextlib.suppress(KafkaError, OSError):
+            await consumer.stop()
+
+
 def partitions_of(consumer: AIOKafkaConsumer | None, topic: str) -> list[int]:
     """The partitions of `topic` the consumer owns now (none before it has started)."""
     if consumer is None:

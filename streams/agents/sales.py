@@ -20,7 +20,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import KafkaError
 from mode import Service
 
 from streams.agents.consumer import (
@@ -30,6 +29,7 @@ from streams.agents.consumer import (
     Rebalances,
     join_group,
     partitions_of,
+    wind_down,
 )
 from streams.agents.scoring import finish_even_if_cancelled
 from streams.observability import Metrics
@@ -90,15 +90,7 @@ class SalesConsumer(Service):
         self._task = asyncio.create_task(self._run(), name="track-sales")
 
     async def on_stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.sales.delivery.settle()
-        if self.consumer is not None:
-            await self.commits.now()
-            with contextlib.suppress(KafkaError, OSError):
-                await self.consumer.stop()
+        await wind_down(self._task, self.sales.delivery, self.consumer, self.commits)
 
     def assigned(self) -> list[int]:
         """The partitions of the handoff topic this worker owns (the same numbers of the

@@ -33,6 +33,7 @@ from streams.agents.consumer import (
     Rebalances,
     join_group,
     partitions_of,
+    wind_down,
 )
 from streams.observability import Metrics, log
 from streams.pipeline.batch import BatchPositions, InRecord, Resync
@@ -104,15 +105,7 @@ class EngagementConsumer(Service):
         self._task = asyncio.create_task(self._run(), name="score-engagement")
 
     async def on_stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.scoring.delivery.settle()
-        if self.consumer is not None:
-            await self.commits.now()
-            with contextlib.suppress(KafkaError, OSError):
-                await self.consumer.stop()
+        await wind_down(self._task, self.scoring.delivery, self.consumer, self.commits)
         with contextlib.suppress(KafkaError, OSError):
             await self.scoring.delivery.publisher.stop()
 
