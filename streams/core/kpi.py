@@ -16,6 +16,7 @@ from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 from schemas.lifecycle import LifecycleTransition
+from streams.core.attribution import credit
 from streams.core.clocks import ended_clocks, late_actions
 from streams.core.lead import LeadState
 from streams.core.rules import Rules
@@ -52,6 +53,7 @@ def kpi_changes(
 ) -> tuple[list[KpiCount], list[KpiSample]]:
     """Counts and samples caused by one lead's change from `before` to `after`."""
     counts = _stage_counts(before, after, transitions, rules)
+    counts += _attribution_counts(before, after, transitions, rules)
     samples: list[KpiSample] = []
     for clock in ended_clocks(before, after):
         started = day_of(clock.started_at, rules)
@@ -111,6 +113,33 @@ def _stage_counts(
         if t.to_stage in ("won", "lost") and after.sql_at is not None:
             counts.append(KpiCount(day_of(after.sql_at, rules), f"cohort_{t.to_stage}"))
     return counts
+
+
+def _attribution_counts(
+    before: LeadState, after: LeadState, transitions: list[LifecycleTransition], rules: Rules
+) -> list[KpiCount]:
+    """Each conversion of the current qualification credited over its touches, on the day it
+    happened (streams/core/attribution.py): the MQL, its first SQL, its first opportunity, the
+    win, and the amounts of the opportunity and the win."""
+    touches = after.attribution
+    credited: list[tuple[datetime, dict[str, int]]] = []
+    for t in transitions:
+        if t.kind != "stage_change":
+            continue
+        if t.to_stage == "mql":
+            credited.append((t.occurred_at, credit(touches, "mql")))
+        elif t.to_stage == "sql" and not _was_sql_before(before, t.handoff_id):
+            credited.append((t.occurred_at, credit(touches, "sql")))
+        elif t.to_stage == "won":
+            credited.append((t.occurred_at, credit(touches, "won", after.won_deal)))
+    deal = after.opportunity
+    if deal is not None and deal != before.opportunity:
+        credited.append((deal.at, credit(touches, "opportunity", deal)))
+    return [
+        KpiCount(day_of(at, rules), name, units)
+        for at, fields in credited
+        for name, units in fields.items()
+    ]
 
 
 def routed_counts(day: date, owner: str | None, queue: str | None) -> list[KpiCount]:

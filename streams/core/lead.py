@@ -27,6 +27,14 @@ from pydantic_core import TzInfo
 from schemas.engagement import AttributeValue, EngagementEvent
 from schemas.handoff import MqlHandoff, ScoreReason
 from schemas.lifecycle import Stage
+from streams.core.attribution import (
+    Deal,
+    Touch,
+    add_touch,
+    insert_touch,
+    qualification_touches,
+    touch_of,
+)
 from streams.core.calendar import add_time
 from streams.core.clocks import Clock
 from streams.core.history import Contribution, JourneyStep, remember
@@ -82,6 +90,12 @@ class LeadState:
     queue: str | None = None  # routing queue of the latest handoff (escalations, reassignment)
     missing_bant: tuple[str, ...] = ()
     sql_at: datetime | None = None
+    # Attribution (streams/core/attribution.py): touches since the last qualification, the
+    # current qualification's touch set, and its opportunity and win (set by sales).
+    touches: tuple[Touch, ...] = ()
+    attribution: tuple[Touch, ...] = ()
+    opportunity: Deal | None = None
+    won_deal: Deal | None = None
     # Bounded history for "why this score" (rules.history_limit entries each)
     recent_events: tuple[Contribution, ...] = ()
     journey: tuple[JourneyStep, ...] = ()
@@ -271,6 +285,12 @@ def apply(
         return state, []
     points, daily = _capped_points(state, event, rules)
     engagement, as_of = _add_engagement(state, event, points, rules)
+    rule = rules.points_for(event.type)
+    touch = None
+    touches = state.touches
+    if rule is not None and rule.points > 0:
+        touch = touch_of(event.occurred_at, event.source, event.properties)
+        touches = add_touch(touches, touch, rules.attribution.max_touches)
     last = (
         event.occurred_at
         if state.last_event_at is None
@@ -288,6 +308,7 @@ def apply(
         seen_event_ids=state.seen_event_ids | {event.event_id},
         events_counted=state.events_counted + 1,
         last_event_at=last,
+        touches=touches,
     )
     if points != 0:
         contribution = Contribution(event.event_id, event.type, event.occurred_at, points)
@@ -306,8 +327,17 @@ def apply(
         qualifications=new.qualifications + 1,
         missing_bant=(),
         journey=remember(new.journey, _mql_step(event.occurred_at, new.stage, handoff), rules),
+        touches=(),
+        attribution=qualification_touches(
+            touches, touch or _touch(event), rules.attribution.max_touches
+        ),
+        opportunity=None,
     )
     return qualified, [handoff]
+
+
+def _touch(event: EngagementEvent) -> Touch:
+    return touch_of(event.occurred_at, event.source, event.properties)
 
 
 def _mql_handoff(
@@ -418,6 +448,9 @@ class _Fold:
         "_scoring",
         "_seen",
         "_stage",
+        "_touch_limit",
+        "_touches",
+        "_attribution",
     )
 
     def __init__(
@@ -464,6 +497,9 @@ class _Fold:
         self._recent = deque(state.recent_events, self._rules.history_limit)
         self._contributed = False
         self._journey: deque[JourneyStep] | None = None
+        self._touch_limit = self._rules.attribution.max_touches
+        self._touches: list[Touch] | None = None  # copied on the first touch
+        self._attribution: tuple[Touch, ...] | None = None  # set by a qualification
 
     def add(self, event: EngagementEvent) -> MqlHandoff | None:
         """`apply` for one event; the handoff if the lead qualified on it."""
@@ -477,11 +513,17 @@ class _Fold:
         since = at - _EPOCH
         event_type = event.type
         rule = self._scoring.get(event_type)
+        touch = None
         if rule is None:
             points = 0.0
         else:
             cap = rule.cap_per_day
             points = rule.points if cap is None else self._capped(event_type, since.days, rule, cap)
+            if rule.points > 0:  # a touch (`apply`)
+                touch = touch_of(at, event.source, event.properties)
+                if self._touches is None:
+                    self._touches = list(self._base.touches)
+                insert_touch(self._touches, touch, self._touch_limit)
         # `_add_engagement`: the clock moves forward only, and what was there decays to it.
         as_of = self._as_of_since
         if as_of is None or since > as_of:
@@ -506,7 +548,9 @@ class _Fold:
         if points != 0:
             self._recent.append(Contribution(event_id, event_type, at, points))
             self._contributed = True
-        return self._qualify(event) if self._can_qualify and not self._blocked else None
+        if self._can_qualify and not self._blocked:
+            return self._qualify(event, touch)
+        return None
 
     def _apply(self, event: EngagementEvent) -> MqlHandoff | None:
         # `apply` itself, between the state so far and a fold that goes on from its result.
@@ -579,7 +623,7 @@ class _Fold:
             self._blocked = min_fit is not None and self._fit < min_fit
         return self._fit
 
-    def _qualify(self, event: EngagementEvent) -> MqlHandoff | None:
+    def _qualify(self, event: EngagementEvent, touch: Touch | None) -> MqlHandoff | None:
         rules = self._rules
         fit = self._current_fit() if self._fit is None else self._fit
         if self._blocked:
@@ -590,6 +634,11 @@ class _Fold:
         if self._journey is None:
             self._journey = deque(self._base.journey, rules.history_limit)
         self._journey.append(_mql_step(event.occurred_at, self._stage, handoff))
+        open_touches = self._base.touches if self._touches is None else self._touches
+        self._attribution = qualification_touches(
+            open_touches, touch or _touch(event), self._touch_limit
+        )
+        self._touches = []
         self._stage = "mql"
         self._handoffs += 1
         self._last_handoff = handoff
@@ -641,6 +690,10 @@ class _Fold:
             queue=base.queue,
             missing_bant=base.missing_bant if handoff is None else (),
             sql_at=base.sql_at,
+            touches=base.touches if self._touches is None else tuple(self._touches),
+            attribution=base.attribution if self._attribution is None else self._attribution,
+            opportunity=base.opportunity if self._attribution is None else None,
+            won_deal=base.won_deal,
             recent_events=tuple(self._recent) if self._contributed else base.recent_events,
             journey=base.journey if self._journey is None else tuple(self._journey),
             fit_cache=(self._rules, self._current_fit()),

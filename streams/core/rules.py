@@ -364,6 +364,15 @@ class RoutingRule(_Frozen):
         return self
 
 
+class AttributionRule(_Frozen):
+    max_touches: int = Field(
+        default=50,
+        ge=2,
+        le=500,
+        description="Touches kept per qualification: the first, and the newest up to this many.",
+    )
+
+
 class Rules(_Frozen):
     """The effective rules. `version` is a content hash, stamped on every output."""
 
@@ -403,6 +412,11 @@ class Rules(_Frozen):
         "records an activity with an owner.",
     )
 
+    attribution: AttributionRule = Field(
+        default_factory=AttributionRule,
+        description='Source and campaign attribution (docs/kpis.md, "Attribution").',
+    )
+
     @field_validator("engagement")
     @classmethod
     def _strip_type_names(cls, value: dict[str, EngagementRule]) -> dict[str, EngagementRule]:
@@ -421,6 +435,8 @@ class Rules(_Frozen):
         dumped = self.model_dump(mode="json", by_alias=True)
         if dumped.get("routing") is None:
             dumped.pop("routing", None)  # rules without routing keep their earlier version
+        if dumped.get("attribution") == AttributionRule().model_dump(mode="json"):
+            dumped.pop("attribution", None)  # likewise rules with the default attribution
         canonical = orjson.dumps(dumped, option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(canonical).hexdigest()[:12]
 

@@ -16,6 +16,8 @@ from schemas.activity import SalesActivity
 from schemas.alert import SlaAlert
 from schemas.handoff import MqlHandoff
 from schemas.lifecycle import BantCriterion, LifecycleTransition, Stage
+from schemas.money import minor_units
+from streams.core.attribution import Deal
 from streams.core.calendar import add_time
 from streams.core.clocks import Clock, ClockKind, Severity
 from streams.core.history import JourneyStep, remember
@@ -25,7 +27,9 @@ from streams.core.rules import RoutingQueue, Rules
 
 BANT_CRITERIA: tuple[BantCriterion, ...] = ("budget", "authority", "need", "timeframe")
 CLOSED_STAGES: frozenset[Stage] = frozenset({"won", "lost"})
-CONTACT_TYPES = frozenset({"contacted", "bant_assessed", "sales_action"})
+CONTACT_TYPES = frozenset({"contacted", "bant_assessed", "sales_action", "opportunity_created"})
+# Activities that meet the SQL follow-up clock ("no sales action within 48 h of SQL").
+ACTION_TYPES = frozenset({"sales_action", "opportunity_created"})
 
 
 def _stable_id(prefix: str, *parts: str) -> str:
@@ -280,14 +284,33 @@ def _apply_activity(
         return state, []  # won and lost are final; later activities are only recorded
     if activity.type == "bant_assessed":
         return _assessed(state, activity, rules, now)
+    if activity.type == "opportunity_created":
+        # The qualification's first opportunity counts (attribution, docs/kpis.md); a later
+        # one (a second deal, an amount changed) is recorded as a sales action only.
+        if state.opportunity is None:
+            state = replace(state, opportunity=_deal(activity, None))
+        return state, []
     if activity.type in ("disqualified", "won", "lost"):
         to_stage: Stage = activity.type
         if state.stage == to_stage:
             return state, []
         at = activity.occurred_at
         moved = _transition(state, to_stage, activity.activity_id, at, activity.reason)
-        return replace(state, stage=to_stage, clocks=_close_open(state.clocks, at)), [moved]
+        state = replace(state, stage=to_stage, clocks=_close_open(state.clocks, at))
+        if to_stage == "won":
+            state = replace(state, won_deal=_deal(activity, state.opportunity))
+        return state, [moved]
     return state, []
+
+
+def _deal(activity: SalesActivity, opportunity: Deal | None) -> Deal:
+    """The activity's deal; a win without an amount is worth its opportunity's amount."""
+    if activity.amount is not None and activity.currency is not None:
+        minor = minor_units(activity.amount, activity.currency)
+        return Deal(activity.occurred_at, minor, activity.currency)
+    if opportunity is not None:
+        return Deal(activity.occurred_at, opportunity.amount, opportunity.currency)
+    return Deal(activity.occurred_at)
 
 
 def _reassigned_by_hand(
@@ -342,7 +365,7 @@ def _record_contact(state: LeadState, activity: SalesActivity, rules: Rules) -> 
             contact_times=remember_time(state.contact_times, at, rules),
             clocks=_meet(state, "mql_first_contact", at),
         )
-    if activity.type == "sales_action":
+    if activity.type in ACTION_TYPES:
         state = replace(
             state,
             last_sales_action_at=_latest(state.last_sales_action_at, at),

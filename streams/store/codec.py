@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 import orjson
 
+from streams.core.attribution import Deal, Touch
 from streams.core.clocks import Clock
 from streams.core.history import Contribution, JourneyStep
 from streams.core.lead import Attribute, LeadState, Tally
@@ -39,6 +40,9 @@ def encode_lead(state: LeadState, seen: bytes = b"") -> bytes:
     def t(name: str) -> int:
         return types.setdefault(name, len(types))
 
+    # First, so that their strings are in the table written below.
+    touches = [[_pack_time(x.at), t(x.source), t(x.campaign)] for x in state.touches]
+    attribution = [[_pack_time(x.at), t(x.source), t(x.campaign)] for x in state.attribution]
     packed = [
         FORMAT,
         state.lead_id,
@@ -67,6 +71,12 @@ def encode_lead(state: LeadState, seen: bytes = b"") -> bytes:
         list(types),
         seen,
         state.queue,  # appended later: states written before have 23 fields
+        # attribution, appended later (states written before have 24 fields); sources and
+        # campaigns go through the same string table as event types
+        touches,
+        attribution,
+        _pack_deal(state.opportunity),
+        _pack_deal(state.won_deal),
     ]
     return bytes(msgpack.packb(packed, use_bin_type=True))
 
@@ -85,6 +95,7 @@ def decode_stored(raw: bytes | str, seen_event_ids: Iterable[str] = ()) -> tuple
     if f[0] != FORMAT:
         raise ValueError(f"unknown lead state format {f[0]!r}")
     types = f[21]
+    attributed = len(f) > 24
     state = LeadState(
         lead_id=f[1],
         stage=f[2],
@@ -110,8 +121,24 @@ def decode_stored(raw: bytes | str, seen_event_ids: Iterable[str] = ()) -> tuple
         ),
         journey=tuple(JourneyStep(_time(at), a, b, h, r) for at, a, b, h, r in f[20]),
         queue=f[23] if len(f) > 23 else None,
+        touches=tuple(Touch(_time(at), types[s], types[c]) for at, s, c in f[24])
+        if attributed
+        else (),
+        attribution=tuple(Touch(_time(at), types[s], types[c]) for at, s, c in f[25])
+        if attributed
+        else (),
+        opportunity=_deal(f[26]) if attributed else None,
+        won_deal=_deal(f[27]) if attributed else None,
     )
     return state, bytes(f[22])
+
+
+def _pack_deal(deal: Deal | None) -> list[Any] | None:
+    return None if deal is None else [_pack_time(deal.at), deal.amount, deal.currency]
+
+
+def _deal(packed: list[Any] | None) -> Deal | None:
+    return None if packed is None else Deal(_time(packed[0]), packed[1], packed[2])
 
 
 # -- the dedupe memory ------------------------------------------------------------------------
@@ -256,7 +283,19 @@ def lead_to_json(state: LeadState) -> dict[str, Any]:
             [j.at.isoformat(), j.from_stage, j.to_stage, j.handoff_id, j.reason]
             for j in state.journey
         ],
+        "touches": [[x.at.isoformat(), x.source, x.campaign] for x in state.touches],
+        "attribution": [[x.at.isoformat(), x.source, x.campaign] for x in state.attribution],
+        "opportunity": _deal_json(state.opportunity),
+        "won_deal": _deal_json(state.won_deal),
     }
+
+
+def _deal_json(deal: Deal | None) -> list[Any] | None:
+    return None if deal is None else [deal.at.isoformat(), deal.amount, deal.currency]
+
+
+def _deal_from_json(value: list[Any] | None) -> Deal | None:
+    return None if value is None else Deal(datetime.fromisoformat(value[0]), value[1], value[2])
 
 
 def lead_from_json(data: Mapping[str, Any], seen_event_ids: Iterable[str] = ()) -> LeadState:
@@ -291,6 +330,14 @@ def lead_from_json(data: Mapping[str, Any], seen_event_ids: Iterable[str] = ()) 
             JourneyStep(datetime.fromisoformat(at), f, t, h, r)
             for at, f, t, h, r in data.get("journey", ())
         ),
+        touches=tuple(
+            Touch(datetime.fromisoformat(at), s, c) for at, s, c in data.get("touches", ())
+        ),
+        attribution=tuple(
+            Touch(datetime.fromisoformat(at), s, c) for at, s, c in data.get("attribution", ())
+        ),
+        opportunity=_deal_from_json(data.get("opportunity")),
+        won_deal=_deal_from_json(data.get("won_deal")),
     )
 
 

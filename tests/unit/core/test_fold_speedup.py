@@ -355,10 +355,11 @@ def test_a_fold_sets_or_carries_every_lead_state_field() -> None:
         "attributes", "fit_cache", "engagement", "engagement_as_of", "daily_points",
         "seen_event_ids", "events_counted", "last_event_at", "recent_events", "stage",
         "handoff_id", "qualified_at", "qualifications", "missing_bant", "journey",
+        "touches", "attribution", "opportunity",
     }  # fmt: skip
     carried = {
         "clocks", "last_contact_at", "contact_times", "last_sales_action_at", "owner", "sql_at",
-        "queue",
+        "queue", "won_deal",
     }  # fmt: skip
     assert {f.name for f in fields(LeadState)} == folded | carried | {"lead_id"}
     sentinels = {name: object() for name in carried}
