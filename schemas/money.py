@@ -18,9 +18,7 @@ def check_amount(amount: Decimal, currency: str) -> str | None:
     digits = get_currency_precision(currency)
     exponent = amount.normalize().as_tuple().exponent
     if isinstance(exponent, int) and -exponent > digits:
-        return (
-            f"amount: {amount} has more decimals than {currency} has minor units ({digits})"
-        )
+        return f"amount: {amount} has more decimals than {currency} has minor units ({digits})"
     return None
 
 

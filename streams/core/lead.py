@@ -421,6 +421,7 @@ class _Fold:
         "_as_of",
         "_as_of_since",
         "_attributes",
+        "_attribution",
         "_base",
         "_blocked",
         "_can_qualify",
@@ -450,7 +451,6 @@ class _Fold:
         "_stage",
         "_touch_limit",
         "_touches",
-        "_attribution",
     )
 
     def __init__(
@@ -519,11 +519,8 @@ class _Fold:
         else:
             cap = rule.cap_per_day
             points = rule.points if cap is None else self._capped(event_type, since.days, rule, cap)
-            if rule.points > 0:  # a touch (`apply`)
-                touch = touch_of(at, event.source, event.properties)
-                if self._touches is None:
-                    self._touches = list(self._base.touches)
-                insert_touch(self._touches, touch, self._touch_limit)
+            if rule.points > 0:
+                touch = self._touch(event)
         # `_add_engagement`: the clock moves forward only, and what was there decays to it.
         as_of = self._as_of_since
         if as_of is None or since > as_of:
@@ -536,11 +533,7 @@ class _Fold:
         else:
             added = self._late(points, as_of - since)
         if rule is not None:
-            i = self._index.get(event_type)
-            if i is None:
-                i = self._new_tally(event_type)
-            self._points[i] += added
-            self._events[i] += 1
+            self._tally(event_type, added)
         if self._last_since is None or since > self._last_since:
             self._last, self._last_since = at, since
         if event.attributes:
@@ -548,9 +541,22 @@ class _Fold:
         if points != 0:
             self._recent.append(Contribution(event_id, event_type, at, points))
             self._contributed = True
-        if self._can_qualify and not self._blocked:
-            return self._qualify(event, touch)
-        return None
+        return self._qualify(event, touch) if self._can_qualify and not self._blocked else None
+
+    def _tally(self, event_type: str, added: float) -> None:
+        i = self._index.get(event_type)
+        if i is None:
+            i = self._new_tally(event_type)
+        self._points[i] += added
+        self._events[i] += 1
+
+    def _touch(self, event: EngagementEvent) -> Touch:
+        # `apply`'s touch: an event of a type the rules score with positive points.
+        touch = touch_of(event.occurred_at, event.source, event.properties)
+        if self._touches is None:
+            self._touches = list(self._base.touches)
+        insert_touch(self._touches, touch, self._touch_limit)
+        return touch
 
     def _apply(self, event: EngagementEvent) -> MqlHandoff | None:
         # `apply` itself, between the state so far and a fold that goes on from its result.

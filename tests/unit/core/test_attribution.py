@@ -205,7 +205,7 @@ def test_re_mql_after_nurture_credits_only_the_new_touches() -> None:
     nurture = activity(
         1, "bant_assessed", bant=Bant(budget=False, authority=False, need=True, timeframe=False)
     )
-    state, moved = apply_activity(state, nurture, RULES, now=nurture.occurred_at)
+    state, _ = apply_activity(state, nurture, RULES, now=nurture.occurred_at)
     assert state.stage == "nurture"
     later = [event(20 + i, "demo_request", "events", campaign="expo-2026") for i in range(3)]
     again, handoffs = apply_all(state, later, RULES)

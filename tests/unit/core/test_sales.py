@@ -333,7 +333,9 @@ CONTACT_TIMING_CASES = [
 
 
 @pytest.mark.parametrize(("at", "status", "late_at"), CONTACT_TIMING_CASES)
-@pytest.mark.parametrize("type_", ["contacted", "bant_assessed", "sales_action"])
+@pytest.mark.parametrize(
+    "type_", ["contacted", "bant_assessed", "sales_action", "opportunity_created"]
+)
 def test_contact_decides_the_first_contact_clock_by_event_time(
     type_: ActivityType, at: datetime, status: str, late_at: datetime | None
 ) -> None:
@@ -537,12 +539,14 @@ FOLLOW_UP_CASES = [
 ]
 
 
+@pytest.mark.parametrize("type_", ["sales_action", "opportunity_created"])
 @pytest.mark.parametrize(("at", "status", "late_at"), FOLLOW_UP_CASES)
 def test_sales_action_decides_the_follow_up_clock(
-    at: datetime, status: str, late_at: datetime | None
+    at: datetime, status: str, late_at: datetime | None, type_: ActivityType
 ) -> None:
+    """Creating an opportunity is a sales action too (docs/sales-lifecycle.md)."""
     sql, _ = act(opened(), [activity("bant_assessed", SQL_AT)])
-    state, moved = act(sql, [activity("sales_action", at)])
+    state, moved = act(sql, [activity(type_, at)])
     assert moved == []
     c = clock(state, "sql_follow_up")
     assert (c.status, c.ended_at, c.late_action_at) == (status, at, late_at)

@@ -32,7 +32,7 @@ T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 LEAD = "lead-1"
 HANDOFF = "ho-1"
 MQL_CLOCK = f"{HANDOFF}:mql_first_contact"
-CONTACT_TYPES = {"contacted", "bant_assessed", "sales_action"}
+CONTACT_TYPES = {"contacted", "bant_assessed", "sales_action", "opportunity_created"}
 TYPES: tuple[ActivityType, ...] = get_args(ActivityType)
 # Drawn more often than the three that end a lead's story, so clocks live long enough to matter.
 WEIGHTED_TYPES: list[ActivityType] = [
