@@ -1,4 +1,4 @@
-"""The PNG charts of `leadflow report` (funnel, weekly trend) and `leadflow backtest`
+"""The PNG charts of `leadflow report` (funnel, weekly trend, attribution) and `leadflow backtest`
 (precision, recall and F1 by threshold), drawn with matplotlib off screen.
 
 The commands import this module only when a chart is asked for: matplotlib is slow to load.
@@ -18,6 +18,7 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from streams.core.backtest import Backtest, Goal, ThresholdResult
 from streams.core.funnel import PeriodKpis
+from streams.jobs.attribution import AttributionReport
 from streams.jobs.backtest import human_duration
 from streams.jobs.report import Report, percent, period_label
 
@@ -339,3 +340,55 @@ def write_backtest_chart(report: Backtest, path: Path) -> Path:
         color="#444444",
     )
     return save(fig, path)
+
+
+# -- leadflow report --by: attribution -------------------------------------------------------
+
+
+def write_attribution_chart(report: AttributionReport, directory: Path) -> Path:
+    """attribution-<source|campaign>.png: the won amount (one panel per currency, the three
+    largest) and the SQLs credited to each value (the 12 with the most revenue, then SQLs),
+    under the report's model."""
+    from streams.jobs.attribution import attribution_to_json
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = attribution_to_json(report)["rows"][:12][::-1]  # the largest at the top
+    labels = [r["value"] for r in rows]
+    totals: dict[str, float] = {}
+    for r in rows:
+        for cur, amount in r["won_amount"].items():
+            totals[cur] = totals.get(cur, 0.0) + float(amount)
+    currencies = sorted(totals, key=lambda cur: -totals[cur])[:3]
+    panels = len(currencies) + 1
+    fig = Figure(
+        figsize=(4.2 * panels + 1.5, 1.4 + 0.42 * max(len(rows), 3)), dpi=DPI, layout="constrained"
+    )
+    axes = fig.subplots(1, panels, sharey=True, squeeze=False)[0]
+    ys = list(range(len(rows)))
+    for ax, cur in zip(axes, currencies, strict=False):
+        values = [float(r["won_amount"].get(cur, 0)) for r in rows]
+        bars = ax.barh(ys, values, color=BLUE[2])
+        ax.bar_label(bars, labels=[f"{v:,.0f}" if v else "" for v in values], padding=3)
+        ax.set_title(f"Won amount, {cur}", loc="left")
+    sqls = axes[-1]
+    counts = [r["sqls"] for r in rows]
+    bars = sqls.barh(ys, counts, color=BLUE[1])
+    sqls.bar_label(
+        bars, labels=[f"{c:.2f}".rstrip("0").rstrip(".") if c else "" for c in counts], padding=3
+    )
+    sqls.set_title("SQLs (credited)", loc="left")
+    axes[0].set_yticks(ys, labels)
+    for ax in axes:
+        ax.margins(x=0.2)
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.tick_params(axis="x", colors=NOTE)
+    if not currencies:
+        sqls.set_xlabel("no won amount yet", color=NOTE)
+    fig.suptitle(
+        f"Attribution by {report.dimension}, {report.model.replace('_', '-')} model, "
+        f"{report.start} to {report.end}",
+        x=0.01,
+        ha="left",
+        fontsize="large",
+    )
+    return save(fig, directory / f"attribution-{report.dimension}.png")

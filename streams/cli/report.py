@@ -20,14 +20,28 @@ from streams.cli.errors import require_services, user_errors
 from streams.cli.output import console, out
 from streams.core.funnel import CLOCKS, ClockKpis, DurationKpis, PeriodKpis
 from streams.core.rules import Rules, load_rules
+from streams.jobs.attribution import (
+    DEFAULT_MODEL,
+    AttributionReport,
+    Cost,
+    CostsError,
+    attribution_to_json,
+    build_attribution,
+    check_dimension,
+    check_model,
+    read_costs,
+)
 from streams.jobs.report import (
     KpiData,
     Report,
     humanize,
     percent,
     period_label,
+    read_kpi_data,
     read_report,
     report_to_json,
+    resolve_range,
+    today_in,
 )
 from streams.settings import Settings
 
@@ -183,6 +197,108 @@ def notes(report: Report) -> list[str]:
     return lines
 
 
+def _credits(value: object) -> str:
+    number = float(value)  # type: ignore[arg-type]
+    return "0" if not number else f"{number:.2f}".rstrip("0").rstrip(".")
+
+
+def _amounts(per: dict[str, str]) -> str:
+    return ", ".join(f"{amount} {cur}" for cur, amount in per.items()) or "-"
+
+
+def attribution_table(report: AttributionReport) -> Table:
+    """One row per source (campaign): credited conversions, amounts, rates and costs."""
+    data = attribution_to_json(report)
+    with_costs = any("cost" in row for row in data["rows"])
+    table = Table(
+        title=f"leadflow attribution by {report.dimension}, {report.model.replace('_', '-')} "
+        f"model, {report.start} to {report.end} ({report.timezone})",
+        title_justify="left",
+        caption="credited: each conversion is shared among the touches that led to it "
+        '(docs/kpis.md, "Attribution"); amounts per currency',
+        caption_justify="left",
+    )
+    table.add_column(report.dimension, no_wrap=True)
+    names = ["MQL", "SQL", "opp.", "won", "pipeline", "won amount", "MQL→SQL", "SQL→won"]
+    if with_costs:
+        names += ["cost", "per MQL", "per SQL", "ROI"]
+    for name in names:
+        table.add_column(name, justify="right")
+    for row in data["rows"]:
+        cells = [
+            escape(row["value"]),
+            _credits(row["mqls"]),
+            _credits(row["sqls"]),
+            _credits(row["opportunities"]),
+            _credits(row["won"]),
+            _amounts(row["pipeline_amount"]),
+            _amounts(row["won_amount"]),
+            percent(row["mql_to_sql"]),
+            percent(row["sql_to_won"]),
+        ]
+        if with_costs:
+            cost = row.get("cost", {})
+            cells += [
+                _amounts(cost),
+                _amounts({k: v for k, v in row.get("cost_per_mql", {}).items() if v}),
+                _amounts({k: v for k, v in row.get("cost_per_sql", {}).items() if v}),
+                ", ".join(
+                    f"{percent(float(v))} {cur}" for cur, v in row.get("roi", {}).items() if v
+                )
+                or "-",
+            ]
+        table.add_row(*cells)
+    return table
+
+
+def run_attribution(
+    settings: Settings,
+    rules: Rules,
+    *,
+    out: Console,
+    console: Console,
+    by: str,
+    model: str,
+    costs: list[Cost],
+    days: int | None = None,
+    since: date | None = None,
+    until: date | None = None,
+    charts: Path | None = None,
+    as_json: bool = False,
+    now: datetime | None = None,
+) -> AttributionReport:
+    """`leadflow report --by ...`: credited figures per value (and the chart)."""
+    timezone = rules.reporting.timezone
+    start, end = resolve_range(today_in(timezone, now), days, since, until)
+    data = asyncio.run(read_kpi_data(settings, start, end))
+    report = build_attribution(
+        data.counts,
+        start,
+        end,
+        check_dimension(by),
+        check_model(model),
+        costs,
+        timezone,
+        settings.namespace,
+    )
+    if as_json:
+        typer.echo(orjson.dumps(attribution_to_json(report), option=orjson.OPT_INDENT_2).decode())
+    if not report.has_data:
+        console.print(
+            f"No credited conversions between {start} and {end}. Conversions are credited "
+            'by the worker as leads qualify (docs/kpis.md, "Attribution"); see '
+            "[bold]leadflow report[/] for where there is KPI data."
+        )
+        return report
+    if not as_json:
+        out.print(attribution_table(report))
+    if charts is not None:
+        from streams.cli.charts import write_attribution_chart  # matplotlib: only when asked
+
+        console.print(f"wrote {write_attribution_chart(report, charts)}")
+    return report
+
+
 # -- the command -----------------------------------------------------------------------------
 
 
@@ -260,14 +376,66 @@ def report_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary")] = (
         False
     ),
+    by: Annotated[
+        str | None,
+        typer.Option(
+            "--by",
+            metavar="source|campaign",
+            help="Attribution: credited MQLs, SQLs, opportunities, won and amounts per source "
+            "or campaign (docs/kpis.md)",
+        ),
+    ] = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            metavar="first_touch|last_touch|linear|position_based",
+            help="With --by: how a conversion is shared among its touches",
+        ),
+    ] = DEFAULT_MODEL,
+    costs: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --by: a CSV of dimension,value,period,cost,currency; adds cost per MQL, "
+            "cost per SQL and ROI"
+        ),
+    ] = None,
 ) -> None:
-    """Funnel KPIs from Redis: conversion, SLA compliance, time to contact (docs/kpis.md)."""
+    """Funnel KPIs from Redis: conversion, SLA compliance, time to contact (docs/kpis.md).
+
+    With --by source|campaign: which channels and campaigns bring the SQLs and the revenue.
+    """
     # The store and Redis load only when the command runs, not for every `leadflow --help`.
     from streams.bootstrap import checked_settings
 
     with user_errors():
+        if by is None and (costs is not None or model != DEFAULT_MODEL):
+            option = "'--costs'" if costs is not None else "'--model'"
+            raise typer.BadParameter("needs --by source or --by campaign", param_hint=option)
+        if by is not None:
+            check_dimension(by)
+            check_model(model)
+        try:
+            cost_rows = read_costs(costs) if costs is not None else []
+        except CostsError as exc:
+            raise typer.BadParameter(str(exc), param_hint="'--costs'") from None
         settings = checked_settings()
         require_services(settings, redis=True)
+        if by is not None:
+            run_attribution(
+                settings,
+                load_rules(settings.rules),
+                out=out,
+                console=console,
+                by=by,
+                model=model,
+                costs=cost_rows,
+                days=days,
+                since=since.date() if since else None,
+                until=until.date() if until else None,
+                charts=charts,
+                as_json=as_json,
+            )
+            return
         run_report(
             settings,
             load_rules(settings.rules),
