@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from fractions import Fraction
 from typing import Any
 
 import orjson
@@ -15,6 +16,8 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError
 
+from schemas.money import from_minor_units
+from streams.core.attribution import ValueFigures
 from streams.core.funnel import OwnerKpis, PeriodKpis
 from streams.settings import REDIS_LOGIN, scrub
 
@@ -305,6 +308,21 @@ class Metrics:
             ["queue", "window"],
             registry=r,
         )
+        # Attribution by source (docs/kpis.md, "Attribution"): the TOP_SOURCES sources with the
+        # most won revenue, then SQLs, each model; the rest summed as "other".
+        self.attribution_conversions = Gauge(
+            "leadflow_attribution_conversions",
+            kpi + "credited conversions (mql, sql, opportunity, won) per source and model.",
+            ["source", "conversion", "model", "window"],
+            registry=r,
+        )
+        self.attribution_won_amount = Gauge(
+            "leadflow_attribution_won_amount",
+            kpi + "credited won amount per source, model and currency (major units).",
+            ["source", "currency", "model", "window"],
+            registry=r,
+        )
+        self._attribution_labels: dict[str, set[tuple[str, ...]]] = {}
         self.open_deadlines = Gauge(
             "leadflow_sla_open_deadlines",
             "Reminders waiting in Redis on this worker's partitions.",
@@ -370,6 +388,28 @@ class Metrics:
         )
         self.dependencies = DependencyHealth(self.dependency_up)
 
+    def observe_attribution(self, window: str, by_model: Mapping[str, list[ValueFigures]]) -> None:
+        """Publish one window's attribution by source (labels left from an earlier refresh
+        that are no longer among the top sources are removed)."""
+        gauges = {"conversions": self.attribution_conversions, "won": self.attribution_won_amount}
+        seen: set[tuple[str, ...]] = set()
+        for model, rows in by_model.items():
+            for f in top_values(rows):
+                counts = {"mql": f.mqls, "sql": f.sqls, "opportunity": f.opportunities}
+                for conversion, value in {**counts, "won": f.won}.items():
+                    labels = (f.value, conversion, model, window)
+                    self.attribution_conversions.labels(*labels).set(float(value))
+                    seen.add(("conversions", *labels))
+                for cur, minor in f.revenue.items():
+                    labels = (f.value, cur, model, window)
+                    self.attribution_won_amount.labels(*labels).set(
+                        float(from_minor_units(minor, cur))
+                    )
+                    seen.add(("won", *labels))
+        for stale in self._attribution_labels.get(window, set()) - seen:
+            gauges[stale[0]].remove(*stale[1:])
+        self._attribution_labels[window] = seen
+
     def observe_kpis(
         self, window: str, kpis: PeriodKpis, known_owners: frozenset[str] = frozenset()
     ) -> None:
@@ -417,6 +457,35 @@ class Metrics:
         ):
             gauge.labels("0.5", window).set(_or_nan(durations.median))
             gauge.labels("0.9", window).set(_or_nan(durations.p90))
+
+
+TOP_SOURCES = 10
+
+
+def top_values(rows: Sequence[ValueFigures], n: int = TOP_SOURCES) -> list[ValueFigures]:
+    """The first `n` rows as they are (they come most revenue first), the rest summed as
+    "other" (so the gauges' labels stay bounded and the totals stay whole)."""
+    if len(rows) <= n:
+        return list(rows)
+    rest = rows[n:]
+
+    def summed(key: str) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for r in rest:
+            for cur, minor in getattr(r, key).items():
+                total[cur] = total.get(cur, 0) + minor
+        return total
+
+    other = ValueFigures(
+        "other",
+        sum((r.mqls for r in rest), Fraction(0)),
+        sum((r.sqls for r in rest), Fraction(0)),
+        sum((r.opportunities for r in rest), Fraction(0)),
+        sum((r.won for r in rest), Fraction(0)),
+        summed("pipeline"),
+        summed("revenue"),
+    )
+    return [*rows[:n], other]
 
 
 def bounded_owners(

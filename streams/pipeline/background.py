@@ -14,6 +14,7 @@ from datetime import date, datetime, timedelta
 from functools import partial
 from zoneinfo import ZoneInfo
 
+from streams.core.attribution import MODELS, ValueFigures, figures
 from streams.core.funnel import SERIES, days_between, total
 from streams.observability import Metrics
 from streams.pipeline.retry import Ticks
@@ -80,10 +81,15 @@ class BackgroundTasks:
 
     async def _refresh_kpis(self) -> None:
         today = self.today(self.service.rules.reporting.timezone)
-        for window, days in KPI_WINDOWS:
-            start = today - timedelta(days=days - 1)
-            read = partial(self.store.read_kpis, days_between(start, today), SERIES.values())
+        for window, length in KPI_WINDOWS:
+            start = today - timedelta(days=length - 1)
+            days = days_between(start, today)
+            read = partial(self.store.read_kpis, days, SERIES.values())
             counts, durations = await self.service.retrying("redis", read)
             routing = self.service.rules.routing
             known = routing.owners if routing is not None else frozenset()
             self.metrics.observe_kpis(window, total(counts, durations, start, today), known)
+            by_model: dict[str, list[ValueFigures]] = {
+                model: figures(counts, days, model, "source") for model in MODELS
+            }
+            self.metrics.observe_attribution(window, by_model)

@@ -9,6 +9,7 @@ own amount, 1,000 USD; the second at its opportunity's amount) and sends the thi
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from tests.harness import (
     WorkerProcess,
     activity,
     engagement,
+    eventually,
     produce,
     wait_for,
 )
@@ -259,6 +261,35 @@ async def test_report_by_source_and_campaign_equals_the_documented_credits(
     assert sum(r["sqls"] for r in rows) == pytest.approx(2, abs=1e-6)
     assert sum(Decimal(r["won_amount"].get("USD", "0")) for r in rows) == Decimal("1000.00")
     assert sum(Decimal(r["won_amount"].get("JPY", "0")) for r in rows) == Decimal(500000)
+
+    # The live view: /metrics carries the same credits per source (7-day window, refreshed
+    # every second in tests), amounts in major units.
+    want = expected(by_source, conversions, "position_based")
+
+    async def gauges_agree() -> bool:
+        def read() -> dict[str, tuple[float | None, float | None]]:
+            return {
+                value: (
+                    worker.metric(
+                        "leadflow_attribution_conversions",
+                        source=value, conversion="sql", model="position_based", window="7d",
+                    ),
+                    worker.metric(
+                        "leadflow_attribution_won_amount",
+                        source=value, currency="USD", model="position_based", window="7d",
+                    ),
+                )
+                for value in want
+            }  # fmt: skip
+
+        got = await asyncio.to_thread(read)
+        return all(
+            got[v][0] == pytest.approx(float(w["sql"]))
+            and (got[v][1] or 0.0) == pytest.approx(float(w["won$"].get("USD", 0)))
+            for v, w in want.items()
+        )
+
+    await eventually(gauges_agree, 30, "the attribution gauges on /metrics")
 
     # The chart and the table, for people.
     done = run_report(settings, "--by", "source", "--days", "2", "--charts", str(tmp_path))
