@@ -275,7 +275,9 @@ def compile_mapping(
     lead = required_columns(mapping, "lead", mapping.lead, header)
     at = required_columns(mapping, "time.column", mapping.time.column, header)
     type_columns = (
-        required_columns(mapping, "type", mapping.type, header) if mapping.type is not None else None
+        required_columns(mapping, "type", mapping.type, header)
+        if mapping.type is not None
+        else None
     )
     event_id, id_note = _event_id_columns(mapping, header)
     key = normalize_type if mapping.match == "normalized" else str
