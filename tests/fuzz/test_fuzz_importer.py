@@ -1,7 +1,7 @@
 """Fuzzing the importer's rows (streams/importer/: reading.py, rows.py) with its profiles: Marketo
-(CSV with a JSON column), HubSpot events API (NDJSON, ISO or epoch-ms times) and a generic mapping (the
-webinar export of tests/data/imports: `;`-separated, local strptime times, unmapped types
-rejected).
+(CSV with a JSON column), HubSpot events API (NDJSON, ISO or epoch-ms times) and a generic
+mapping (the webinar export of tests/data/imports: `;`-separated, local strptime times,
+unmapped types rejected).
 
 An export is built in memory from rows and read as `leadflow import` reads it (prepare, rows,
 map_row). Properties:
