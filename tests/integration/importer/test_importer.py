@@ -132,30 +132,25 @@ def types_on_topic(records: list[tuple[str, str, dict[str, object]]]) -> dict[st
     return dict(counts)
 
 
+HUBSPOT_EVENTS_PER_TYPE = {
+    "page_view": 1,
+    "pricing_page_view": 1,
+    "form_submit": 1,
+    "webinar_registered": 1,
+    "webinar_attended": 1,
+}
 # (fixture, import options, expected events per type, lead ids) -- counted by hand from the files
 VENDOR_ROUTES = [
     (
         "hubspot_events_page.json",
         ("--profile", "hubspot-events"),
-        {
-            "page_view": 1,
-            "pricing_page_view": 1,
-            "form_submit": 1,
-            "webinar_registered": 1,
-            "webinar_attended": 1,
-        },
+        HUBSPOT_EVENTS_PER_TYPE,
         {"208451632", "208451633"},
     ),
     (
         "hubspot_events_results.ndjson",
         ("--profile", "hubspot-events"),
-        {
-            "page_view": 1,
-            "pricing_page_view": 1,
-            "form_submit": 1,
-            "webinar_registered": 1,
-            "webinar_attended": 1,
-        },
+        HUBSPOT_EVENTS_PER_TYPE,
         {"208451632", "208451633"},
     ),
     (
