@@ -246,10 +246,13 @@ def _cell(value: Any) -> str:
 
 
 def sniff_delimiter(first_line: str) -> str:
-    """The delimiter that splits the header line into the most columns (comma on a tie)."""
+    """The delimiter that splits the header line into the most columns (comma on a tie); a
+    space only when the line has none of them (a space-separated extract)."""
     counts = {d: first_line.count(d) for d in SNIFFED_DELIMITERS}
     best = max(SNIFFED_DELIMITERS, key=lambda d: counts[d])
-    return best if counts[best] else ","
+    if counts[best]:
+        return best
+    return " " if " " in first_line.strip() else ","
 
 
 def file_kind(path: Path, mapping: ImportMapping) -> Kind:

@@ -139,3 +139,18 @@ def test_an_override_that_drops_profile_rules_is_warned_about(tmp_path: Path) ->
     assert orjson.loads(as_json.stdout)["warnings"] == [
         line.removeprefix("warning: ") for line in lines
     ]
+
+
+def test_save_identity_needs_an_email_column_and_a_real_run(tmp_path: Path) -> None:
+    contacts = tmp_path / "contacts.csv"
+    shutil.copy(DATA / "hubspot_contacts.csv", contacts)
+    runner = CliRunner(env=ENV)
+    dry = runner.invoke(
+        app,
+        ["import", str(contacts), "--profile", "hubspot-contacts", "--save-identity", "--dry-run"],
+    )
+    assert dry.exit_code == 2 and "--save-identity: a dry run saves nothing" in dry.output
+    pardot = tmp_path / "pardot.json"
+    shutil.copy(DATA / "pardot_visitor_activities.json", pardot)
+    no_email = runner.invoke(app, ["import", str(pardot), "--profile", "pardot", "--save-identity"])
+    assert no_email.exit_code == 2 and "names no e-mail column" in no_email.output
