@@ -220,7 +220,9 @@ def _save_identity(path: Path, chosen: ImportMapping, settings: Settings) -> str
 def import_command(
     path: Annotated[
         Path,
-        typer.Argument(help="CSV, TSV, NDJSON, JSON or XLSX export", exists=True, dir_okay=False, readable=True),
+        typer.Argument(
+            help="CSV, TSV, NDJSON, JSON or XLSX export", exists=True, dir_okay=False, readable=True
+        ),
     ],
     profile: Annotated[
         str | None,
