@@ -385,3 +385,25 @@ def test_default_type_for_an_export_of_one_kind(tmp_path: Path) -> None:
     mapping = {"lead": "lead", "time": "at", "default_type": "download"}
     got = events(outcomes(export, "generic", mapping))
     assert got[2].type == "download" and got[2].event_id.startswith("imp-")
+
+
+def test_a_contacts_export_in_another_language_with_the_documented_mapping(tmp_path: Path) -> None:
+    import yaml
+
+    text = (DATA.parents[2] / "docs" / "importer.md").read_text(encoding="utf-8")
+    block = text.split("--profile hubspot-contacts --mapping hubspot-de.yaml\n")[1].split("```")[0]
+    mapping = yaml.safe_load(block)
+    export = tmp_path / "kontakte.csv"
+    export.write_text(
+        "Datensatz-ID,Vorname,E-Mail,Branche,Jobtitel,Anzahl der Mitarbeiter,Zuletzt geändert am\n"
+        "301,Jonas,jonas@example.de,Maschinenbau,CTO,800,05.03.2024 10:15\n",
+        encoding="utf-8",
+    )
+    got = events(outcomes(export, "hubspot-contacts", mapping))
+    assert got[2].lead_id == "301" and got[2].type == "profile_updated"
+    assert got[2].attributes == {
+        "industry": "Maschinenbau",
+        "job_title": "CTO",
+        "company_size": "800",
+    }
+    assert got[2].occurred_at.isoformat() == "2024-03-05T10:15:00+01:00"
