@@ -299,6 +299,11 @@ def import_command(
                 else f"--save-identity: the {chosen.name} mapping names no e-mail column "
                 "(key 'email'); use --profile hubspot-contacts or set 'email' in --mapping"
             )
+        if identity is not None and chosen.lead_from != "email":
+            raise MappingError(
+                f"--identity: the {chosen.name} mapping reads lead ids, not e-mail addresses "
+                "(it is for hubspot-email-events, or a mapping with 'lead_from: email')"
+            )
         identities = _identities(identity, settings) if identity is not None else None
         warnings = override_warnings(profile, mapping)
         for warning in warnings:

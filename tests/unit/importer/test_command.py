@@ -66,6 +66,13 @@ def test_the_email_events_profile_needs_an_identity_map(tmp_path: Path) -> None:
         app, ["import", str(path), "--profile", "hubspot-email-events", "--identity", "nope.csv"]
     )
     assert missing.exit_code == 2 and "--identity: no file nope.csv" in missing.output
+    pardot = tmp_path / "pardot.json"
+    shutil.copy(DATA / "pardot_visitor_activities.json", pardot)
+    contacts = str(DATA / "hubspot_contacts.csv")
+    wrong = runner.invoke(
+        app, ["import", str(pardot), "--profile", "pardot", "--identity", contacts]
+    )
+    assert wrong.exit_code == 2 and "--identity: the pardot mapping reads lead ids" in wrong.output
 
 
 def test_marketo_renamed_headers_from_the_columnheadernames_object(tmp_path: Path) -> None:
