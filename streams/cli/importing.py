@@ -318,7 +318,11 @@ def import_command(
             known_types=known_types,
             identities=identities,
         )
-        saved = _save_identity(path, chosen, settings) if save_identity else None
+        saved = (
+            _save_identity(path, chosen, settings)
+            if save_identity and not summary.failure
+            else None
+        )
     except (MappingError, ServiceRefused) as exc:
         # A refused login (wrong SASL password, untrusted CA) is a configuration mistake: 2.
         raise fail(str(exc), 2) from None
