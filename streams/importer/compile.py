@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from streams.importer.cells import as_text, lookup
+from streams.importer.identity import EmailIdentities
 from streams.importer.mapping import FieldChange, ImportMapping, MappingError, Refine, check_zone
 
 # Columns the importer adds to a rejected file: a fixed-up rejected file can be imported again and
@@ -93,6 +94,9 @@ class CompiledMapping:
     known_types: frozenset[str]
     max_event_bytes: int
     notes: tuple[str, ...] = ()
+    null_values: frozenset[str] = frozenset()
+    keep: tuple[tuple[str, frozenset[str]], ...] = ()  # (column, values as casefolded text)
+    identities: EmailIdentities | None = None  # the lead column holds e-mail addresses
 
     def source_key(self, raw: str) -> str:
         return normalize_type(raw) if self.normalized else raw
@@ -132,7 +136,7 @@ def _present(refs: Columns, header: Sequence[str] | None) -> Columns:
     return tuple(r for r in refs if r in cols or any(r.startswith(c + ".") for c in cols))
 
 
-def _required(
+def required_columns(
     mapping: ImportMapping, key: str, refs: Columns, header: Sequence[str] | None
 ) -> Columns:
     """The candidates the file has; none is an error naming the key and the file's columns."""
@@ -252,17 +256,28 @@ def compile_mapping(
     timezone: str | None = None,
     max_event_bytes: int = 65_536,
     note_missing: bool = True,
+    identities: EmailIdentities | None = None,
 ) -> CompiledMapping:
     """Check event types and required columns and resolve column candidates (header=None: every
     candidate is tried per row, as for NDJSON). `note_missing`: add a note for each property or
     attribute none of whose columns is in the file (off for the built-in profiles, which list
-    many candidate columns)."""
+    many candidate columns). `identities`: the e-mail identity map, required by a mapping whose
+    lead column holds e-mail addresses (`lead_from: email`)."""
     _check_types(mapping, known_types)
+    if mapping.lead_from == "email" and identities is None:
+        raise MappingError(
+            f"--identity: the {mapping.name} mapping names leads by e-mail address "
+            f"({', '.join(mapping.lead)}); give --identity CONTACTS (a contact export with "
+            "e-mail and lead id, e.g. HubSpot's contacts export) or --identity redis (the map "
+            "an earlier import saved with --save-identity)"
+        )
     tz = _time_zone(timezone, mapping)
-    lead = _required(mapping, "lead", mapping.lead, header)
-    at = _required(mapping, "time.column", mapping.time.column, header)
+    lead = required_columns(mapping, "lead", mapping.lead, header)
+    at = required_columns(mapping, "time.column", mapping.time.column, header)
     type_columns = (
-        _required(mapping, "type", mapping.type, header) if mapping.type is not None else None
+        required_columns(mapping, "type", mapping.type, header)
+        if mapping.type is not None
+        else None
     )
     event_id, id_note = _event_id_columns(mapping, header)
     key = normalize_type if mapping.match == "normalized" else str
@@ -272,6 +287,8 @@ def compile_mapping(
     attributes, no_attributes = _optional("attributes", mapping.attributes, header)
     notes = [id_note] if id_note else []
     notes += _repeated_columns(header)
+    if mapping.lead_from == "email" and identities is not None:
+        notes += identities.notes
     if note_missing:
         notes += no_properties + no_attributes
     return CompiledMapping(
@@ -300,4 +317,9 @@ def compile_mapping(
         known_types=known_types,
         max_event_bytes=max_event_bytes,
         notes=tuple(notes),
+        null_values=frozenset(mapping.null_values),
+        keep=tuple(
+            (col, frozenset(v.casefold() for v in values)) for col, values in mapping.keep.items()
+        ),
+        identities=identities if mapping.lead_from == "email" else None,
     )

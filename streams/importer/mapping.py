@@ -24,7 +24,15 @@ from pydantic import (
 
 from streams.core.yamlfile import key_path
 
-PROFILES = ("marketo", "hubspot", "generic")
+PROFILES = (
+    "marketo",
+    "hubspot-events",
+    "hubspot-email-events",
+    "hubspot-contacts",
+    "pardot",
+    "mautic",
+    "generic",
+)
 PROFILE_FILES = files("streams.importer").joinpath("profiles")
 TIME_FORMATS = ("iso", "epoch_s", "epoch_ms")
 
@@ -56,6 +64,15 @@ def _column_map(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return {str(v): v for v in value}
     return _str_keys(value)
+
+
+def _texts(value: Any) -> Any:
+    """`keep` values are compared as text: YAML `false` is "false", `1` is "1"."""
+    items = value if isinstance(value, list | tuple) else [value]
+    return [
+        ("true" if v else "false") if isinstance(v, bool) else "" if v is None else str(v)
+        for v in items
+    ]
 
 
 def _time_spec(value: Any) -> Any:
@@ -139,9 +156,29 @@ class ImportMapping(_Strict):
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] = "generic"
     source: Annotated[str, Field(min_length=1, max_length=256)] | None = None
-    format: Literal["auto", "csv", "ndjson"] = "auto"
-    delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
+    format: Literal["auto", "csv", "ndjson", "json", "xlsx"] = "auto"
+    # One character, or "auto": the first line decides between comma, tab and semicolon.
+    delimiter: Annotated[str, Field(min_length=1, max_length=4, pattern=r"^(.|auto)$")] = ","
+    # Export column name -> header the file has instead (Marketo's columnHeaderNames).
+    header_names: Annotated[dict[str, Name], BeforeValidator(_str_keys)] = Field(
+        default_factory=dict
+    )
+    # Key(s) of an API page that hold the records (`results`, `events`, `values`): a JSON
+    # document or an NDJSON line with one of them is read as its records.
+    records: Values = ()
+    # Cell texts that mean "empty" (Marketo writes `null` for an empty field).
+    null_values: Values = ()
+    # Only rows whose column (as text, case-insensitive; "" = empty or missing) is one of the
+    # values are imported; the others are skipped, counted as "column value".
+    keep: Annotated[
+        dict[str, Annotated[tuple[str, ...], BeforeValidator(_texts)]],
+        BeforeValidator(_str_keys),
+    ] = Field(default_factory=dict)
     lead: Columns
+    # "email": the lead column holds an e-mail address, resolved through --identity.
+    lead_from: Literal["id", "email"] = "id"
+    # The column with the lead's e-mail address: what --identity and --save-identity read.
+    email: Columns | None = None
     time: Annotated[TimeSpec, BeforeValidator(_time_spec)]
     type: Columns | None = None
     default_type: Name | None = None
@@ -238,7 +275,8 @@ def _chosen_profile(profile: str | None, mapping: Path | dict[str, Any] | None) 
     if profile is None:
         if mapping is None:
             raise MappingError(
-                "--profile: give --profile marketo|hubspot, or --mapping FILE for a generic export"
+                f"--profile: give --profile {'|'.join(PROFILES[:-1])}, or --mapping FILE for a "
+                "generic export"
             )
         profile = "generic"
     if profile not in PROFILES:

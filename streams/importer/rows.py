@@ -22,6 +22,7 @@ from streams.importer.cells import (
     first_of,
     first_text,
     first_value,
+    lookup,
 )
 from streams.importer.compile import CompiledMapping, normalize_type
 from streams.pipeline.intake import (
@@ -141,6 +142,9 @@ def _with_json_parsed(
             obj = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
             return Rejected("bad_json", f"{col}: not valid JSON ({exc})")
+        if obj is None:  # JSON `null`: as empty as an empty cell
+            parsed[col] = None
+            continue
         if not isinstance(obj, dict):
             return Rejected("bad_json", f"{col}: expected a JSON object, got {type(obj).__name__}")
         parsed[col] = obj
@@ -274,7 +278,48 @@ def map_row(c: CompiledMapping, row: Mapping[str, Any]) -> Outcome:
         return Rejected("bad_json", f"a value is nested too deeply to be written as JSON ({exc})")
 
 
+def _without_nulls(c: CompiledMapping, row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A copy of the row with the export's "empty" markers (Marketo's `null`) as empty."""
+    return {
+        k: None if isinstance(v, str) and v.strip() in c.null_values else v for k, v in row.items()
+    }
+
+
+def _not_kept(c: CompiledMapping, row: Mapping[str, Any]) -> Skipped | None:
+    """A row of a kind the mapping does not import (e.g. a company's event), as a skip."""
+    for column, values in c.keep:
+        value = lookup(row, column)
+        text = "" if value is None else as_text(value).strip()
+        if text.casefold() not in values:
+            return Skipped(f"{column} {text or '(empty)'}")
+    return None
+
+
+def _lead(c: CompiledMapping, row: Mapping[str, Any]) -> str | Rejected:
+    """The row's lead id, or the lead its e-mail address belongs to (identity map)."""
+    lead = first_text(row, c.lead)
+    if lead is None:
+        return Rejected("missing_lead", f"{column_names(c.lead)}: empty; every row needs a lead id")
+    if c.identities is None:
+        return lead
+    resolved = c.identities.lead_for(lead)
+    if resolved is None:
+        return Rejected(
+            "unknown_identity",
+            f"{column_names(c.lead)}: {lead!r} is not in the identity map "
+            f"({c.identities.source}); import the contact first (e.g. --profile hubspot-contacts "
+            "--save-identity) or give a contact export that lists it",
+        )
+    return resolved
+
+
 def _map_row(c: CompiledMapping, row: Mapping[str, Any]) -> Outcome:
+    if c.null_values:
+        row = _without_nulls(c, row)
+    if c.keep:
+        not_kept = _not_kept(c, row)
+        if not_kept is not None:
+            return not_kept
     source = _source_type(c, row)
     if not isinstance(source, tuple):
         return source
@@ -287,9 +332,9 @@ def _map_row(c: CompiledMapping, row: Mapping[str, Any]) -> Outcome:
     event_type = _event_type(c, row, raw_type, source_key)
     if not isinstance(event_type, str):
         return event_type
-    lead = first_text(row, c.lead)
-    if lead is None:
-        return Rejected("missing_lead", f"{column_names(c.lead)}: empty; every row needs a lead id")
+    lead = _lead(c, row)
+    if isinstance(lead, Rejected):
+        return lead
     at = _occurred_at(c, row)
     if isinstance(at, Rejected):
         return at

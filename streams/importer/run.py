@@ -13,6 +13,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from streams.importer.compile import CompiledMapping, compile_mapping
 from streams.importer.duplicates import SeenIds
+from streams.importer.identity import EmailIdentities
 from streams.importer.mapping import ImportMapping, MappingError
 from streams.importer.reading import ExportReader, file_kind
 from streams.importer.rejects import RejectWriter, rejected_path
@@ -60,11 +61,18 @@ def prepare(
     timezone: str | None = None,
     max_event_bytes: int = 65_536,
     note_missing: bool = True,
+    identities: EmailIdentities | None = None,
 ) -> tuple[ExportReader, CompiledMapping]:
     """Open the rows and compile the mapping against the header (MappingError on a mismatch)."""
     kind = file_kind(path, mapping)
-    reader = ExportReader(fh, kind, mapping.delimiter)
-    if kind == "csv" and not reader.header:
+    reader = ExportReader(
+        fh,
+        kind,
+        mapping.delimiter,
+        header_names=mapping.header_names,
+        records=mapping.records,
+    )
+    if kind in ("csv", "xlsx") and not reader.header:
         raise MappingError(f"{path}: the file is empty (no header line)")
     compiled = compile_mapping(
         mapping,
@@ -73,6 +81,7 @@ def prepare(
         timezone=timezone,
         max_event_bytes=max_event_bytes,
         note_missing=note_missing,
+        identities=identities,
     )
     return reader, compiled
 
@@ -191,6 +200,7 @@ async def import_file(
     timezone: str | None = None,
     max_event_bytes: int = 65_536,
     note_missing: bool = True,
+    identities: EmailIdentities | None = None,
     progress: Progress | None = None,
     on_ready: Callable[[CompiledMapping], None] | None = None,
     say: Say | None = None,
@@ -207,6 +217,7 @@ async def import_file(
             timezone=timezone,
             max_event_bytes=max_event_bytes,
             note_missing=note_missing,
+            identities=identities,
         )
         _check_writable(path)
         sink = KafkaSink(settings, say=say) if settings is not None else None
@@ -217,7 +228,7 @@ async def import_file(
         summary = ImportSummary(
             path, mapping.name, sink.topic if sink else None, notes=compiled.notes
         )
-        rejects = RejectWriter(rejected_path(path), reader.header, mapping.delimiter)
+        rejects = RejectWriter(rejected_path(path), reader.header, reader.delimiter)
         try:
             return await run_rows(reader, compiled, summary, rejects, sink, progress)
         finally:

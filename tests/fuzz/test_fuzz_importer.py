@@ -1,7 +1,7 @@
 """Fuzzing the importer's rows (streams/importer/: reading.py, rows.py) with its profiles: Marketo
-(CSV with a JSON column), HubSpot (NDJSON, ISO or epoch-ms times) and a generic mapping (the
-webinar export of tests/data/imports: `;`-separated, local strptime times, unmapped types
-rejected).
+(CSV with a JSON column), HubSpot events API (NDJSON, ISO or epoch-ms times) and a generic
+mapping (the webinar export of tests/data/imports: `;`-separated, local strptime times,
+unmapped types rejected).
 
 An export is built in memory from rows and read as `leadflow import` reads it (prepare, rows,
 map_row). Properties:
@@ -106,7 +106,14 @@ def _hubspot_row(p: Pick) -> Row:
         "id": p.one([p.text(1, 30, ident=True), p.integer(1, 10**12)]),
         "objectType": "CONTACT",
         "objectId": p.one([str(p.integer(1, 10**6)), p.integer(1, 10**6)]),
-        "eventType": p.one(["e_visited_page", "e_submitted_form", "Email opened", "CLICK"]),
+        "eventType": p.one(
+            [
+                "e_visited_page",
+                "e_submitted_form",
+                "e_attended_marketing_event",
+                "e_registered_marketing_event",
+            ]
+        ),
         "occurredAt": when,
         "properties": {"hs_url": p.one(["https://x.example/pricing", p.text(0, 30)])},
     }
@@ -130,7 +137,7 @@ PROFILES = (
             ("marketoGUID", "leadId", "activityDate", "activityTypeId", "campaignId",
              "primaryAttributeValueId", "primaryAttributeValue", "attributes"),
             _marketo_row, "activityDate"),
-    Profile("hubspot", "hubspot", None, ".ndjson", ",",
+    Profile("hubspot-events", "hubspot-events", None, ".ndjson", ",",
             ("id", "objectType", "objectId", "eventType", "occurredAt", "properties"),
             _hubspot_row, "occurredAt"),
     Profile("generic", None, REPO / "tests/data/imports/generic_webinar_mapping.yaml", ".csv",

@@ -125,37 +125,151 @@ async def test_marketo_sample_lands_keyed_by_lead_with_marketo_ids(
     ]
 
 
-async def test_hubspot_csv_and_ndjson_samples(settings: Settings, tmp_path: Path) -> None:
-    csv_path = copy("hubspot_events.csv", tmp_path)
-    ndjson_path = copy("hubspot_events.ndjson", tmp_path)
-    for path in (csv_path, ndjson_path):
-        result = await asyncio.to_thread(
-            leadflow_import, settings, path, "--profile", "hubspot", "--timezone", "Europe/Berlin"
-        )
-        assert result.returncode == 0, result.stderr + result.stdout
+def types_on_topic(records: list[tuple[str, str, dict[str, object]]]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for _, _, body in records:
+        counts[str(body["type"])] += 1
+    return dict(counts)
 
-    want = expected(csv_path, "hubspot", timezone="Europe/Berlin") + expected(
-        ndjson_path, "hubspot"
-    )
+
+HUBSPOT_EVENTS_PER_TYPE = {
+    "page_view": 1,
+    "pricing_page_view": 1,
+    "form_submit": 1,
+    "webinar_registered": 1,
+    "webinar_attended": 1,
+}
+# (fixture, import options, expected events per type, lead ids) -- counted by hand from the files
+VENDOR_ROUTES = [
+    (
+        "hubspot_events_page.json",
+        ("--profile", "hubspot-events"),
+        HUBSPOT_EVENTS_PER_TYPE,
+        {"208451632", "208451633"},
+    ),
+    (
+        "hubspot_events_results.ndjson",
+        ("--profile", "hubspot-events"),
+        HUBSPOT_EVENTS_PER_TYPE,
+        {"208451632", "208451633"},
+    ),
+    (
+        "hubspot_email_events.json",
+        ("--profile", "hubspot-email-events", "--identity", str(DATA / "hubspot_contacts.csv")),
+        {"email_open": 1, "email_click": 1, "opt_out": 1},
+        {"101", "102"},
+    ),
+    (
+        "hubspot_contacts.csv",
+        ("--profile", "hubspot-contacts"),
+        {"profile_updated": 3},
+        {"101", "102", "103"},
+    ),
+    (
+        "hubspot_contacts_ja.csv",
+        ("--profile", "hubspot-contacts"),
+        {"profile_updated": 2},
+        {"201", "202"},
+    ),
+    (
+        "pardot_visitor_activities.json",
+        ("--profile", "pardot"),
+        {
+            "pricing_page_view": 1,
+            "form_submit": 1,
+            "email_open": 1,
+            "email_click": 1,
+            "webinar_registered": 1,
+            "webinar_attended": 1,
+            "opt_out": 1,
+        },
+        {"5001", "5002", "5003"},
+    ),
+    (
+        "mautic_activity.json",
+        ("--profile", "mautic"),
+        {
+            "webinar_attended": 1,
+            "webinar_registered": 1,
+            "email_open": 1,
+            "form_submit": 1,
+            "page_view": 1,
+        },
+        {"12180", "13930", "16417", "16380"},
+    ),
+    (
+        "marketo_activities_renamed.tsv",
+        ("--profile", "marketo", "--header-names", str(DATA / "marketo_header_names.json")),
+        {"profile_updated": 2, "pricing_page_view": 1, "form_submit": 1},
+        {"2001", "2002"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "per_type", "leads"),
+    VENDOR_ROUTES,
+    ids=[r[0] for r in VENDOR_ROUTES],
+)
+async def test_each_vendor_route_lands_its_fixture(
+    settings: Settings,
+    tmp_path: Path,
+    name: str,
+    options: tuple[str, ...],
+    per_type: dict[str, int],
+    leads: set[str],
+) -> None:
+    path = copy(name, tmp_path)
+    result = await asyncio.to_thread(leadflow_import, settings, path, *options)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert f"produced\t{sum(per_type.values())}" in result.stdout.splitlines()
     records = await on_topic(settings)
-    assert sorted((k, i) for k, i, _ in records) == sorted(want)
-    assert len(want) == 8
-    by_id = {i: body for _, i, body in records}
-    assert by_id["hs-ev-1"]["occurred_at"] == "2024-03-05T09:00:00+01:00"
-    assert by_id["b1f0c6a2-0001"]["type"] == "pricing_page_view"
-    assert sum(i.startswith("imp-") for i in by_id) == 2  # rows without an Event ID
-    assert rejected_lines(csv_path) == [
-        ("9", "bad_time"),
-        ("10", "missing_lead"),
-        ("11", "missing_type"),
-    ]
-    with rejected_path(ndjson_path).open(encoding="utf-8", newline="") as fh:
+    assert types_on_topic(records) == per_type
+    assert {key for key, _, _ in records} == leads
+    assert all(key == body["lead_id"] for key, _, body in records)
+
+
+async def test_contacts_saved_as_the_identity_map_resolve_email_events(
+    settings: Settings, tmp_path: Path
+) -> None:
+    redis_env = {"LEADFLOW_REDIS_URL": settings.redis_url.get_secret_value()}
+    contacts = copy("hubspot_contacts.csv", tmp_path)
+    saved = await asyncio.to_thread(
+        leadflow_import,
+        settings,
+        contacts,
+        "--profile",
+        "hubspot-contacts",
+        "--save-identity",
+        **redis_env,
+    )
+    assert saved.returncode == 0, saved.stderr + saved.stdout
+    assert "3 e-mail address(es) saved to Redis" in saved.stderr + saved.stdout
+    emails = copy("hubspot_email_events.json", tmp_path)
+    result = await asyncio.to_thread(
+        leadflow_import,
+        settings,
+        emails,
+        "--profile",
+        "hubspot-email-events",
+        "--identity",
+        "redis",
+        **redis_env,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    records = await on_topic(settings)
+    emailed = {
+        i: (key, body["type"]) for key, i, body in records if body["type"] != "profile_updated"
+    }
+    assert emailed == {
+        "4f0b6e1c-0003-4e8a-9c1d-2b3a4c5d6e03": ("101", "email_open"),
+        "4f0b6e1c-0005-4e8a-9c1d-2b3a4c5d6e05": ("101", "email_click"),
+        "4f0b6e1c-0007-4e8a-9c1d-2b3a4c5d6e07": ("102", "opt_out"),
+    }
+    with rejected_path(emails).open(encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert [(r["leadflow_line"], r["leadflow_error"].split(":")[0]) for r in rows] == [
-        ("4", "bad_json"),
-        ("5", "bad_time"),
-    ]
-    assert rows[1]["record"].startswith('{"id":"b1f0c6a2-0005"')
+    assert [r["leadflow_error"].split(":")[0] for r in rows] == ["unknown_identity"]
+    assert "dora@delta.example" in rows[0]["record"]
 
 
 async def test_reimports_and_overlapping_exports_are_counted_once(

@@ -10,6 +10,7 @@ from typing import Any
 from schemas.engagement import EngagementEvent
 from streams.core.rules import load_rules
 from streams.importer.compile import compile_mapping
+from streams.importer.identity import EmailIdentities
 from streams.importer.mapping import load_mapping
 from streams.importer.rows import Mapped, Outcome, Rejected, Skipped, map_row
 from streams.importer.run import ImportSummary, import_file, prepare
@@ -29,12 +30,20 @@ def outcomes(
     timezone: str | None = None,
     known: frozenset[str] = KNOWN,
     max_event_bytes: int = 65_536,
+    identities: EmailIdentities | None = None,
 ) -> dict[int, Outcome]:
-    """Every row of a file by the line it starts on, mapped as `leadflow import` maps it."""
+    """Every row of a file by the line (or, for a JSON document, the record) it starts on,
+    mapped as `leadflow import` maps it."""
     chosen = load_mapping(profile, mapping)
     with path.open("rb") as fh:
         reader, compiled = prepare(
-            path, fh, chosen, known, timezone=timezone, max_event_bytes=max_event_bytes
+            path,
+            fh,
+            chosen,
+            known,
+            timezone=timezone,
+            max_event_bytes=max_event_bytes,
+            identities=identities,
         )
         return {
             line: problem if problem is not None else map_row(compiled, row or {})

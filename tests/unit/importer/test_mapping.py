@@ -10,7 +10,14 @@ import yaml
 
 from schemas.engagement import KNOWN_EVENT_TYPES
 from streams.importer.compile import compile_mapping
-from streams.importer.mapping import ImportMapping, MappingError, load_mapping, override_warnings
+from streams.importer.identity import EmailIdentities
+from streams.importer.mapping import (
+    PROFILES,
+    ImportMapping,
+    MappingError,
+    load_mapping,
+    override_warnings,
+)
 from tests.unit.importer.samples import DATA, KNOWN, events, outcomes
 
 pytestmark = pytest.mark.unit
@@ -74,10 +81,11 @@ def test_profile_and_option_errors() -> None:
 
 
 def test_builtin_profiles_are_valid_for_the_contract_types() -> None:
-    for profile in ("marketo", "hubspot"):
+    for profile in PROFILES[:-1]:
         mapping = load_mapping(profile)
-        assert isinstance(mapping, ImportMapping)
-        compile_mapping(mapping, KNOWN_EVENT_TYPES)
+        assert isinstance(mapping, ImportMapping) and mapping.name == profile
+        identities = EmailIdentities({}, "test") if mapping.lead_from == "email" else None
+        compile_mapping(mapping, KNOWN_EVENT_TYPES, identities=identities)
 
 
 # -- overrides on top of a profile ------------------------------------------------------------

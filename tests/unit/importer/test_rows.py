@@ -98,7 +98,7 @@ def test_a_value_too_deep_to_write_as_json_is_a_bad_json_reject(tmp_path: Path) 
         '"occurredAt": "2024-03-05T09:04:00Z"}\n',
         encoding="utf-8",
     )
-    result = outcomes(export, "hubspot")
+    result = outcomes(export, "hubspot-events", {"keep": None})
     assert rejects(result) == {1: "bad_json"}
     assert "nested too deeply" in result[1].message  # type: ignore[union-attr]
     assert [e.lead_id for e in events(result).values()] == ["602"]
