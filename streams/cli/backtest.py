@@ -7,6 +7,7 @@ the chart is drawn by streams.cli.charts. See docs/backtest.md.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,7 +19,7 @@ from rich.table import Table
 
 from streams.cli.errors import fail, user_errors
 from streams.cli.output import out
-from streams.core.backtest import Backtest, BacktestError, ThresholdResult
+from streams.core.backtest import Backtest, BacktestError, Lift, ThresholdResult
 from streams.jobs.backtest import (
     EventsRead,
     InputError,
@@ -96,22 +97,38 @@ def threshold_table(report: Backtest) -> Table:
     return table
 
 
-def lift_table(report: Backtest) -> Table:
+# Lift tables by source and campaign show this many values (--json has them all).
+TOUCH_LIFT_ROWS = 15
+
+
+def lift_table(report: Backtest, by: str = "rule") -> Table:
+    """Lift by rule, or (by="source" / "campaign") by the touches' source or campaign."""
+    if by == "rule":
+        items: Sequence[Lift] = report.lifts
+        title = "Which rules carry lift: conversion of leads with the rule vs without"
+        caption = "leads: where the rule contributed, as of the outcome"
+    else:
+        every = report.lifts_by_source if by == "source" else report.lifts_by_campaign
+        items = every[:TOUCH_LIFT_ROWS]
+        title = f"Which {by}s carry lift: conversion of leads touched by the {by} vs not"
+        caption = f"leads: with a touch from the {by} as of the outcome (docs/kpis.md)"
+        if len(every) > len(items):
+            caption += f"; the top {len(items)} of {len(every)}, --json has all"
     table = Table(
-        title="Which rules carry lift: conversion of leads with the rule vs without",
-        caption="leads: where the rule contributed, as of the outcome. Ranked by the lower "
-        "end of the 95% CI; green: reliably above 1, red: below",
+        title=title,
+        caption=caption + ". Ranked by the lower end of the 95% CI; green: reliably above 1, "
+        "red: below",
         title_justify="left",
         caption_justify="left",
     )
     rows = []
-    for item in report.lifts:
+    for item in items:
         interval = item.interval
         span = f"{interval[0]:.2f}-{interval[1]:.2f}" if interval else "-"
         strong = interval is not None and interval[0] > 1
         weak = interval is not None and interval[1] < 1
         values = [
-            f"{item.points:+g}",
+            f"{item.points:+g}" if item.kind in ("fit", "engagement") else "-",
             str(item.with_leads),
             _share(item.rate_with),
             _share(item.rate_without),
@@ -120,7 +137,7 @@ def lift_table(report: Backtest) -> Table:
         ]
         rows.append((item, values, "green" if strong else ("red" if weak else None)))
     labels = [f"fit: {item.rule}" if item.kind == "fit" else item.rule for item, _, _ in rows]
-    table.add_column("rule", overflow="fold")  # a narrow terminal folds names, keeps numbers
+    table.add_column(by, overflow="fold")  # a narrow terminal folds names, keeps numbers
     names = ("points", "leads", "with", "without", "lift", "95% CI")
     for i, name in enumerate(names):
         widest = max((len(values[i]) for _, values, _ in rows), default=1)
@@ -191,6 +208,9 @@ def render(report: Backtest, events: EventsRead, outcomes: OutcomesRead) -> None
     out.print(threshold_table(report))
     out.print(summary(report))
     out.print(lift_table(report))
+    for by in ("source", "campaign"):
+        if getattr(report, f"lifts_by_{by}"):
+            out.print(lift_table(report, by))
 
 
 def to_json(report: Backtest, events: EventsRead, outcomes: OutcomesRead) -> dict[str, Any]:

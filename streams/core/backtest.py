@@ -39,6 +39,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from schemas.engagement import EngagementEvent
+from streams.core.attribution import Dimension
 from streams.core.durations import format_duration
 from streams.core.lead import SCORE_DIGITS, LeadState, apply, engagement_points, replay, score
 from streams.core.rules import MqlRule, Rules
@@ -405,9 +406,9 @@ def recommend(rows: Sequence[ThresholdResult], goal: Goal) -> tuple[ThresholdRes
 class Lift:
     """Conversion of leads where a rule contributed to the score vs. leads where it did not."""
 
-    kind: Literal["fit", "engagement"]
-    rule: str
-    points: float  # the rule's points in the rules file (per event for engagement)
+    kind: Literal["fit", "engagement", "source", "campaign"]
+    rule: str  # the rule, or the source or campaign (docs/kpis.md, "Attribution")
+    points: float  # the rule's points in the rules file (per event for engagement); 0 else
     with_leads: int
     with_converted: int
     without_leads: int
@@ -505,6 +506,37 @@ def lift_table(
     return sorted(out, key=_lift_rank)
 
 
+def touch_lift_table(
+    as_of_outcome: Mapping[str, LeadState | None],
+    conversions: Mapping[str, datetime],
+    dimension: Dimension,
+) -> list[Lift]:
+    """Lift by source (or campaign): conversion of leads that had a touch from it as of the
+    outcome (the touches of their latest qualification and those since) vs leads that had
+    none, most reliable lift first, like `lift_table`."""
+    touched: dict[str, set[str]] = {}
+    for lead, state in as_of_outcome.items():
+        if state is None:
+            continue
+        for touch in (*state.attribution, *state.touches):
+            touched.setdefault(touch.value(dimension), set()).add(lead)
+    leads = set(as_of_outcome)
+    converted = {lead for lead in leads if lead in conversions}
+    out = [
+        Lift(
+            kind=dimension,
+            rule=value,
+            points=0.0,
+            with_leads=len(hit),
+            with_converted=len(hit & converted),
+            without_leads=len(leads) - len(hit),
+            without_converted=len(converted - hit),
+        )
+        for value, hit in sorted(touched.items())
+    ]
+    return sorted(out, key=_lift_rank)
+
+
 # --------------------------------------------------------------------------------------------
 # The whole backtest
 
@@ -524,6 +556,8 @@ class Backtest:
     recommended: ThresholdResult | None
     why: str
     lifts: tuple[Lift, ...]
+    lifts_by_source: tuple[Lift, ...]
+    lifts_by_campaign: tuple[Lift, ...]
     events: int  # events replayed (duplicates included; apply ignores them)
     leads: int  # leads with at least one event
     converted: int  # of those, converted
@@ -548,6 +582,8 @@ class Backtest:
             "recommended": self.recommended.to_json() if self.recommended else None,
             "thresholds": [r.to_json() for r in self.rows],
             "lift": [item.to_json() for item in self.lifts],
+            "lift_by_source": [item.to_json() for item in self.lifts_by_source],
+            "lift_by_campaign": [item.to_json() for item in self.lifts_by_campaign],
             "notes": list(self.notes),
         }
 
@@ -597,6 +633,8 @@ def backtest(
         recommended=best,
         why=why,
         lifts=tuple(lift_table(fold.as_of_outcome, conversions, rules)),
+        lifts_by_source=tuple(touch_lift_table(fold.as_of_outcome, conversions, "source")),
+        lifts_by_campaign=tuple(touch_lift_table(fold.as_of_outcome, conversions, "campaign")),
         events=len(events),
         leads=len(leads),
         converted=len(conversions),

@@ -496,3 +496,50 @@ def test_as_of_outcome_lift_does_not_credit_the_sales_cycle(
     assert honest_lift is not None and leaky_lift is not None
     assert leaky_lift > 1.2 * honest_lift
     assert interval(leaky["case_study_view"])[0] > 1 > interval(honest["case_study_view"])[0]
+
+
+def test_lift_by_source_and_campaign_by_hand() -> None:
+    """Four leads, A and B convert. By hand: webinar touched A, B and C (2 of 3 convert; D
+    without it: 0 of 1); ads touched B and C (1 of 2; A and D: 1 of 2); no campaign (A's
+    e-mail, D) 1 of 2."""
+    rules = parse_rules(
+        {"mql": {"threshold": 1000}, "engagement": {"download": 5, "email_open": 1}}
+    )
+
+    def touch(lead: str, kind: str, hours: int, **props: str) -> EngagementEvent:
+        return EngagementEvent(
+            event_id=f"{lead}-{hours}", lead_id=lead, type=kind,
+            occurred_at=T0 + timedelta(hours=hours), source=props.pop("source", None),
+            properties=props or None,
+        )  # fmt: skip
+
+    events = [
+        touch("A", "download", 0, source="linkedin", campaign="webinar"),
+        touch("A", "email_open", 1, source="newsletter"),
+        touch("B", "download", 0, source="linkedin", utm_campaign="webinar"),
+        touch("B", "download", 1, source="google", campaign="ads"),
+        touch("C", "download", 0, source="google", campaign="ads"),
+        touch("D", "email_open", 0, source="newsletter"),
+        touch("C", "download", 30, source="linkedin", campaign="webinar"),
+    ]
+    outcomes = [
+        Outcome("A", "opportunity", T0 + DAY),
+        Outcome("B", "opportunity", T0 + DAY),
+    ]
+    report = backtest(events, outcomes, rules, [1000], Goal("f1"))
+    by_campaign = {item.rule: item for item in report.lifts_by_campaign}
+    # C never converted: all its events count, the late webinar download included.
+    webinar = by_campaign["webinar"]
+    assert (webinar.with_leads, webinar.with_converted) == (3, 2)  # A, B, C
+    assert (webinar.without_leads, webinar.without_converted) == (1, 0)  # D
+    ads = by_campaign["ads"]
+    assert (ads.with_leads, ads.with_converted, ads.without_leads, ads.without_converted) == (
+        2, 1, 2, 1
+    )  # fmt: skip
+    assert ads.lift == pytest.approx(1.0)
+    by_source = {item.rule: item for item in report.lifts_by_source}
+    assert (by_source["newsletter"].with_leads, by_source["newsletter"].with_converted) == (2, 1)
+    assert (by_source["linkedin"].with_leads, by_source["linkedin"].with_converted) == (3, 2)
+    assert by_source["google"].kind == "source" and by_source["google"].points == 0
+    as_json = report.to_json()
+    assert {r["rule"] for r in as_json["lift_by_campaign"]} == {"webinar", "ads", "(none)"}
