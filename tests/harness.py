@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -391,3 +391,36 @@ async def wait_for(
 
     await eventually(check, within, f"records on {topic}", every=0.1)
     return seen
+
+
+# Attribution counters (docs/kpis.md, "Attribution"): attr:<model>:<dimension>:<measure>:<value>,
+# one conversion = 1,000,000 credit units spread over the values.
+ATTRIBUTION_MODELS = ("first_touch", "last_touch", "linear", "position_based")
+CREDIT = 1_000_000
+
+
+def split_attribution(totals: Mapping[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """The funnel counters, and the attribution counters summed over their values per
+    model, dimension and measure (`first_touch:source:mql` -> credit units)."""
+    funnel: dict[str, int] = {}
+    credited: dict[str, int] = {}
+    for name, n in totals.items():
+        if name.startswith("attr:"):
+            model, dimension, measure, _value = name.removeprefix("attr:").split(":", 3)
+            key = f"{model}:{dimension}:{measure}"
+            credited[key] = credited.get(key, 0) + n
+        else:
+            funnel[name] = n
+    return funnel, credited
+
+
+def whole_credits(**conversions: int) -> dict[str, int]:
+    """What split_attribution gives when each conversion is credited exactly once: its count
+    of whole conversions under every model and dimension."""
+    return {
+        f"{model}:{dimension}:{measure}": count * CREDIT
+        for model in ATTRIBUTION_MODELS
+        for dimension in ("source", "campaign")
+        for measure, count in conversions.items()
+        if count
+    }

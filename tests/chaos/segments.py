@@ -41,8 +41,10 @@ from tests.harness import (
     produce,
     qualifying,
     read_topic,
+    split_attribution,
     wait_for,
     wait_for_handoffs,
+    whole_credits,
 )
 from tests.oracle import comparable, expected_outcome, reference_disagreements
 
@@ -263,7 +265,10 @@ async def settle_and_check(
     totals: Counter[str] = Counter()
     for per_day in counts.values():
         totals.update(per_day)
-    assert dict(totals) == expected
+    funnel, credited = split_attribution(totals)
+    assert funnel == expected
+    # Every conversion credited exactly once, under every model (nothing lost or doubled).
+    assert credited == whole_credits(mql=len(stream.live) + 1, sql=kinds[0] + kinds[1])
     contact = [s for day in days for s in durations[(day, "first_contact_seconds")]]
     assert sorted(contact) == [1.0] * (len(stream.live) - kinds[4])
     assert await read_topic(settings, settings.deadletter) == []
