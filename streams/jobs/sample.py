@@ -33,6 +33,10 @@ TITLES = [
 COUNTRIES = ["JP", "JP", "JP", "US", "DE", "SG"]
 SIZES = [8, 25, 60, 150, 320, 800, 2400, 12000]
 SOURCES = ["web-tracker", "marketo-export", "hubspot-export"]
+# Campaigns tagged on most events (properties.campaign, or utm_campaign as a web tracker would),
+# for attribution (docs/kpis.md); drawn from their own generator, so the rest of a seed's
+# history is what it was before campaigns were added.
+CAMPAIGNS = ["spring-webinar", "abm-manufacturing", "brand-search", "partner-newsletter"]
 ASSETS = ["whitepaper-dx", "ebook-abm", "checklist-handoff", "case-study-acme", "pricing-guide"]
 
 # (type, weight for a cold lead, weight for a hot lead)
@@ -115,6 +119,7 @@ def generate(
     every Nth valid event a little later (same event_id), as trackers and MA syncs do.
     """
     rng = random.Random(seed)
+    tagging = random.Random(seed + 1)  # campaigns (CAMPAIGNS)
     start = start or datetime(2026, 11, 2, 0, 0, tzinfo=UTC)
     span = timedelta(days=days)
     lead_ids = [f"lead-{seed}-{i:05d}" for i in range(leads)]
@@ -153,6 +158,11 @@ def generate(
             "source": rng.choice(SOURCES),
             **payload,
         }
+        tag = tagging.random()
+        if tag < 0.7 and payload["type"] != "profile_updated":
+            key = "campaign" if tag < 0.4 else "utm_campaign"
+            properties = dict(payload.get("properties") or {})  # type: ignore[call-overload]
+            body["properties"] = {**properties, key: tagging.choice(CAMPAIGNS)}
         record = SampleRecord(lid.encode(), orjson.dumps(body), True)
         out.append(record)
         if duplicate_every and valid % duplicate_every == 0:
@@ -174,7 +184,9 @@ def simulate_sales(
 
     Deterministic per handoff: half become SQLs, three in ten go back to nurture with the
     missing BANT criteria, one in ten is disqualified and one in ten is never contacted, so its
-    first-contact deadline is breached. `occurred_at` is filled in when the activity is sent.
+    first-contact deadline is breached. Of the SQLs, two in five get an opportunity (1 or 3
+    million JPY) and one of those is won, for attribution (`leadflow report --by source`).
+    `occurred_at` is filled in when the activity is sent.
     The rep is the handoff's routed owner, or one of three when the rules do not route.
     """
     bucket = int(hashlib.sha256(handoff_id.encode()).hexdigest(), 16) % 10
@@ -196,6 +208,12 @@ def simulate_sales(
         bant = {"budget": True, "authority": True, "need": True, "timeframe": bucket % 2 == 0}
         plan.append((2.0, activity("bant", "bant_assessed", bant=bant)))
         plan.append((4.0, activity("action", "sales_action", reason="demo booked")))
+        if bucket in (0, 2):
+            amount = (bucket + 1) * 1_000_000
+            opportunity = activity("opp", "opportunity_created", amount=amount, currency="JPY")
+            plan.append((5.0, opportunity))
+        if bucket == 0:
+            plan.append((6.0, activity("won", "won", reason="signed")))
     elif bucket <= 7:
         bant = {"budget": False, "authority": bucket == 5, "need": True, "timeframe": False}
         plan.append((2.0, activity("bant", "bant_assessed", bant=bant)))
