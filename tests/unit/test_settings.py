@@ -42,6 +42,7 @@ def test_empty_namespace_uses_plain_names() -> None:
     settings = load_settings()
     assert settings.all_topics == (
         "leads.engagement",
+        "leads.anonymous",
         "leads.handoff",
         "leads.deadletter",
         "sales.activity",
@@ -49,7 +50,7 @@ def test_empty_namespace_uses_plain_names() -> None:
         "alerts.sla",
         "notify.deadletter",
     )
-    assert settings.worker_topics == settings.all_topics[:6]
+    assert settings.worker_topics == settings.all_topics[:7]
     assert settings.notify_group == "leadflow-notify"
     assert settings.app_id == "leadflow-scoring"
     assert settings.redis_prefix == "lf:"
