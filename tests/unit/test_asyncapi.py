@@ -8,10 +8,9 @@ messages of its own channel.
 
 from __future__ import annotations
 
-import typing
-
 import copy
 import json
+import typing
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -235,9 +234,7 @@ def test_document_covers_every_model(document: dict[str, Any]) -> None:
             expected = draft07_schema(model, "receive" if TOPICS[topic] == "receive" else "send")
             assert schema == expected
             # A union (leads.anonymous: an identify or an anonymous event) lists each model.
-            for branch, member in zip(
-                schema.get("anyOf", [schema]), _members(model), strict=True
-            ):
+            for branch, member in zip(schema.get("anyOf", [schema]), _members(model), strict=True):
                 assert set(branch["properties"]) == set(member.model_fields)
 
 

@@ -67,9 +67,7 @@ def test_schema_files_are_valid_json_schema_documents(name: str) -> None:
 
 def test_the_anonymous_topic_names_an_identify_and_an_anonymous_event() -> None:
     schema = json.loads((JSON_DIR / "anonymous.v1.schema.json").read_text("utf-8"))
-    required = {
-        name: set(branch["required"]) for name, branch in schema["$defs"].items()
-    }
+    required = {name: set(branch["required"]) for name, branch in schema["$defs"].items()}
     assert required == {
         "IdentifyEvent": {"event_id", "anonymous_id", "lead_id", "occurred_at"},
         "AnonymousEvent": {"event_id", "anonymous_id", "type", "occurred_at"},
