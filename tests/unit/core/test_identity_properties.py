@@ -282,7 +282,8 @@ def test_identify_before_between_or_after_the_visits_gives_one_score(rules: Rule
 
 def test_a_visitor_claimed_by_a_second_lead_stays_with_the_first() -> None:
     rule = IdentityRule()
-    visitor, out = observe(Visitor("anon-1"), _visit(1, 1), rule, NOW)
+    visitor, before = observe(Visitor("anon-1"), _visit(1, 1), rule, NOW)
+    assert before.forward == []  # nobody claimed it yet: kept, not sent
     visitor, first = observe(visitor, _identify(1, "lead-a"), rule, NOW)
     visitor, second = observe(visitor, _identify(2, "lead-b"), rule, NOW)
     visitor, later = observe(visitor, _visit(2, 2), rule, NOW)
