@@ -44,7 +44,7 @@
   }
   function event(fields) {
     fields.event_id = uuid();
-    fields.anonymous_id = consented ? visitor() : null; // no cookie before consent
+    fields.anonymous_id = consented && !off ? visitor() : null; // no cookie before consent
     fields.occurred_at = new Date().toISOString();
     return fields;
   }

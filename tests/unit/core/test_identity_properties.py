@@ -259,7 +259,11 @@ def _identify(
 
 @pytest.mark.parametrize("rules", RULES, ids=["plain", "decaying", "capped"])
 def test_identify_before_between_or_after_the_visits_gives_one_score(rules: Rules) -> None:
-    visits = [_visit(1, 1), _visit(2, 2), _visit(3, 30, kind="download")]
+    visits: list[AnonymousEvent | IdentifyEvent] = [
+        _visit(1, 1),
+        _visit(2, 2),
+        _visit(3, 30, kind="download"),
+    ]
     form = EngagementEvent(
         event_id="form-1",
         lead_id="lead-a",
