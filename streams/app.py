@@ -107,7 +107,7 @@ def create_worker(settings: Settings, rules: Rules, generation: int = 0) -> Work
     sales = SalesService(settings, rules, store.for_source(settings.handoff), publisher, metrics)
     engagement = EngagementConsumer(settings, service, metrics, loop=app.loop)
     sales_consumer = SalesConsumer(settings, sales, metrics, loop=app.loop)
-    visitors = VisitorStore(store.redis, settings.redis_prefix)
+    visitors = VisitorStore(store.redis, store.keys)
     identity = IdentityService(settings, rules, visitors, publisher, metrics)
     identity_consumer = IdentityConsumer(settings, identity, metrics, loop=app.loop)
 

@@ -1,8 +1,9 @@
 """Anonymous visitors in Redis: one hash per anonymous id (its version and its state: the
 claiming lead and the kept events), written by save_visitor.lua as a compare-and-set.
 
-Keys: `<prefix>visitor:<anonymous_id>` (Keys.visitor). Each script touches one key, so the
-store works the same on one Redis and on a cluster. Decisions are streams/core/identity.py's.
+Keys: `<prefix>visitor:<anonymous_id>` (built by `Keys.visitor`). Each script touches one key,
+so the store works the same on one Redis and on a cluster. Decisions are
+streams/core/identity.py's.
 """
 
 from __future__ import annotations
@@ -16,10 +17,7 @@ import orjson
 
 from schemas.anonymous import AnonymousEvent
 from streams.core.identity import Visitor
-
-
-def visitor_key(prefix: str, anonymous_id: str) -> str:
-    return f"{prefix}visitor:{anonymous_id}"
+from streams.store.redis_store import Keys
 
 
 def encode_visitor(visitor: Visitor) -> bytes:
@@ -47,14 +45,14 @@ def decode_visitor(anonymous_id: str, raw: bytes | str | None) -> Visitor:
 class VisitorStore:
     """Read a batch's visitors in one round trip; write each as a compare-and-set."""
 
-    def __init__(self, client: Any, prefix: str) -> None:
+    def __init__(self, client: Any, keys: Keys) -> None:
         self.redis = client
-        self.prefix = prefix
+        self.keys = keys
         script = files("streams.store").joinpath("lua").joinpath("save_visitor.lua")
         self._save = client.register_script(script.read_text())
 
     def key(self, anonymous_id: str) -> str:
-        return visitor_key(self.prefix, anonymous_id)
+        return self.keys.visitor(anonymous_id)
 
     async def load(self, anonymous_ids: Sequence[str]) -> dict[str, tuple[str, Visitor]]:
         """anonymous id -> (version, state); version '0' for a visitor not known (yet)."""
