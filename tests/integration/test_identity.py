@@ -140,6 +140,23 @@ async def test_anonymous_visits_count_once_for_the_lead_whatever_the_order_and_a
         return worker.metric("leadflow_identity_conflicts_total") == 1.0
 
     await eventually(conflict_counted, 20, "the refused claim on /metrics")
+    # Bad records of leads.anonymous are dead-lettered with the reason, byte for byte.
+    wrong_key = orjson.dumps(visit(90, "anon-x", "page_view", T))
+    unknown = orjson.dumps(visit(91, "anon-x", "pricing_view", T))
+    await produce(settings, [(b"anon-y", wrong_key), (b"anon-x", unknown)], settings.anonymous)
+
+    async def dead_lettered() -> bool:
+        return len(await read_topic(settings, settings.deadletter)) >= 2
+
+    await eventually(dead_lettered, 30, "two dead letters")
+    letters = {
+        r.value: dict((k, v.decode()) for k, v in r.headers)
+        for r in await read_topic(settings, settings.deadletter)
+    }
+    assert letters[wrong_key]["leadflow.error.kind"] == "key_mismatch"
+    assert letters[unknown]["leadflow.error.kind"] == "unknown_type"
+    assert letters[unknown]["leadflow.error.message"].startswith("type: ")
+    assert letters[unknown]["leadflow.source.topic"] == settings.anonymous
     handoffs = [
         MqlHandoff.model_validate_json(r.value or b"")
         for r in await read_topic(settings, settings.handoff)
