@@ -6,6 +6,7 @@ Parsed once at start-up; a bad file fails with a message naming the field that i
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -392,6 +393,18 @@ class TrackerPage(_Frozen):
         "starting with `~`, a regular expression searched in the path.",
     )
     type: str = Field(min_length=1, description="The event type a view of such a page sends.")
+
+    @field_validator("match")
+    @classmethod
+    def _a_path_or_a_pattern(cls, value: str) -> str:
+        if value.startswith("~"):
+            try:
+                re.compile(value[1:])
+            except re.error as exc:
+                raise ValueError(f"not a regular expression after '~': {exc}") from None
+        elif not value.startswith("/"):
+            raise ValueError("a path prefix starts with '/' (or '~' for a regular expression)")
+        return value
 
 
 class TrackerRule(_Frozen):
