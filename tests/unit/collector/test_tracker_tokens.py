@@ -356,7 +356,7 @@ def test_a_page_rule_cannot_close_the_script_tag() -> None:
     rules = parse_rules(
         {
             "mql": {"threshold": 5},
-            "tracker": {"pages": [{"match": "</script><b>", "type": "page_view"}]},
+            "tracker": {"pages": [{"match": "/</script><b>", "type": "page_view"}]},
         }
     )
     assert b"</script>" not in tracker_script(rules).body
