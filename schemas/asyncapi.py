@@ -37,6 +37,7 @@ Action = Literal["receive", "send"]
 # whether leadflow reads or writes it is a decision, not something to guess.
 ACTIONS: dict[str, Action] = {
     "leads.engagement": "receive",
+    "leads.anonymous": "receive",
     "sales.activity": "receive",
     "leads.handoff": "send",
     "leads.lifecycle": "send",
@@ -203,8 +204,20 @@ def _multi_format(schema: dict[str, Any]) -> dict[str, Any]:
     return {"schemaFormat": SCHEMA_FORMAT, "schema": schema}
 
 
-def _kafka_key(action: Action, deadletter: bool) -> dict[str, Any]:
-    if deadletter:
+# Topics keyed by something else than the lead_id: topic -> the key's description.
+OTHER_KEYS: dict[str, str] = {
+    "leads.anonymous": (
+        "anonymous_id, as a UTF-8 string: keeps a visitor's records (and the identify naming "
+        "its lead) in one partition, in order. A record whose key is set and differs from the "
+        "payload's anonymous_id is dead-lettered (key_mismatch)."
+    ),
+}
+
+
+def _kafka_key(action: Action, deadletter: bool, topic: str = "") -> dict[str, Any]:
+    if topic in OTHER_KEYS:
+        description = OTHER_KEYS[topic]
+    elif deadletter:
         description = (
             "The original record's key, byte-for-byte (normally the lead_id as UTF-8; it may be "
             "absent, or differ from the lead_id when the error kind is key_mismatch)."
@@ -264,7 +277,7 @@ def build_document() -> dict[str, Any]:
         else:
             message["contentType"] = "application/json"
             message["payload"] = _multi_format(draft07_schema(model, action))
-        message["bindings"] = _kafka_key(action, deadletter)
+        message["bindings"] = _kafka_key(action, deadletter, topic)
         messages[message_id] = message
 
         variable = _topic_variable(topic)
@@ -303,7 +316,8 @@ def build_document() -> dict[str, Any]:
                 "Event-driven lead scoring, MQL handoff and sales SLA watching on Kafka. "
                 "leadflow receives engagement events and sales activity, and sends MQL handoffs, "
                 "lifecycle transitions, SLA alerts and dead letters. Every value is UTF-8 JSON "
-                "(dead letters: the original bytes) and every Kafka key is the lead_id. "
+                "(dead letters: the original bytes) and every Kafka key is the lead_id (the "
+                "anonymous_id on leads.anonymous). "
                 "Channel addresses are the default topic names; LEADFLOW_NAMESPACE, when set, "
                 "prefixes each as `<namespace>.<topic>`. Generated from the pydantic models in "
                 "schemas/ by `leadflow schemas generate`."

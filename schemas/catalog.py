@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from schemas.activity import SalesActivity
 from schemas.alert import SlaAlert
+from schemas.anonymous import AnonymousRecord
 from schemas.deadletter import DeadLetterHeaders
 from schemas.engagement import EngagementEvent
 from schemas.handoff import MqlHandoff
@@ -20,6 +21,7 @@ from schemas.lifecycle import LifecycleTransition
 from schemas.notify import NotifyDeadLetterHeaders
 
 ENGAGEMENT_TOPIC = "leads.engagement"
+ANONYMOUS_TOPIC = "leads.anonymous"
 HANDOFF_TOPIC = "leads.handoff"
 ACTIVITY_TOPIC = "sales.activity"
 LIFECYCLE_TOPIC = "leads.lifecycle"
@@ -30,6 +32,7 @@ NOTIFY_DEADLETTER_TOPIC = "notify.deadletter"
 # default topic name -> the LEADFLOW_* variable that renames it
 TOPIC_VARIABLES: dict[str, str] = {
     ENGAGEMENT_TOPIC: "LEADFLOW_ENGAGEMENT_TOPIC",
+    ANONYMOUS_TOPIC: "LEADFLOW_ANONYMOUS_TOPIC",
     HANDOFF_TOPIC: "LEADFLOW_HANDOFF_TOPIC",
     ACTIVITY_TOPIC: "LEADFLOW_ACTIVITY_TOPIC",
     LIFECYCLE_TOPIC: "LEADFLOW_LIFECYCLE_TOPIC",
@@ -43,6 +46,7 @@ DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
 # file name -> (model, topic, what the schema describes)
 SCHEMAS: dict[str, tuple[type[BaseModel], str, str]] = {
     "engagement.v1.schema.json": (EngagementEvent, ENGAGEMENT_TOPIC, "record value"),
+    "anonymous.v1.schema.json": (AnonymousRecord, ANONYMOUS_TOPIC, "record value"),
     "handoff.v1.schema.json": (MqlHandoff, HANDOFF_TOPIC, "record value"),
     "activity.v1.schema.json": (SalesActivity, ACTIVITY_TOPIC, "record value"),
     "lifecycle.v1.schema.json": (LifecycleTransition, LIFECYCLE_TOPIC, "record value"),

@@ -26,6 +26,7 @@ KNOWN_EVENT_TYPES: frozenset[str] = frozenset(
 )
 
 Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+EventType = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
 AttributeValue = str | int | float | bool | None
 
 
@@ -36,8 +37,8 @@ class EngagementEvent(BaseModel):
 
     event_id: Identifier = Field(description="Unique per event; the idempotency key.")
     lead_id: Identifier = Field(description="The lead; also the Kafka key (UTF-8).")
-    type: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)] = (
-        Field(description="Event type, e.g. email_open, download, pricing_page_view, opt_out.")
+    type: EventType = Field(
+        description="Event type, e.g. email_open, download, pricing_page_view, opt_out."
     )
     occurred_at: AwareDatetime = Field(description="RFC 3339 timestamp with offset (event time).")
     source: str | None = Field(default=None, max_length=256, description="Tracker or MA system.")
@@ -49,5 +50,12 @@ class EngagementEvent(BaseModel):
         description=(
             "Profile fields (industry, job_title, seniority, company_size, country...). "
             "The latest value of each field replaces earlier ones; fit is recomputed from them."
+        ),
+    )
+    anonymous_id: Identifier | None = Field(
+        default=None,
+        description=(
+            "The website visitor this lead was before (the tracker's cookie). Sent to the "
+            "collector, the event also identifies the visitor (leads.anonymous)."
         ),
     )

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
 from faust.app.base import BootStrategy
 from prometheus_client import generate_latest
 
+from streams.agents.identity import IdentityConsumer
 from streams.agents.sales import SalesConsumer
 from streams.agents.scoring import EngagementConsumer
 from streams.bootstrap import LiveRules, open_store
@@ -23,12 +24,14 @@ from streams.core.rules import Rules
 from streams.kafka import KafkaPing, Producer
 from streams.observability import Metrics, dependency_hint, log
 from streams.pipeline.background import BackgroundTasks
+from streams.pipeline.identity import IdentityService
 from streams.pipeline.retry import OUTAGES
 from streams.pipeline.routing import recorded_routing
 from streams.pipeline.sales import SalesService
 from streams.pipeline.scoring import ScoringService
-from streams.settings import Settings
+from streams.settings import Settings, SettingsError
 from streams.store import Generation, LeadStore
+from streams.store.identity import VisitorStore
 from streams.store.routing_ledger import RoutingLedger
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4"
@@ -46,6 +49,7 @@ class Worker:
     metrics: Metrics
     rules: Rules
     kafka_ping: KafkaPing
+    identity_consumer: IdentityConsumer
 
 
 class WorkerBoot(BootStrategy):
@@ -81,7 +85,20 @@ def new_app(settings: Settings) -> faust.App:
     )
 
 
+def check_identity_rules(settings: Settings, rules: Rules) -> None:
+    """A visitor's events may be re-sent for as long as they are kept: the scoring side must
+    remember their ids at least that long, or a re-sent event would count twice."""
+    kept = rules.visitors.retention
+    if kept > timedelta(days=settings.dedupe_ttl_days):
+        raise SettingsError(
+            f"invalid configuration: rules identity.retention ({kept.days} days) is longer than "
+            f"LEADFLOW_DEDUPE_TTL_DAYS ({settings.dedupe_ttl_days}): a re-sent visitor's event "
+            "could be counted twice; shorten the first or lengthen the second"
+        )
+
+
 def create_worker(settings: Settings, rules: Rules, generation: int = 0) -> Worker:
+    check_identity_rules(settings, rules)
     app = new_app(settings)
     metrics = Metrics()
     store = open_store(settings, settings.state_cache_leads).at_generation(generation)
@@ -90,12 +107,16 @@ def create_worker(settings: Settings, rules: Rules, generation: int = 0) -> Work
     sales = SalesService(settings, rules, store.for_source(settings.handoff), publisher, metrics)
     engagement = EngagementConsumer(settings, service, metrics, loop=app.loop)
     sales_consumer = SalesConsumer(settings, sales, metrics, loop=app.loop)
+    visitors = VisitorStore(store.redis, store.keys)
+    identity = IdentityService(settings, rules, visitors, publisher, metrics)
+    identity_consumer = IdentityConsumer(settings, identity, metrics, loop=app.loop)
 
     @app.task  # type: ignore[untyped-decorator]
     async def start_consumers() -> None:
         # Started and stopped with the app (mode runtime dependencies).
         await app.add_runtime_dependency(engagement)
         await app.add_runtime_dependency(sales_consumer)
+        await app.add_runtime_dependency(identity_consumer)
 
     worker = Worker(
         app,
@@ -107,6 +128,7 @@ def create_worker(settings: Settings, rules: Rules, generation: int = 0) -> Work
         metrics,
         rules,
         KafkaPing(settings),
+        identity_consumer,
     )
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]

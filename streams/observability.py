@@ -176,6 +176,24 @@ class Metrics:
         self.handoffs = Counter(
             "leadflow_handoffs", "MQL handoffs written (and later delivered).", registry=r
         )
+        self.identity_records = Counter(
+            "leadflow_identity_records",
+            "Records of leads.anonymous read by the identity agent, by kind (anonymous, "
+            "identify, deadletter).",
+            ["kind"],
+            registry=r,
+        )
+        self.identity_forwarded = Counter(
+            "leadflow_identity_forwarded",
+            "Anonymous events sent to leads.engagement under their lead (re-sends included).",
+            registry=r,
+        )
+        self.identity_conflicts = Counter(
+            "leadflow_identity_conflicts",
+            "Identifies refused: the anonymous id was already claimed by another lead (the "
+            "first claim wins, docs/tracker.md).",
+            registry=r,
+        )
         self.delivered = Counter(
             "leadflow_outputs_delivered",
             "Records acknowledged by Kafka, by topic (including redeliveries from the outbox).",

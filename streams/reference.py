@@ -71,6 +71,8 @@ def settings_table() -> str:
     """The LEADFLOW_* variables: name, default, meaning (the field's description)."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
+        if field.exclude:
+            continue  # derived from another variable, never set alone
         meaning = (field.description or "").replace("|", "\\|").replace("\n", " ")
         rows.append(f"| LEADFLOW_{name.upper()} | {_default(field)} | {meaning} |")
     return "\n".join(rows) + "\n"

@@ -10,7 +10,15 @@ from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import orjson
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas import catalog
@@ -90,6 +98,22 @@ class SecretUrl(SecretStr):
         return redact_url(self.get_secret_value())
 
 
+class TokenScope(BaseModel):
+    """What a collector token may do: `full` (server-side integrations: any event) or `tracker`
+    (public, in a web page: anonymous events, identifies and the tracker's own types, from
+    `origins` only, rate-limited per client IP; docs/tracker.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scope: Literal["full", "tracker"] = "full"
+    origins: tuple[str, ...] = ()
+
+    @field_validator("origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(o.strip().rstrip("/") for o in value if o.strip())
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEADFLOW_", frozen=True, extra="ignore")
 
@@ -160,6 +184,10 @@ class Settings(BaseSettings):
     engagement_topic: str = Field(
         default=catalog.ENGAGEMENT_TOPIC,
         description="engagement events topic name, before the namespace prefix",
+    )
+    anonymous_topic: str = Field(
+        default=catalog.ANONYMOUS_TOPIC,
+        description="anonymous visitors' events and identifies topic name, before the prefix",
     )
     handoff_topic: str = Field(
         default=catalog.HANDOFF_TOPIC,
@@ -314,7 +342,30 @@ class Settings(BaseSettings):
     )
     collector_tokens: Annotated[dict[str, SecretStr], NoDecode] = Field(
         default_factory=dict,
-        description='Tokens per source, a JSON object {"source-name": "token"}.',
+        description=(
+            'Tokens per source, a JSON object {"source-name": "token"}; a source may be '
+            '{"token": "...", "scope": "tracker", "origins": [...]}: a public website token '
+            "(docs/tracker.md)."
+        ),
+    )
+    # Filled from LEADFLOW_COLLECTOR_TOKENS (the sources given as objects): never set alone.
+    collector_token_scopes: dict[str, TokenScope] = Field(
+        default_factory=dict, exclude=True, description="(from LEADFLOW_COLLECTOR_TOKENS)"
+    )
+    collector_tracker_rate_per_second: float = Field(
+        default=2.0,
+        gt=0,
+        description="Events per second per client IP (truncated) for tracker-scoped tokens.",
+    )
+    collector_tracker_burst: int = Field(
+        default=60, ge=1, description="Token bucket size per client IP for tracker tokens."
+    )
+    collector_trust_forwarded: bool = Field(
+        default=False,
+        description=(
+            "Take the client IP from the last X-Forwarded-For hop (behind a load balancer that "
+            "sets it); else the peer address."
+        ),
     )
     collector_max_body_bytes: int = Field(
         default=1_048_576,
@@ -515,6 +566,48 @@ class Settings(BaseSettings):
         # An empty variable (LEADFLOW_STARTUP_TIMEOUT=) means "not set": the default applies.
         return None if isinstance(value, str) and not value.strip() else value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _token_scopes(cls, data: Any) -> Any:
+        """Sources given as {"token", "scope", "origins"} objects: the token stays in
+        collector_tokens, the rest goes to collector_token_scopes."""
+        if not isinstance(data, dict) or "collector_tokens" not in data:
+            return data
+        value = data["collector_tokens"]
+        if isinstance(value, str):
+            try:
+                value = orjson.loads(value) if value.strip() else {}
+            except orjson.JSONDecodeError:
+                return data  # the field validator names the problem
+        if not isinstance(value, dict):
+            return data
+        tokens: dict[str, Any] = {}
+        scopes: dict[str, Any] = {}
+        for source, given in value.items():
+            if isinstance(given, dict):
+                unknown = sorted(set(given) - {"token", "scope", "origins"})
+                if unknown:
+                    raise ValueError(
+                        f"LEADFLOW_COLLECTOR_TOKENS: source {source!r}: unknown key "
+                        f"{unknown[0]!r} (expected token, scope, origins)"
+                    )
+                if "token" not in given:
+                    raise ValueError(f"LEADFLOW_COLLECTOR_TOKENS: source {source!r}: no 'token'")
+                tokens[source] = given["token"]
+                try:
+                    scopes[source] = TokenScope(
+                        scope=given.get("scope", "full"), origins=tuple(given.get("origins", ()))
+                    )
+                except ValidationError as exc:
+                    problem = exc.errors()[0]
+                    raise ValueError(
+                        f"LEADFLOW_COLLECTOR_TOKENS: source {source!r}: "
+                        f"{'.'.join(map(str, problem['loc']))}: {problem['msg']}"
+                    ) from None
+            else:
+                tokens[source] = given
+        return {**data, "collector_tokens": tokens, "collector_token_scopes": scopes}
+
     @field_validator("collector_tokens", mode="before")
     @classmethod
     def _collector_tokens(cls, value: Any) -> Any:
@@ -621,6 +714,10 @@ class Settings(BaseSettings):
         return self.topic(self.engagement_topic)
 
     @property
+    def anonymous(self) -> str:
+        return self.topic(self.anonymous_topic)
+
+    @property
     def handoff(self) -> str:
         return self.topic(self.handoff_topic)
 
@@ -646,9 +743,10 @@ class Settings(BaseSettings):
 
     @property
     def worker_topics(self) -> tuple[str, ...]:
-        """The six topics the worker reads or writes (it waits for them at start-up)."""
+        """The seven topics the worker reads or writes (it waits for them at start-up)."""
         return (
             self.engagement,
+            self.anonymous,
             self.handoff,
             self.deadletter,
             self.activity,
@@ -670,6 +768,11 @@ class Settings(BaseSettings):
     def app_id(self) -> str:
         """Faust app id, also the consumer group."""
         return self.topic("leadflow-scoring")
+
+    @property
+    def identity_group(self) -> str:
+        """Consumer group of the identity agent (leads.anonymous)."""
+        return self.topic("leadflow-identity")
 
     @property
     def engagement_group(self) -> str:

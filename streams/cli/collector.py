@@ -14,9 +14,9 @@ def collector_command() -> None:
 
     with user_errors():
         settings = checked_settings()
-        event_types = load_rules(settings.rules).event_types
+        rules = load_rules(settings.rules)
         check_collector_settings(settings)
     configure_logging(settings.log_level, settings.log_format)
     # Kafka not answering within LEADFLOW_STARTUP_TIMEOUT: one line naming the variable, exit 3.
     with user_errors():
-        run_collector(settings, event_types)
+        run_collector(settings, rules.event_types, rules)

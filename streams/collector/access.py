@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pydantic import SecretStr
 
-from streams.settings import Settings, SettingsError
+from schemas.anonymous import AnonymousEvent, IdentifyEvent
+from streams.collector.body import Checked
+from streams.settings import Settings, SettingsError, TokenScope
 
 TOKEN_HEADER = "X-Leadflow-Token"
 
@@ -27,6 +30,7 @@ def check_collector_settings(settings: Settings) -> None:
             "invalid configuration: LEADFLOW_COLLECTOR_TOKENS: no tokens configured; set a JSON "
             'object {"source-name": "token"} (tokens of at least 16 characters)'
         )
+    check_tracker_tokens(settings)
 
 
 def presented_token(authorization: str | None, x_token: str | None) -> str | None:
@@ -146,3 +150,79 @@ def cors_headers(origin: str | None, allowed: Sequence[str], preflight: bool) ->
     else:
         headers["Access-Control-Expose-Headers"] = "Retry-After"
     return headers
+
+
+# -- tracker tokens ------------------------------------------------------------------------
+
+# How much of a client address is kept: the network, never the host (docs/tracker.md).
+IPV4_KEPT_BITS = 24
+IPV6_KEPT_BITS = 48
+
+
+def truncate_ip(address: str | None) -> str:
+    """The client address without its host part (203.0.113.77 -> 203.0.113.0, an IPv6 address
+    to its /48): what the collector logs and keys rate limits by; the full address is never
+    kept. Not an address (a Unix socket, nothing): "unknown"."""
+    if not address:
+        return "unknown"
+    try:
+        ip = ipaddress.ip_address(address.strip().split("%", 1)[0])
+    except ValueError:
+        return "unknown"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    bits = IPV4_KEPT_BITS if ip.version == 4 else IPV6_KEPT_BITS
+    return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False).network_address)
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trust_forwarded: bool) -> str:
+    """The client's truncated address: the last X-Forwarded-For hop when the collector runs
+    behind a load balancer that sets it (LEADFLOW_COLLECTOR_TRUST_FORWARDED), else the peer."""
+    if trust_forwarded and forwarded_for and forwarded_for.strip():
+        return truncate_ip(forwarded_for.split(",")[-1])
+    return truncate_ip(peer)
+
+
+def tracker_origins(scope: TokenScope, cors: Sequence[str]) -> tuple[str, ...]:
+    """The origins a tracker token is accepted from: its own `origins`, else the CORS list."""
+    return scope.origins or tuple(o.rstrip("/") for o in cors)
+
+
+def origin_allowed(origin: str | None, allowed: Sequence[str]) -> bool:
+    """A tracker request must come from a page of an allowed origin (browsers always send
+    Origin on a cross-origin POST, sendBeacon included); no Origin: refused."""
+    return cors_allowed(origin, allowed)
+
+
+def tracker_problem(checked: Checked, tracker_types: frozenset[str]) -> tuple[str, str] | None:
+    """Why a tracker-scoped token may not send this accepted event: (field, message), or None.
+    A tracker token is public: it sends only visitors' events and identifies, of the
+    tracker's own types, never an event of a named lead."""
+    event = checked.event
+    if isinstance(event, IdentifyEvent):
+        return None
+    if isinstance(event, AnonymousEvent):
+        if event.type in tracker_types:
+            return None
+        return (
+            "type",
+            f"type: {event.type!r} is not one of the tracker's types "
+            f"({', '.join(sorted(tracker_types))}); a tracker token sends only those "
+            "(rules: tracker.pages, tracker.events)",
+        )
+    return (
+        "lead_id",
+        "lead_id: a tracker token sends only anonymous events (anonymous_id, no lead_id) and "
+        "identifies (type identify); use a server-side token for a known lead's events",
+    )
+
+
+def check_tracker_tokens(settings: Settings) -> None:
+    """Every tracker token needs origins to be accepted from; raises SettingsError."""
+    for source, scope in settings.collector_token_scopes.items():
+        if scope.scope == "tracker" and not tracker_origins(scope, settings.collector_cors_origins):
+            raise SettingsError(
+                f"invalid configuration: LEADFLOW_COLLECTOR_TOKENS: source {source!r} is a "
+                'tracker token without origins; give it "origins": ["https://www.example.com"] '
+                "or set LEADFLOW_COLLECTOR_CORS_ORIGINS"
+            )

@@ -14,9 +14,14 @@ from typing import Any, Literal
 
 import orjson
 
+from schemas.anonymous import IDENTIFY, AnonymousEvent, IdentifyEvent
 from schemas.deadletter import DeadLetterKind
 from schemas.engagement import EngagementEvent
-from streams.pipeline.intake import DeadLetter, RecordLocation, parse_engagement
+from streams.pipeline.intake import DeadLetter, RecordLocation, parse_anonymous, parse_engagement
+
+# Where an accepted event goes: the lead's engagement topic, or the anonymous topic (keyed by
+# anonymous_id) for a visitor not known yet and for identifies.
+Route = Literal["engagement", "anonymous"]
 
 NDJSON_TYPES = frozenset(
     {"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"}
@@ -172,12 +177,26 @@ class Checked:
     index: int
     event_id: str | None
     line: int | None = None
-    event: EngagementEvent | None = None
+    event: EngagementEvent | AnonymousEvent | IdentifyEvent | None = None
     key: bytes | None = None
     value: bytes | None = None
     reason: str | None = None
     error: str | None = None
     field: str | None = None
+    route: Route = "engagement"
+    # A lead event that also names its anonymous_id identifies the visitor: this identify
+    # record goes to the anonymous topic too (keyed by anonymous_id).
+    identify: IdentifyEvent | None = None
+
+    def records(self) -> list[tuple[Route, bytes, bytes]]:
+        """What to produce for an accepted event: (route, key, value), the event first."""
+        if self.event is None or self.key is None or self.value is None:
+            return []
+        out: list[tuple[Route, bytes, bytes]] = [(self.route, self.key, self.value)]
+        if self.identify is not None:
+            value = self.identify.model_dump_json(exclude_none=True).encode()
+            out.append(("anonymous", self.identify.anonymous_id.encode(), value))
+        return out
 
     @property
     def accepted(self) -> bool:
@@ -217,17 +236,30 @@ def check_event(
         value = _reencoded({**item.value, "source": source})
         if value is None:
             return Checked(item.index, event_id, item.line, reason=INVALID_EVENT, error=TOO_DEEP)
-    parsed = parse_engagement(None, value, HTTP_LOCATION, known_types, max_bytes)
-    if isinstance(parsed, DeadLetter):
-        kind = parsed.headers.error_kind
-        message = parsed.headers.error_message
+    if _anonymous(item.value):
+        visitor = parse_anonymous(None, value, HTTP_LOCATION, known_types, max_bytes)
+        if isinstance(visitor, DeadLetter):
+            return _rejected(item, event_id, visitor)
         return Checked(
             item.index,
-            event_id,
+            visitor.event_id,
             item.line,
-            reason=kind.value,
-            error=message,
-            field=field_of(kind, message),
+            event=visitor,
+            key=visitor.anonymous_id.encode("utf-8"),
+            value=value,
+            route="anonymous",
+        )
+    parsed = parse_engagement(None, value, HTTP_LOCATION, known_types, max_bytes)
+    if isinstance(parsed, DeadLetter):
+        return _rejected(item, event_id, parsed)
+    identify = None
+    if parsed.anonymous_id is not None:
+        identify = IdentifyEvent(
+            event_id=parsed.event_id,
+            anonymous_id=parsed.anonymous_id,
+            lead_id=parsed.lead_id,
+            occurred_at=parsed.occurred_at,
+            source=parsed.source,
         )
     return Checked(
         item.index,
@@ -236,6 +268,29 @@ def check_event(
         event=parsed,
         key=parsed.lead_id.encode("utf-8"),
         value=value,
+        identify=identify,
+    )
+
+
+def _anonymous(value: Any) -> bool:
+    """For the anonymous topic: an identify, or an event with an anonymous_id and no lead_id."""
+    if not isinstance(value, dict):
+        return False
+    if value.get("type") == IDENTIFY:
+        return True
+    return value.get("lead_id") is None and value.get("anonymous_id") is not None
+
+
+def _rejected(item: Item, event_id: str | None, dead: DeadLetter) -> Checked:
+    kind = dead.headers.error_kind
+    message = dead.headers.error_message
+    return Checked(
+        item.index,
+        event_id,
+        item.line,
+        reason=kind.value,
+        error=message,
+        field=field_of(kind, message),
     )
 
 

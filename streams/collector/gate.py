@@ -61,6 +61,9 @@ class KafkaGate:
     ) -> None:
         self.settings = settings
         self.topic = settings.engagement
+        # Both must exist: events of known leads go to the first, visitors' to the second.
+        self.topics = (settings.engagement, settings.anonymous)
+        self._missing = settings.engagement
         self.metrics = metrics
         self.factory = factory or self._new_producer
         self.state: KafkaState = "connecting"
@@ -169,10 +172,12 @@ class KafkaGate:
         return backoff
 
     def missing_line(self) -> str:
+        engagement = self._missing == self.topic
+        variable = "LEADFLOW_ENGAGEMENT_TOPIC" if engagement else "LEADFLOW_ANONYMOUS_TOPIC"
         return (
-            f"topic {self.topic} does not exist at {self.settings.kafka_bootstrap} (or the ACLs "
+            f"topic {self._missing} does not exist at {self.settings.kafka_bootstrap} (or the ACLs "
             "hide it); create it with `leadflow topics create` (same LEADFLOW_NAMESPACE), or "
-            "check LEADFLOW_NAMESPACE / LEADFLOW_ENGAGEMENT_TOPIC"
+            f"check LEADFLOW_NAMESPACE / {variable}"
         )
 
     async def _check_topic(self) -> None:
@@ -187,10 +192,12 @@ class KafkaGate:
         except Exception as exc:  # KafkaError, TimeoutError: not known; the watch goes on
             self._set("unavailable", f"cannot read the cluster metadata: {exc!r}")
             return
-        if self.topic in metadata.topics():
+        missing = [t for t in self.topics if t not in metadata.topics()]
+        if not missing:
             self._topic_checked = now
             self._set("ready", "producer connected")
             return
+        self._missing = missing[0]
         line = self.missing_line()
         self._set("topic_missing", line)
         if now - self._topic_logged >= TOPIC_LOG_INTERVAL:
@@ -224,8 +231,9 @@ class KafkaGate:
                 continue
         return False
 
-    async def produce(self, records: Sequence[tuple[bytes, bytes]], within: float) -> None:
-        """Return once Kafka acknowledged every record (acks=all); else KafkaUnavailable.
+    async def produce(self, records: Sequence[tuple[str, bytes, bytes]], within: float) -> None:
+        """Return once Kafka acknowledged every (topic, key, value) record (acks=all); else
+        KafkaUnavailable.
 
         Records Kafka did not acknowledge in time may still arrive later (the idempotent producer
         keeps retrying them); the client's retry may then add a duplicate, which the worker drops
@@ -241,8 +249,8 @@ class KafkaGate:
         futures: list[asyncio.Future[Any]] = []
         try:
             async with asyncio.timeout(within):
-                for key, value in records:
-                    future = await producer.send(self.topic, value, key=key)
+                for topic, key, value in records:
+                    future = await producer.send(topic, value, key=key)
                     future.add_done_callback(_consume_exception)
                     futures.append(future)
         except TimeoutError:

@@ -22,10 +22,14 @@ from streams.collector.access import (
     RateLimiter,
     authenticate,
     check_collector_settings,
+    client_address,
     cors_headers,
+    origin_allowed,
     presented_token,
     retry_after,
     token_digests,
+    tracker_origins,
+    tracker_problem,
 )
 from streams.collector.body import (
     Body,
@@ -38,8 +42,10 @@ from streams.collector.body import (
 )
 from streams.collector.gate import KafkaGate, TopicMissing
 from streams.collector.metrics import CollectorMetrics
+from streams.collector.tracker import TRACKER_PATH, tracker_script
+from streams.core.rules import Rules, parse_rules
 from streams.kafka import KafkaUnavailable
-from streams.settings import Settings
+from streams.settings import Settings, TokenScope
 
 log = structlog.get_logger("leadflow.collector")
 
@@ -67,6 +73,7 @@ class Collector:
         event_types: frozenset[str],
         gate: KafkaGate | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rules: Rules | None = None,
     ) -> None:
         self.settings = settings
         self.event_types = event_types
@@ -74,8 +81,16 @@ class Collector:
         self.gate = gate or KafkaGate(settings, self.metrics)
         self.digests = token_digests(settings.collector_tokens)
         self.limiter = RateLimiter(settings.collector_rate_per_second, settings.collector_burst)
+        # Tracker tokens are public: their budget is per client address (truncated), not
+        # per source.
+        self.visitors = RateLimiter(
+            settings.collector_tracker_rate_per_second, settings.collector_tracker_burst
+        )
         self.cors = tuple(settings.collector_cors_origins)
         self.clock = clock
+        self.rules = rules or parse_rules({"mql": {"threshold": 1}})
+        self.tracker_types = self.rules.tracker_types
+        self.script = tracker_script(self.rules)
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -84,6 +99,7 @@ class Collector:
         )
         app.router.add_post(EVENTS_PATH, self.post_events)
         app.router.add_route("OPTIONS", EVENTS_PATH, self.preflight)
+        app.router.add_get(TRACKER_PATH, self.tracker_js)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics_page)
         app.cleanup_ctx.append(self._kafka)
@@ -130,7 +146,7 @@ class Collector:
             status=status,
             reason=reason,
             error=error,
-            remote=request.remote,
+            remote=self._client(request),  # truncated: no full address is kept
             **context,
         )
         return _json(status, {"error": error, "reason": reason}, headers)
@@ -145,21 +161,51 @@ class Collector:
             source=source,
         )
 
+    def _client(self, request: web.Request) -> str:
+        return client_address(
+            request.remote,
+            request.headers.get("X-Forwarded-For"),
+            self.settings.collector_trust_forwarded,
+        )
+
+    def _scope(self, source: str) -> TokenScope | None:
+        """The scope of a tracker token's source; None for a full (server-side) token."""
+        scope = self.settings.collector_token_scopes.get(source)
+        return scope if scope is not None and scope.scope == "tracker" else None
+
     async def post_events(self, request: web.Request) -> web.Response:
         """Authenticate, read the body, take the rate, validate, produce, answer."""
         source = self._source(request)
         if isinstance(source, web.Response):
             return source
+        scope = self._scope(source)
+        if scope is not None:
+            origin = request.headers.get("Origin")
+            if not origin_allowed(origin, tracker_origins(scope, self.cors)):
+                self.metrics.tracker_refused.labels("origin").inc()
+                return self._refuse(
+                    request,
+                    403,
+                    f"origin {origin!r} may not use the tracker token of source {source}; "
+                    "list it in the token's origins (LEADFLOW_COLLECTOR_TOKENS)",
+                    "origin_not_allowed",
+                    source=source,
+                )
         body = await self._read_events(request, source)
         if isinstance(body, web.Response):
             return body
-        limited = self._rate_limit(request, source, len(body.items))
+        if scope is not None:
+            limited = self._visitor_rate_limit(request, source, len(body.items))
+        else:
+            limited = self._rate_limit(request, source, len(body.items))
         if limited is not None:
             return limited
         checked = [
             check_event(item, source, self.event_types, self.settings.max_event_bytes)
             for item in body.items
         ]
+        if scope is not None:
+            checked = [self._tracker_may(c) for c in checked]
         accepted = [c for c in checked if c.accepted]
         if accepted:
             unavailable = await self._produce(source, accepted)
@@ -169,11 +215,48 @@ class Collector:
         status, answer = summarize(checked, body.single)
         return _json(status, answer)
 
+    def _tracker_may(self, checked: Checked) -> Checked:
+        """The event as a tracker token may send it: refused when it is not a visitor's event
+        or identify of the tracker's types."""
+        if not checked.accepted:
+            return checked
+        problem = tracker_problem(checked, self.tracker_types)
+        if problem is None:
+            return checked
+        self.metrics.tracker_refused.labels("scope").inc()
+        field, error = problem
+        return Checked(
+            checked.index,
+            checked.event_id,
+            checked.line,
+            reason="not_allowed",
+            error=error,
+            field=field,
+        )
+
     def _source(self, request: web.Request) -> str | web.Response:
         """The source whose token the request presents, or the 401/403 answer."""
         token = presented_token(
             request.headers.get("Authorization"), request.headers.get(TOKEN_HEADER)
         )
+        in_url = request.query.get("token")
+        if token is None and in_url:
+            # sendBeacon cannot set headers: a tracker token (public anyway) may come in the
+            # URL. A server-side token never may: URLs end up in access logs.
+            source = authenticate(in_url, self.digests)
+            if source is None:
+                return self._refuse(request, 403, "token not recognised", "forbidden")
+            if self._scope(source) is None:
+                return self._refuse(
+                    request,
+                    403,
+                    "only a tracker token may be sent in the URL (?token=); send this one in a "
+                    f"header (Authorization: Bearer or {TOKEN_HEADER}), and rotate it: it may "
+                    "now be in access logs",
+                    "forbidden",
+                    source=source,
+                )
+            return source
         if token is None:
             return self._refuse(
                 request,
@@ -242,14 +325,35 @@ class Collector:
             source=source,
         )
 
+    def _visitor_rate_limit(
+        self, request: web.Request, source: str, count: int
+    ) -> web.Response | None:
+        """A tracker token's budget: per client address (truncated), not per source."""
+        client = self._client(request)
+        wait = self.visitors.take(f"{source}|{client}", count, self.clock())
+        if wait <= 0:
+            return None
+        s = self.settings
+        self.metrics.rate_limited.labels(source).inc()
+        self.metrics.events_rejected.labels("rate_limited").inc(count)
+        return self._refuse(
+            request,
+            429,
+            f"rate limit of {s.collector_tracker_rate_per_second:g} events/s per client "
+            f"(burst {s.collector_tracker_burst}) exceeded for tracker source {source}; "
+            "retry later",
+            "rate_limited",
+            {"Retry-After": retry_after(wait)},
+            source=source,
+        )
+
     async def _produce(self, source: str, accepted: Sequence[Checked]) -> web.Response | None:
         """None once Kafka acknowledged every accepted event; else the 503 answer."""
         started = time.perf_counter()
         try:
-            await self.gate.produce(
-                [(c.key or b"", c.value or b"") for c in accepted],
-                self.settings.collector_ack_timeout,
-            )
+            topics = {"engagement": self.settings.engagement, "anonymous": self.settings.anonymous}
+            records = [(topics[r], key, value) for c in accepted for r, key, value in c.records()]
+            await self.gate.produce(records, self.settings.collector_ack_timeout)
         except KafkaUnavailable as exc:
             detail = str(exc)
             reason = "topic_missing" if isinstance(exc, TopicMissing) else "kafka_unavailable"
@@ -295,6 +399,22 @@ class Collector:
             return self._refuse(request, 403, f"origin {origin!r} is not allowed", "cors_origin")
         return web.Response(status=204, headers=headers)
 
+    async def tracker_js(self, request: web.Request) -> web.Response:
+        """tracker.js, with the rules' page types written in; cached by browsers 5 minutes."""
+        headers = {
+            "Cache-Control": "public, max-age=300",
+            "ETag": self.script.etag,
+            "Access-Control-Allow-Origin": "*",
+        }
+        if request.headers.get("If-None-Match") == self.script.etag:
+            return web.Response(status=304, headers=headers)
+        return web.Response(
+            body=self.script.body,
+            content_type="application/javascript",
+            charset="utf-8",
+            headers=headers,
+        )
+
     async def health(self, _request: web.Request) -> web.Response:
         gate = self.gate
         ok = gate.state == "ready"
@@ -317,13 +437,15 @@ class Collector:
         )
 
 
-def run_collector(settings: Settings, event_types: frozenset[str]) -> None:
+def run_collector(
+    settings: Settings, event_types: frozenset[str], rules: Rules | None = None
+) -> None:
     """Serve until SIGTERM/SIGINT; in-flight requests get their answer before the producer
     stops."""
     check_collector_settings(settings)
     # aiokafka logs every failed connection attempt; the collector logs state changes instead.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    collector = Collector(settings, event_types)
+    collector = Collector(settings, event_types, rules=rules)
     log.info(
         "starting collector",
         listen=f"http://{settings.collector_host}:{settings.collector_port}",

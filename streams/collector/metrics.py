@@ -43,6 +43,13 @@ class CollectorMetrics:
             ["source"],
             registry=r,
         )
+        self.tracker_refused = Counter(
+            "leadflow_collector_tracker_refused",
+            "Tracker-token requests or events refused, by why: origin (not an allowed origin), "
+            "scope (not a visitor's event of the tracker's types).",
+            ["why"],
+            registry=r,
+        )
         self.kafka_up = Gauge(
             "leadflow_collector_kafka_up",
             "1 while the producer is connected and events are accepted, else 0.",

@@ -6,6 +6,7 @@ Parsed once at start-up; a bad file fails with a message naming the field that i
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -373,6 +374,61 @@ class AttributionRule(_Frozen):
     )
 
 
+class IdentityRule(_Frozen):
+    retention: Duration = Field(
+        default=timedelta(days=30),
+        description="How long an anonymous visitor's events are kept for a later identify "
+        "(docs/tracker.md); an idle visitor is forgotten after it.",
+    )
+    max_events: int = Field(
+        default=500,
+        ge=1,
+        le=10_000,
+        description="Most events kept per anonymous visitor (the newest by occurred_at).",
+    )
+
+    @field_validator("retention")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0")
+        return value
+
+
+class TrackerPage(_Frozen):
+    match: str = Field(
+        min_length=1,
+        description="A path prefix (`/pricing` matches /pricing and /pricing/teams) or, "
+        "starting with `~`, a regular expression searched in the path.",
+    )
+    type: str = Field(min_length=1, description="The event type a view of such a page sends.")
+
+    @field_validator("match")
+    @classmethod
+    def _a_path_or_a_pattern(cls, value: str) -> str:
+        if value.startswith("~"):
+            try:
+                re.compile(value[1:])
+            except re.error as exc:
+                raise ValueError(f"not a regular expression after '~': {exc}") from None
+        elif not value.startswith("/"):
+            raise ValueError("a path prefix starts with '/' (or '~' for a regular expression)")
+        return value
+
+
+class TrackerRule(_Frozen):
+    pages: tuple[TrackerPage, ...] = Field(
+        default=(),
+        description="Page-type rules of tracker.js: the first match decides; other pages send "
+        "page_view.",
+    )
+    events: tuple[str, ...] = Field(
+        default=(),
+        description="Event types `leadflow.track(type)` may send with a tracker token (besides "
+        "page_view, opt_out and the pages' types).",
+    )
+
+
 class Rules(_Frozen):
     """The effective rules. `version` is a content hash, stamped on every output."""
 
@@ -411,6 +467,43 @@ class Rules(_Frozen):
         description="Who gets each MQL at handoff (docs/routing.md); unset: nobody until sales "
         "records an activity with an owner.",
     )
+    identity: IdentityRule | None = Field(
+        default=None,
+        description="Anonymous visitors' history until identified (docs/tracker.md); unset: "
+        "retention 30d, max_events 500.",
+    )
+    tracker: TrackerRule | None = Field(
+        default=None, description="What tracker.js sends (docs/tracker.md)."
+    )
+
+    @model_validator(mode="after")
+    def _tracker_types(self) -> Rules:
+        if self.tracker is None:
+            return self
+        known = KNOWN_EVENT_TYPES | frozenset(self.engagement)
+        named = [(f"pages[{i}].type", p.type) for i, p in enumerate(self.tracker.pages)]
+        named += [(f"events[{i}]", t) for i, t in enumerate(self.tracker.events)]
+        for where, event_type in named:
+            if event_type not in known:
+                raise ValueError(
+                    f"tracker.{where}: {event_type!r} is neither a contract event type nor one "
+                    "the rules score (engagement)"
+                )
+        return self
+
+    @property
+    def visitors(self) -> IdentityRule:
+        """The identity rule in force (the defaults when the file has none)."""
+        return self.identity or IdentityRule()
+
+    @cached_property
+    def tracker_types(self) -> frozenset[str]:
+        """What a tracker-scoped token may send: page views, opt-outs, the pages' types and
+        `tracker.events`."""
+        own = {"page_view", "opt_out"}
+        if self.tracker is not None:
+            own |= {p.type for p in self.tracker.pages} | set(self.tracker.events)
+        return frozenset(own)
 
     attribution: AttributionRule = Field(
         default_factory=AttributionRule,
@@ -425,7 +518,7 @@ class Rules(_Frozen):
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Rules:
         """A copy with changes: the cached version and event types are worked out again."""
         copy = super().model_copy(update=update, deep=deep)
-        for cached in ("version", "event_types"):
+        for cached in ("version", "event_types", "tracker_types"):
             copy.__dict__.pop(cached, None)
         return copy
 
@@ -433,8 +526,9 @@ class Rules(_Frozen):
     @cached_property
     def version(self) -> str:
         dumped = self.model_dump(mode="json", by_alias=True)
-        if dumped.get("routing") is None:
-            dumped.pop("routing", None)  # rules without routing keep their earlier version
+        for added in ("routing", "identity", "tracker"):
+            if dumped.get(added) is None:
+                dumped.pop(added, None)  # rules without it keep their earlier version
         if dumped.get("attribution") == AttributionRule().model_dump(mode="json"):
             dumped.pop("attribution", None)  # likewise rules with the default attribution
         canonical = orjson.dumps(dumped, option=orjson.OPT_SORT_KEYS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,6 +11,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from schemas.anonymous import IDENTIFY, AnonymousEvent, IdentifyEvent
 from schemas.deadletter import DeadLetterHeaders, DeadLetterKind
 from schemas.engagement import EngagementEvent
 
@@ -151,3 +153,44 @@ def parse_engagement(
             "or use one of the contract's types",
         )
     return event
+
+
+def parse_anonymous(
+    key: bytes | None,
+    value: bytes | None,
+    where: RecordLocation,
+    known_types: frozenset[str],
+    max_bytes: int,
+) -> AnonymousEvent | IdentifyEvent | DeadLetter:
+    """Validate one record of leads.anonymous: an identify when it names a lead_id, else an
+    anonymous event (whose type must be known, as on leads.engagement). Never raises."""
+    model: type[AnonymousEvent] | type[IdentifyEvent] = AnonymousEvent
+    with contextlib.suppress(orjson.JSONDecodeError):
+        raw = orjson.loads(value) if value is not None and len(value) <= max_bytes else None
+        if isinstance(raw, dict) and (
+            raw.get("lead_id") is not None or raw.get("type") == IDENTIFY
+        ):
+            model = IdentifyEvent
+    # The key is checked here, against anonymous_id (parse_record compares it with lead_id).
+    parsed = parse_record(model, None, value, where, max_bytes)
+    if isinstance(parsed, DeadLetter):
+        return DeadLetter(key, parsed.value, parsed.headers)
+    if key is not None and key.decode("utf-8", "replace") != parsed.anonymous_id:
+        return dead_letter(
+            key,
+            value,
+            where,
+            DeadLetterKind.KEY_MISMATCH,
+            f"Kafka key {_shown(key.decode('utf-8', 'replace'))} differs from anonymous_id "
+            f"{_shown(parsed.anonymous_id)}; produce with key = anonymous_id",
+        )
+    if isinstance(parsed, AnonymousEvent) and parsed.type not in known_types:
+        return dead_letter(
+            key,
+            value,
+            where,
+            DeadLetterKind.UNKNOWN_TYPE,
+            f"type: unknown event type {parsed.type!r}; add it to the rules' engagement section "
+            "or use one of the contract's types",
+        )
+    return parsed

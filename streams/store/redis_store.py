@@ -212,6 +212,11 @@ class Keys:
     def lead(self, lead_id: str) -> str:
         return f"{self._spaces[self.partition(lead_id)]}lead:{lead_id}"
 
+    def visitor(self, anonymous_id: str) -> str:
+        """An anonymous website visitor (streams/store/identity.py): one key, read and written
+        alone, outside the lead generations (a rescore does not rebuild visitors)."""
+        return f"{self.prefix}visitor:{anonymous_id}"
+
     def held_outputs(self, source_topic: str, partition: int) -> str:
         """Outputs a rescore holds back in its key space until the switch."""
         return f"{self._spaces[partition]}held:{source_topic}"

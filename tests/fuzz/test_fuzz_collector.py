@@ -202,8 +202,8 @@ class MemoryGate:
     async def close(self) -> None:
         pass
 
-    async def produce(self, records: Sequence[tuple[bytes, bytes]], within: float) -> None:
-        self.produced.extend(records)
+    async def produce(self, records: Sequence[tuple[str, bytes, bytes]], within: float) -> None:
+        self.produced.extend((key, value) for _topic, key, value in records)
 
 
 @pytest.fixture(scope="module")

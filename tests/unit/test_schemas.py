@@ -54,9 +54,24 @@ def test_schema_files_are_valid_json_schema_documents(name: str) -> None:
     assert schema["x-leadflow-describes"] == what
     assert schema["$id"].endswith(f"{topic}.v1.json")
     assert schema["title"] == model.__name__
-    assert schema["type"] == "object"
-    assert set(schema["required"]) <= set(schema["properties"])
+    # One object, or (leads.anonymous) one of several objects.
+    branches = [
+        schema["$defs"][b["$ref"].rsplit("/", 1)[1]] if "$ref" in b else b
+        for b in schema.get("anyOf", [schema])
+    ]
+    for branch in branches:
+        assert branch["type"] == "object"
+        assert set(branch["required"]) <= set(branch["properties"])
     assert text.encode() == render(model, topic, what)
+
+
+def test_the_anonymous_topic_names_an_identify_and_an_anonymous_event() -> None:
+    schema = json.loads((JSON_DIR / "anonymous.v1.schema.json").read_text("utf-8"))
+    required = {name: set(branch["required"]) for name, branch in schema["$defs"].items()}
+    assert required == {
+        "IdentifyEvent": {"event_id", "anonymous_id", "lead_id", "occurred_at"},
+        "AnonymousEvent": {"event_id", "anonymous_id", "type", "occurred_at"},
+    }
 
 
 def test_schemas_name_the_fields_producers_must_send() -> None:

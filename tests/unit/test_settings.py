@@ -42,6 +42,7 @@ def test_empty_namespace_uses_plain_names() -> None:
     settings = load_settings()
     assert settings.all_topics == (
         "leads.engagement",
+        "leads.anonymous",
         "leads.handoff",
         "leads.deadletter",
         "sales.activity",
@@ -49,7 +50,7 @@ def test_empty_namespace_uses_plain_names() -> None:
         "alerts.sla",
         "notify.deadletter",
     )
-    assert settings.worker_topics == settings.all_topics[:6]
+    assert settings.worker_topics == settings.all_topics[:7]
     assert settings.notify_group == "leadflow-notify"
     assert settings.app_id == "leadflow-scoring"
     assert settings.redis_prefix == "lf:"
@@ -297,3 +298,16 @@ def test_heartbeat_must_fit_three_times_into_the_session(
     assert "LEADFLOW_KAFKA_HEARTBEAT_INTERVAL" in message
     assert "LEADFLOW_KAFKA_SESSION_TIMEOUT" in message
     assert f"({session:g} s)" in message
+
+
+def test_a_visitor_retention_longer_than_the_dedupe_memory_stops_the_worker() -> None:
+    from streams.app import check_identity_rules
+    from streams.core.rules import parse_rules
+    from streams.settings import SettingsError
+
+    rules = parse_rules({"mql": {"threshold": 10}, "identity": {"retention": "60d"}})
+    check_identity_rules(load_settings(dedupe_ttl_days=90), rules)
+    with pytest.raises(SettingsError) as refused:
+        check_identity_rules(load_settings(dedupe_ttl_days=30), rules)
+    assert "identity.retention" in str(refused.value)
+    assert "LEADFLOW_DEDUPE_TTL_DAYS" in str(refused.value)

@@ -316,3 +316,18 @@ def test_a_changed_copy_of_the_rules_has_its_own_version(example_rules_path: Pat
     assert lowered.version != original
     assert lowered.version == parse_rules(lowered.model_dump(mode="json", by_alias=True)).version
     assert rules.model_copy().version == original
+
+
+@pytest.mark.parametrize(
+    ("tracker", "problem"),
+    [
+        ({"pages": [{"match": "pricing", "type": "pricing_page_view"}]}, "tracker.pages[0].match"),
+        ({"pages": [{"match": "~(", "type": "pricing_page_view"}]}, "not a regular expression"),
+        ({"pages": [{"match": "/pricing", "type": "pricng_view"}]}, "tracker.pages[0].type"),
+        ({"events": ["webnar"]}, "tracker.events[0]"),
+    ],
+)
+def test_tracker_rules_name_the_bad_key(tracker: dict[str, object], problem: str) -> None:
+    with pytest.raises(RulesError) as bad:
+        parse_rules({"mql": {"threshold": 10}, "tracker": tracker})
+    assert problem in str(bad.value)

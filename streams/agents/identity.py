@@ -1,0 +1,135 @@
+"""The identity agent's consumer: leads.anonymous in batches, into the identity service.
+
+An aiokafka batch consumer like the sales side's (agents/sales.py): its own group
+(`<namespace>.leadflow-identity`), Kafka's committed offsets, committed once a batch's visitors
+are in Redis and its forwarded events acknowledged by Kafka. A batch read again (a crash, a
+rebalance, a failed step) re-sends the same events with the same ids, which the scoring side
+counts once per lead, so nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from mode import Service
+
+from streams.agents.consumer import (
+    LOOP_RETRY_MAX_SECONDS,
+    LOOP_RETRY_MIN_SECONDS,
+    OffsetCommits,
+    Rebalances,
+    join_group,
+    partitions_of,
+    wind_down,
+)
+from streams.agents.scoring import finish_even_if_cancelled
+from streams.observability import Metrics
+from streams.pipeline.batch import InRecord
+from streams.pipeline.identity import IdentityService
+from streams.pipeline.retry import Ticks
+from streams.settings import Settings
+
+
+class _NoDeliveries:
+    """The identity service waits for Kafka inside each batch: nothing to settle at a stop."""
+
+    async def settle(self) -> None:
+        return None
+
+
+class IdentityConsumer(Service):
+    """Reads leads.anonymous in batches and hands each to the identity service."""
+
+    def __init__(
+        self, settings: Settings, identity: IdentityService, metrics: Metrics, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.identity = identity
+        self.metrics = metrics
+        self.consumer: AIOKafkaConsumer | None = None
+        self.done: dict[TopicPartition, int] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._loop_ticks = Ticks("identity_loop", metrics)
+        self.commits = OffsetCommits(
+            "identity_offset_commit",
+            lambda: self.consumer,
+            lambda: self.done,
+            settings.offsets_commit_interval,
+            metrics,
+        )
+
+    async def on_start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="identity")
+
+    async def on_stop(self) -> None:
+        await wind_down(self._task, _NoDeliveries(), self.consumer, self.commits)
+
+    def assigned(self) -> list[int]:
+        return partitions_of(self.consumer, self.settings.anonymous)
+
+    def _hold(self, consumer: AIOKafkaConsumer | None) -> None:
+        self.consumer = consumer
+
+    async def _run(self) -> None:
+        s = self.settings
+        consumer = await join_group(
+            s, s.identity_group, (s.anonymous,), Rebalances(self), self._hold
+        )
+        delay = LOOP_RETRY_MIN_SECONDS
+        while True:
+            try:
+                await self._step(consumer)
+            except Exception as exc:
+                # Read again from what was applied last: applying a record twice changes
+                # nothing the lead counts.
+                self._loop_ticks.failed(exc)
+                await self._rewind(consumer)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, LOOP_RETRY_MAX_SECONDS)
+            else:
+                delay = LOOP_RETRY_MIN_SECONDS
+                self._loop_ticks.succeeded()
+
+    async def _step(self, consumer: AIOKafkaConsumer) -> None:
+        s = self.settings
+        fetched = await consumer.getmany(
+            timeout_ms=int(s.batch_within * 1000), max_records=s.batch_max
+        )
+        if fetched:
+            records = [
+                InRecord(r.key, r.value, tp.topic, tp.partition, r.offset)
+                for tp, batch in fetched.items()
+                for r in batch
+            ]
+            await finish_even_if_cancelled(self.identity.process(records))
+            mine = consumer.assignment()
+            for tp, batch in fetched.items():
+                if tp in mine:
+                    self.done[tp] = max(self.done.get(tp, 0), batch[-1].offset + 1)
+        self.commits.maybe()
+
+    async def _rewind(self, consumer: AIOKafkaConsumer) -> None:
+        for tp in consumer.assignment():
+            done = self.done.get(tp)
+            with contextlib.suppress(Exception):
+                if done is not None:
+                    consumer.seek(tp, done)
+                else:
+                    committed = await consumer.committed(tp)
+                    if committed is not None:
+                        consumer.seek(tp, committed)
+                    else:
+                        await consumer.seek_to_beginning(tp)
+
+    async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        await self.commits.now()
+        for tp in partitions:
+            self.done.pop(tp, None)
+
+    async def assigned_anew(self, partitions: Iterable[TopicPartition]) -> None:
+        return None
