@@ -28,6 +28,8 @@ TYPES = {
     "bant_assessed": "bant_assessed",
     "action": "sales_action",
     "sales_action": "sales_action",
+    "opportunity": "opportunity_created",
+    "opportunity_created": "opportunity_created",
     "disqualified": "disqualified",
     "won": "won",
     "lost": "lost",
@@ -44,6 +46,8 @@ OPTION = {
     "owner": "--owner",
     "reason": "--reason",
     "bant": "--budget/--authority/--need/--timeframe",
+    "amount": "--amount",
+    "currency": "--currency",
     **{f"bant.{c}": f"--{c}/--no-{c}" for c in BANT},
 }
 
@@ -61,8 +65,8 @@ def record_command(
         str,
         typer.Argument(
             metavar="TYPE",
-            help="contacted, bant, action, disqualified, won or lost "
-            "(also the wire names bant_assessed, sales_action)",
+            help="contacted, bant, action, opportunity, disqualified, won or lost "
+            "(also the wire names bant_assessed, sales_action, opportunity_created)",
             show_default=False,
         ),
     ],
@@ -79,6 +83,17 @@ def record_command(
     reason: Annotated[
         str | None,
         typer.Option(help="Why (lost, disqualified), or what was done", show_default=False),
+    ] = None,
+    amount: Annotated[
+        str | None,
+        typer.Option(
+            help="opportunity, won: the deal's value, a decimal (with --currency)",
+            show_default=False,
+        ),
+    ] = None,
+    currency: Annotated[
+        str | None,
+        typer.Option(help="ISO 4217 code of --amount: JPY, USD, EUR", show_default=False),
     ] = None,
     activity_id: Annotated[
         str | None,
@@ -102,6 +117,7 @@ def record_command(
 
     Examples: `leadflow sales record contacted LEAD --owner sato`,
     `leadflow sales record bant LEAD --budget --authority --need --no-timeframe`,
+    `leadflow sales record opportunity LEAD --amount 1200000 --currency JPY`,
     `leadflow sales record won LEAD`, `leadflow sales record lost LEAD --reason "went with X"`.
     """
     with user_errors():
@@ -115,6 +131,8 @@ def record_command(
         activity_id=activity_id,
         at=at,
         now=datetime.now(UTC),
+        amount=amount,
+        currency=currency,
     )
     value = check(body, settings.max_event_bytes)
     with user_errors():
@@ -134,6 +152,8 @@ def build(
     activity_id: str | None,
     at: str | None,
     now: datetime,
+    amount: str | None = None,
+    currency: str | None = None,
 ) -> dict[str, Any]:
     """The activity's JSON fields from the command line (before validation)."""
     wire = TYPES.get(kind.strip().lower())
@@ -162,6 +182,10 @@ def build(
         body["bant"] = {c: given[c] for c in BANT}
     if reason is not None:
         body["reason"] = reason
+    if amount is not None:
+        body["amount"] = amount.strip()
+    if currency is not None:
+        body["currency"] = currency.strip().upper()
     return body
 
 
@@ -178,9 +202,12 @@ def check(body: dict[str, Any], max_bytes: int) -> bytes:
     message = parsed.headers.error_message
     if parsed.headers.error_kind == "oversized":
         raise fail(f"--reason: the activity is too large ({message})", 2)
-    match = re.match(r"([\w.]+): (.*)", message)
-    field, problem = (match.group(1), match.group(2)) if match else ("", message)
-    option = OPTION.get(field) or OPTION.get(field.split(".")[0]) or "the activity"
+    # A rule across fields is reported on the record: "(record): Value error, amount: ...".
+    message = re.sub(r"^\(record\): (Value error, )?", "", message)
+    match = re.match(r"([\w.]+(?: and [\w.]+)?): (.*)", message)
+    fields, problem = (match.group(1), match.group(2)) if match else ("", message)
+    options = [OPTION.get(f) or OPTION.get(f.split(".")[0]) for f in fields.split(" and ")]
+    option = " and ".join(o for o in options if o) or "the activity"
     raise fail(f"{option}: {problem}", 2)
 
 

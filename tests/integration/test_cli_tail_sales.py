@@ -256,16 +256,22 @@ async def test_sales_record_sends_what_the_worker_reads(settings: Settings) -> N
     assert result.stdout.count("\n") == 1
     result = piped(settings, "sales", "record", "lost", lead, "--reason", "went with a rival")
     assert result.returncode == 0, result.stderr
+    args = ["sales", "record", "opportunity", lead, "--amount", "1200.50", "--currency", "usd"]
+    result = piped(settings, *args)
+    assert result.returncode == 0, result.stderr
 
-    records = await wait_for(settings, settings.activity, lambda seen: len(seen) >= 3)
+    records = await wait_for(settings, settings.activity, lambda seen: len(seen) >= 4)
     assert all(r.key == lead.encode() for r in records)
     values = sorted((orjson.loads(r.value or b"") for r in records), key=lambda v: v["type"])
-    assert [v["type"] for v in values] == ["bant_assessed", "contacted", "lost"]
+    assert [v["type"] for v in values] == [
+        "bant_assessed", "contacted", "lost", "opportunity_created"
+    ]  # fmt: skip
     assert values[0] == bant  # what it printed is what it sent
     assert values[2]["reason"] == "went with a rival"
+    assert (values[3]["amount"], values[3]["currency"]) == ("1200.50", "USD")
 
     result = piped(settings, "tail", "activity")
-    assert len(tsv(result.stdout)) == 4
+    assert len(tsv(result.stdout)) == 5
 
 
 @pytest.mark.parametrize(
@@ -279,6 +285,10 @@ async def test_sales_record_sends_what_the_worker_reads(settings: Settings) -> N
         (["won", "  "], "LEAD"),
         (["won", "L1", "--id", ""], "--id"),
         (["won", "L1", "--owner", "x" * 300], "--owner"),
+        (["won", "L1", "--amount", "10.5", "--currency", "JPY"], "--amount: 10.5 has more"),
+        (["opportunity", "L1", "--amount", "5"], "--amount and --currency: give both"),
+        (["won", "L1", "--amount", "5", "--currency", "ABC"], "--currency: 'ABC' is not"),
+        (["contacted", "L1", "--amount", "5", "--currency", "USD"], "--amount: only"),
     ],
 )
 def test_sales_record_refuses_a_bad_value_naming_the_option(
