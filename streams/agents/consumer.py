@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -188,3 +188,27 @@ class Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         await self.owner.assigned_anew(assigned)
+
+
+async def keep_stepping(
+    step: Callable[[], Awaitable[None]],
+    recover: Callable[[], Awaitable[None]],
+    ticks: Ticks,
+) -> None:
+    """A consumer's loop: `step` again and again, and never let one failure end it while the
+    process lives on. A failure is reported through `ticks` (one warning naming the
+    dependency, then one every 30 s, not a traceback a second), `recover` sets the consumer
+    back to what was applied last, and the loop backs off (1 s doubling to 10 s) while
+    failures last."""
+    delay = LOOP_RETRY_MIN_SECONDS
+    while True:
+        try:
+            await step()
+        except Exception as exc:
+            ticks.failed(exc)
+            await recover()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, LOOP_RETRY_MAX_SECONDS)
+        else:
+            delay = LOOP_RETRY_MIN_SECONDS
+            ticks.succeeded()

@@ -12,17 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from mode import Service
 
 from streams.agents.consumer import (
-    LOOP_RETRY_MAX_SECONDS,
-    LOOP_RETRY_MIN_SECONDS,
     OffsetCommits,
     Rebalances,
     join_group,
+    keep_stepping,
     partitions_of,
     wind_down,
 )
@@ -80,20 +80,11 @@ class IdentityConsumer(Service):
         consumer = await join_group(
             s, s.identity_group, (s.anonymous,), Rebalances(self), self._hold
         )
-        delay = LOOP_RETRY_MIN_SECONDS
-        while True:
-            try:
-                await self._step(consumer)
-            except Exception as exc:
-                # Read again from what was applied last: applying a record twice changes
-                # nothing the lead counts.
-                self._loop_ticks.failed(exc)
-                await self._rewind(consumer)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, LOOP_RETRY_MAX_SECONDS)
-            else:
-                delay = LOOP_RETRY_MIN_SECONDS
-                self._loop_ticks.succeeded()
+        # After a failure, read again from what was applied last: applying a record twice
+        # changes nothing the lead counts.
+        await keep_stepping(
+            partial(self._step, consumer), partial(self._rewind, consumer), self._loop_ticks
+        )
 
     async def _step(self, consumer: AIOKafkaConsumer) -> None:
         s = self.settings

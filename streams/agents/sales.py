@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -23,11 +24,10 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from mode import Service
 
 from streams.agents.consumer import (
-    LOOP_RETRY_MAX_SECONDS,
-    LOOP_RETRY_MIN_SECONDS,
     OffsetCommits,
     Rebalances,
     join_group,
+    keep_stepping,
     partitions_of,
     wind_down,
 )
@@ -125,20 +125,11 @@ class SalesConsumer(Service):
             self._hold,
             assignors=(RangePartitionAssignor,),
         )
-        delay = LOOP_RETRY_MIN_SECONDS
-        while True:
-            try:
-                await self._step(consumer)
-            except Exception as exc:
-                # Never let the loop die while the process lives on: read again from the last
-                # commit (the records applied since are recognised and skipped).
-                self._loop_ticks.failed(exc)
-                await self._rewind(consumer)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, LOOP_RETRY_MAX_SECONDS)
-            else:
-                delay = LOOP_RETRY_MIN_SECONDS
-                self._loop_ticks.succeeded()
+        # After a failure, read again from the last commit (the records applied since are
+        # recognised and skipped).
+        await keep_stepping(
+            partial(self._step, consumer), partial(self._rewind, consumer), self._loop_ticks
+        )
 
     async def _step(self, consumer: AIOKafkaConsumer) -> None:
         if self._flush:

@@ -19,6 +19,7 @@ import contextlib
 import os
 import time
 from collections.abc import Awaitable, Iterable
+from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -26,12 +27,11 @@ from aiokafka.errors import KafkaError
 from mode import Service
 
 from streams.agents.consumer import (
-    LOOP_RETRY_MAX_SECONDS,
-    LOOP_RETRY_MIN_SECONDS,
     POLL_MS,
     OffsetCommits,
     Rebalances,
     join_group,
+    keep_stepping,
     partitions_of,
     wind_down,
 )
@@ -122,22 +122,12 @@ class EngagementConsumer(Service):
     # -- the loop -----------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        self.consumer = await self._connect()
-        delay = LOOP_RETRY_MIN_SECONDS
-        while True:
-            try:
-                await self._step(self.consumer)
-            except Exception as exc:
-                # Never let the loop die while the process lives on: start again from Redis.
-                # An outage is one warning naming the dependency (then one every 30 s), not a
-                # traceback a second; the loop backs off while it lasts.
-                self._loop_ticks.failed(exc)
-                self._resync = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, LOOP_RETRY_MAX_SECONDS)
-            else:
-                delay = LOOP_RETRY_MIN_SECONDS
-                self._loop_ticks.succeeded()
+        consumer = self.consumer = await self._connect()
+
+        async def start_again_from_redis() -> None:
+            self._resync = True
+
+        await keep_stepping(partial(self._step, consumer), start_again_from_redis, self._loop_ticks)
 
     async def _step(self, consumer: AIOKafkaConsumer) -> None:
         if self._resync:

@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 from schemas.alert import SlaAlert
 from schemas.handoff import MqlHandoff
 from schemas.lifecycle import LifecycleTransition
-from streams.agents import scoring as scoring_agent
+from streams.agents import consumer as consumer_loop
 from streams.agents.scoring import EngagementConsumer
 from streams.core.lead import LeadState, apply_all
 from streams.kafka import OutRecord
@@ -517,8 +517,8 @@ async def test_the_engagement_loop_backs_off_through_an_outage_and_goes_on(
     world, monkeypatch
 ) -> None:
     engagement, fake = consumer_of(world)
-    monkeypatch.setattr(scoring_agent, "LOOP_RETRY_MIN_SECONDS", 0.001)
-    monkeypatch.setattr(scoring_agent, "LOOP_RETRY_MAX_SECONDS", 0.002)
+    monkeypatch.setattr(consumer_loop, "LOOP_RETRY_MIN_SECONDS", 0.001)
+    monkeypatch.setattr(consumer_loop, "LOOP_RETRY_MAX_SECONDS", 0.002)
     steps: list[str] = []
     failures = [KafkaConnectionError("down")] * 5
 
