@@ -10,9 +10,7 @@ own amount, 1,000 USD; the second at its opportunity's amount) and sends the thi
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -30,12 +28,12 @@ from tests.harness import (
     BANT_FAIL,
     BANT_PASS,
     PROFILE,
-    ROOT,
     Consumed,
     WorkerProcess,
     activity,
     engagement,
     eventually,
+    leadflow_cli,
     produce,
     wait_for,
 )
@@ -108,23 +106,7 @@ def expected(
 
 
 def run_report(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "LEADFLOW_NAMESPACE": settings.namespace,
-        "LEADFLOW_RULES": str(settings.rules),
-        "LEADFLOW_REDIS_URL": settings.redis_url.get_secret_value(),
-        "LEADFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "COLUMNS": "220",
-        "NO_COLOR": "1",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", "report", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return leadflow_cli(settings, "report", *args, COLUMNS="220")
 
 
 async def test_report_by_source_and_campaign_equals_the_documented_credits(
