@@ -13,6 +13,7 @@ from datetime import datetime
 
 from schemas.engagement import EngagementEvent
 from schemas.handoff import MqlHandoff
+from streams.core.attribution import Touch
 from streams.core.lead import LeadState, apply_all
 from streams.core.rules import Rules
 from streams.core.sales import recycled_engagement, sales_marks
@@ -28,9 +29,14 @@ SALES_SIDE = (
     "contact_times",
     "last_sales_action_at",
     "owner",
+    "queue",
     "missing_bant",
     "sql_at",
     "journey",
+    # attribution of the current qualification (docs/kpis.md): its touch set, opportunity, win
+    "attribution",
+    "opportunity",
+    "won_deal",
 )
 
 
@@ -77,10 +83,23 @@ def _rebuild(
     if recycled_at is None:
         # Held by sales: fold without the chance to qualify again.
         state, _ = apply_all(LeadState(lead_id=lead_id, stage=live.stage), events, rules)
-        return replace(state, **kept), []
+        return replace(state, **kept, touches=_since(state, live.qualified_at)), []
 
     before = [e for e in events if e.occurred_at <= recycled_at]
     after = [e for e in events if e.occurred_at > recycled_at]
     state, _ = apply_all(LeadState(lead_id=lead_id, stage="mql"), before, rules)
-    state = replace(state, **kept, engagement=recycled_engagement(state.engagement, rules))
+    state = replace(
+        state,
+        **kept,
+        engagement=recycled_engagement(state.engagement, rules),
+        touches=_since(state, live.qualified_at),
+    )
     return apply_all(state, after, rules)
+
+
+def _since(state: LeadState, qualified_at: datetime | None) -> tuple[Touch, ...]:
+    """The touches of the next qualification: those after the live one's MQL (a fold that
+    could not qualify collected every touch)."""
+    if qualified_at is None:
+        return state.touches
+    return tuple(t for t in state.touches if t.at > qualified_at)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from schemas.engagement import EngagementEvent
+from streams.core.attribution import Deal
 from streams.core.history import JourneyStep
 from streams.core.lead import LeadState, apply_all
 from streams.core.rescore import rescore_lead, take_sales_side
@@ -74,3 +75,18 @@ def test_taking_the_sales_side_keeps_the_rebuilt_scores_and_the_sales_markers() 
     assert (merged.stage, merged.handoff_id, merged.owner) == ("sql", "ho-live", "suzuki")
     assert merged.engagement == rebuilt.engagement
     assert merged.seen_event_ids == rebuilt.seen_event_ids | {"activity:a9", "handoff:ho-live"}
+
+
+def test_a_rescore_keeps_the_qualifications_attribution_and_deals() -> None:
+    """Handed off at e2 (T0+1h) with touches e1, e2; sales opened a 500 USD opportunity. The
+    rebuilt lead keeps that touch set, the deal and the routing queue; the open touches are
+    those after the MQL (e3), not every touch of the log."""
+    live, _ = apply_all(LeadState(lead_id="L"), EVENTS[:2], RULES)
+    deal = Deal(T0 + timedelta(hours=5), 50_000, "USD")
+    live = replace(live, stage="sql", opportunity=deal, queue="inside-sales", owner="sato")
+    assert [t.at for t in live.attribution] == [T0, T0 + timedelta(hours=1)]
+    rebuilt, handoffs = rescore_lead(live, EVENTS, RULES)
+    assert handoffs == []
+    assert rebuilt.attribution == live.attribution
+    assert (rebuilt.opportunity, rebuilt.queue) == (deal, "inside-sales")
+    assert [t.at for t in rebuilt.touches] == [T0 + timedelta(hours=2)]
