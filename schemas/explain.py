@@ -86,6 +86,32 @@ class RoutingExplanation(_Frozen):
     )
 
 
+class TouchExplanation(_Frozen):
+    at: AwareDatetime
+    source: str = Field(description="The channel: properties.utm_source, else source.")
+    campaign: str = Field(description="properties.campaign, else utm_campaign; (none) if none.")
+
+
+class DealExplanation(_Frozen):
+    at: AwareDatetime
+    amount: str | None = Field(description="A decimal in `currency` (null: none given).")
+    currency: str | None = None
+
+
+class AttributionExplanation(_Frozen):
+    """Who gets the credit for this lead's conversions (docs/kpis.md, "Attribution")."""
+
+    touches: list[TouchExplanation] = Field(
+        description="The current qualification's touch set, the MQL-triggering touch last."
+    )
+    credit_by_source: dict[str, float] = Field(
+        description="Each source's share of every conversion, position-based model."
+    )
+    next_touches: int = Field(description="Touches collected since, for a later qualification.")
+    opportunity: DealExplanation | None = None
+    won: DealExplanation | None = None
+
+
 class LeadExplanation(_Frozen):
     """Why this score: the lead's score, every contribution, and where it stands with sales."""
 
@@ -133,6 +159,9 @@ class LeadExplanation(_Frozen):
         default=None,
         description="The routing decision of the latest handoff (null without routing, or once "
         "the decision is older than the 35 days it is kept).",
+    )
+    attribution: AttributionExplanation | None = Field(
+        default=None, description="Touches and deals of the current qualification (null: none)."
     )
     missing_bant: list[BantCriterion] = Field(default_factory=list)
     events_counted: int = Field(default=0, description="Engagement events folded into the lead.")

@@ -60,7 +60,25 @@ def header(e: LeadExplanation) -> list[str]:
         + (f"; missing BANT {', '.join(e.missing_bant)}" if e.missing_bant else "")
         + "[/]",
         *([routing_line(e)] if e.routing is not None else []),
+        *([attribution_line(e)] if e.attribution is not None and e.handoff_id else []),
     ]
+
+
+def attribution_line(e: LeadExplanation) -> str:
+    """Who is credited with this qualification's conversions, and its deals."""
+    a = e.attribution
+    assert a is not None
+    credit = ", ".join(f"{source} {share:.0%}" for source, share in a.credit_by_source.items())
+    deals = [
+        f"{what} {d.amount} {d.currency}" if d.amount else what
+        for what, d in (("opportunity", a.opportunity), ("won", a.won))
+        if d is not None
+    ]
+    return (
+        f"[dim]credited (position-based, {len(a.touches)} touches): {escape(credit)}"
+        + (f"; {escape(', '.join(deals))}" if deals else "")
+        + "[/]"
+    )
 
 
 def routing_line(e: LeadExplanation) -> str:

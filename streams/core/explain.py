@@ -12,13 +12,18 @@ from datetime import datetime
 
 from schemas.explain import (
     AttributeExplanation,
+    AttributionExplanation,
     ClockExplanation,
+    DealExplanation,
     LeadExplanation,
     OpenDeadline,
     RecentEvent,
     RoutingExplanation,
     StageChange,
+    TouchExplanation,
 )
+from schemas.money import from_minor_units
+from streams.core.attribution import Deal, shares
 from streams.core.lead import SCORE_DIGITS, LeadState, can_qualify, score
 from streams.core.routing import Routing
 from streams.core.rules import Rules
@@ -128,10 +133,36 @@ def explain(
             if routing is not None
             else None
         ),
+        attribution=_attribution(state),
         missing_bant=list(state.missing_bant),
         events_counted=state.events_counted,
         last_event_at=state.last_event_at,
         now=now,
+    )
+
+
+def _attribution(state: LeadState) -> AttributionExplanation | None:
+    if state.handoff_id is None and not state.touches:
+        return None
+
+    def deal(d: Deal | None) -> DealExplanation | None:
+        if d is None:
+            return None
+        amount = None
+        if d.amount is not None and d.currency:
+            amount = str(from_minor_units(d.amount, d.currency))
+        return DealExplanation(at=d.at, amount=amount, currency=d.currency)
+
+    parts = shares(state.attribution, "position_based", "source") if state.handoff_id else {}
+    return AttributionExplanation(
+        touches=[
+            TouchExplanation(at=t.at, source=t.source, campaign=t.campaign)
+            for t in state.attribution
+        ],
+        credit_by_source={value: round(float(p), 6) for value, p in parts.items()},
+        next_touches=len(state.touches),
+        opportunity=deal(state.opportunity),
+        won=deal(state.won_deal),
     )
 
 

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from schemas.activity import Bant, SalesActivity
 from schemas.engagement import EngagementEvent
+from streams.cli.render_explain import attribution_line
 from streams.core.attribution import (
     CREDIT_UNITS,
     MODELS,
@@ -37,6 +38,7 @@ from streams.core.attribution import (
     shares,
     weights,
 )
+from streams.core.explain import explain
 from streams.core.kpi import kpi_changes
 from streams.core.lead import LeadState, apply_all
 from streams.core.rules import parse_rules
@@ -283,3 +285,27 @@ def test_credits_of_every_conversion_sum_to_one_and_amounts_are_conserved(
         # nobody is off their exact share by a whole unit or more
         assert all(abs(minor.get(v, 0) - p * amount) < 1 for v, p in parts.items())
     assert sum(weights(len(touches), model)) == (1 if touches else 0)
+
+
+def test_explain_shows_the_touch_set_its_credit_and_the_deals() -> None:
+    state, _ = apply_all(LeadState(lead_id="lead-1"), HISTORY, RULES)
+    for a in FULL_FUNNEL[:2]:
+        state, _ = apply_activity(state, a, RULES, now=a.occurred_at)
+    e = explain(state, RULES, now=T0 + 20 * HOUR)
+    assert e.attribution is not None
+    assert [(t.source, t.campaign) for t in e.attribution.touches] == [
+        ("google", "brand"),
+        ("newsletter", "spring-webinar"),
+        ("google", "spring-webinar"),
+        ("linkedin", "(none)"),
+    ]
+    # position-based by hand: google 40 % + 10 %, newsletter 10 %, linkedin 40 %
+    assert e.attribution.credit_by_source == {"google": 0.5, "newsletter": 0.1, "linkedin": 0.4}
+    assert e.attribution.opportunity is not None
+    assert (e.attribution.opportunity.amount, e.attribution.opportunity.currency) == (
+        "1200.00",
+        "USD",
+    )
+    assert e.attribution.won is None and e.attribution.next_touches == 0
+    line = attribution_line(e)
+    assert "google 50%, newsletter 10%, linkedin 40%" in line and "opportunity 1200.00 USD" in line
