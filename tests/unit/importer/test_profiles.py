@@ -407,3 +407,19 @@ def test_a_contacts_export_in_another_language_with_the_documented_mapping(tmp_p
         "company_size": "800",
     }
     assert got[2].occurred_at.isoformat() == "2024-03-05T10:15:00+01:00"
+
+
+def test_marketos_own_documented_example_rows() -> None:
+    """The four rows of the example file in Marketo's "Bulk Activity Extract" page (copied as
+    published; docs/importer.md, "Sources"): Change Status in Progression (104) of two
+    programs. "Attended" is a webinar attendance; "On List" and "Member" are not statuses the
+    profile maps, so those rows are skipped, not rejected."""
+    result = outcomes(DATA / "marketo_documented_example.csv", "marketo")
+    got = events(result)
+    assert {line: (e.event_id, e.lead_id, e.type) for line, e in got.items()} == {
+        3: ("783958220", "5414094", "webinar_attended"),
+        4: ("783958306", "5414094", "webinar_attended"),
+    }
+    assert got[3].occurred_at == datetime(2022, 2, 13, 14, 8, 50, tzinfo=UTC)
+    assert sum(skips(result).values()) == 2
+    assert rejects(result) == {}
