@@ -75,6 +75,11 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("docs/kpis.md", "leadflow report [--days N | --since YYYY-MM-DD] [--until YYYY-MM-DD]"): (
         "a synopsis with placeholders"
     ),
+    (
+        "docs/kpis.md",
+        "leadflow report --by source|campaign "
+        "[--model first_touch|last_touch|linear|position_based]",
+    ): "a synopsis with placeholders (tests/integration/jobs/test_attribution_report.py runs it)",
     ("docs/notify.md", "leadflow topics create"): "starts `leadflow notify`, a service that "
     "runs until stopped, with the user's webhook targets",
     ("docs/notify.md", "python -m pytest tests/unit/test_notify.py"): "runs tests (recursion)",
