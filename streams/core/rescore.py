@@ -15,7 +15,7 @@ from schemas.engagement import EngagementEvent
 from schemas.handoff import MqlHandoff
 from streams.core.lead import LeadState, apply_all
 from streams.core.rules import Rules
-from streams.core.sales import recycled_engagement, sales_marks
+from streams.core.sales import recycled_cap_shares, recycled_engagement, sales_marks
 
 # Kept from the live state; everything else is rebuilt from the log.
 SALES_SIDE = (
@@ -82,5 +82,10 @@ def _rebuild(
     before = [e for e in events if e.occurred_at <= recycled_at]
     after = [e for e in events if e.occurred_at > recycled_at]
     state, _ = apply_all(LeadState(lead_id=lead_id, stage="mql"), before, rules)
-    state = replace(state, **kept, engagement=recycled_engagement(state.engagement, rules))
+    state = replace(
+        state,
+        **kept,
+        engagement=recycled_engagement(state.engagement, rules),
+        cap_shares=recycled_cap_shares(state.cap_shares, rules),
+    )
     return apply_all(state, after, rules)
