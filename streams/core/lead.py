@@ -1,7 +1,8 @@
 """Lead state and scoring: `apply(state, event, rules) -> (state, handoffs)`.
 
 Fit is recomputed from the latest attributes; engagement accumulates per event type, with
-optional daily caps and half-life decay on event time. A lead that reaches the threshold becomes
+optional daily caps and half-life decay on event time. A day's cap goes to its events in event
+time, whatever order they arrive in (`cap_shares`). A lead that reaches the threshold becomes
 an MQL and yields exactly one handoff; duplicates (same event_id) change nothing.
 
 `apply` is the readable reference. `apply_all` (one lead's events, the worker's batches) and
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -52,6 +54,10 @@ SCORE_DIGITS = 6
 # `replay` reads and groups this many events at a time (memory: one reference per event).
 REPLAY_CHUNK = 1 << 17
 
+# One capped event's share of its day's cap: (its time as time since _EPOCH, the points the cap
+# gave it, the weight recycling has left it: 1.0 until sales sends the lead back to nurture).
+CapShare = tuple[timedelta, float, float]
+
 
 @dataclass(frozen=True, slots=True)
 class Tally:
@@ -75,6 +81,11 @@ class LeadState:
     engagement: Mapping[str, Tally] = field(default_factory=dict)
     engagement_as_of: datetime | None = None
     daily_points: Mapping[str, float] = field(default_factory=dict)
+    # Per daily_points bucket, in event time: the events the cap gave points to (at most
+    # ceil(cap / points) of them), so that a late event of the day takes the cap from later
+    # ones. A bucket of daily_points missing here (a state stored before leadflow kept them)
+    # has no times known: its late events take what is left of the cap, as they did before.
+    cap_shares: Mapping[str, tuple[CapShare, ...]] = field(default_factory=dict)
     seen_event_ids: frozenset[str] = frozenset()
     events_counted: int = 0
     handoff_id: str | None = None
@@ -219,12 +230,14 @@ def _utc(at: datetime) -> datetime:
 
 def _capped_points(
     state: LeadState, event: EngagementEvent, rules: Rules
-) -> tuple[float, Mapping[str, float]]:
+) -> tuple[float, Mapping[str, float], Mapping[str, tuple[CapShare, ...]], list[_Change]]:
+    """The event's points after its type's daily cap, the cap memory after it, and the changes
+    to the shares of earlier-counted events of its day that a late event takes from."""
     rule = rules.points_for(event.type)
     if rule is None:
-        return 0.0, state.daily_points
+        return 0.0, state.daily_points, state.cap_shares, []
     if rule.cap_per_day is None:
-        return rule.points, state.daily_points
+        return rule.points, state.daily_points, state.cap_shares, []
     day = event.occurred_at.astimezone(UTC).date()
     newest = (
         day if state.engagement_as_of is None else max(day, _utc(state.engagement_as_of).date())
@@ -232,13 +245,87 @@ def _capped_points(
     if day < newest - timedelta(CAP_MEMORY_DAYS):
         # Beyond the cap memory (35 days behind the newest event of any type): the event
         # counts in full, as the first of its day would, and its day is not remembered again.
-        return min(rule.points, rule.cap_per_day), state.daily_points
+        return min(rule.points, rule.cap_per_day), state.daily_points, state.cap_shares, []
     bucket = f"{event.type}|{day.isoformat()}"
     used = state.daily_points.get(bucket, 0.0)
-    allowed = max(0.0, min(rule.points, rule.cap_per_day - used))
     daily = {b: p for b, p in state.daily_points.items() if _recent(b, newest)}
+    shares = {b: s for b, s in state.cap_shares.items() if _recent(b, newest)}
+    since = _utc(event.occurred_at) - _EPOCH
+    known = shares.get(bucket)
+    changes: list[_Change] = []
+    if known and since < known[-1][0]:
+        # Late within its day: the day's cap is shared out again in event time.
+        allowed, used, shares[bucket], changes = _share_again(
+            known, since, rule.points, rule.cap_per_day
+        )
+        daily[bucket] = used
+        return allowed, daily, shares, changes
+    allowed = max(0.0, min(rule.points, rule.cap_per_day - used))
     daily[bucket] = used + allowed
-    return allowed, daily
+    if known is not None or bucket not in state.daily_points:
+        shares[bucket] = _share_after(known, since, allowed)
+    return allowed, daily, shares, changes
+
+
+# A change to an earlier-counted event's share: (its time since _EPOCH, its points' change
+# times its weight).
+_Change = tuple[timedelta, float]
+
+
+def _share_after(
+    known: tuple[CapShare, ...] | None, since: timedelta, allowed: float
+) -> tuple[CapShare, ...]:
+    """The shares of a bucket after an event no older than any of them, given `allowed`."""
+    if allowed == 0:
+        return () if known is None else known
+    return ((since, allowed, 1.0),) if known is None else (*known, (since, allowed, 1.0))
+
+
+def _share_again(
+    known: tuple[CapShare, ...], since: timedelta, points: float, cap: float
+) -> tuple[float, float, tuple[CapShare, ...], list[_Change]]:
+    """A late event's share of its day's cap, given in event time (after the shares at the same
+    instant: those arrived first): its points, the day's total used, the shares after it, and
+    the changes to the shares of the later events it takes from (those left with nothing are
+    dropped: a later event can never get points back)."""
+    at = bisect_right([s[0] for s in known], since)
+    used = 0.0
+    shares: list[CapShare] = []
+    changes: list[_Change] = []
+    allowed = 0.0
+    for i, (t, before, weight) in enumerate((*known[:at], (since, -1.0, 1.0), *known[at:])):
+        give = max(0.0, min(points, cap - used))
+        used += give
+        if i == at:
+            allowed = give
+        elif give != before:
+            changes.append((t, (give - before) * weight))
+        if give > 0:
+            shares.append((t, give, weight))
+    return allowed, used, tuple(shares), changes
+
+
+def _late_total(
+    points: float,
+    elapsed: timedelta,
+    changes: Sequence[_Change],
+    as_of: timedelta,
+    half_life: timedelta | None,
+) -> float:
+    """What a late event adds to its type's tally: its points decayed by `elapsed` (the clock
+    minus its time), plus the changes to the earlier shares, each decayed from its own time to
+    the clock (`as_of`, time since _EPOCH)."""
+    added = _decayed(points, elapsed, half_life)
+    for t, change in changes:
+        added += _decayed(change, as_of - t, half_life)
+    return added
+
+
+def _decayed(points: float, elapsed: timedelta, half_life: timedelta | None) -> float:
+    # `_decay_factor`, as the fold computes it.
+    if half_life is None or elapsed <= _NO_TIME:
+        return points
+    return points * math.pow(0.5, elapsed / half_life)
 
 
 def _recent(bucket: str, newest: date) -> bool:
@@ -252,7 +339,11 @@ def _decay_factor(elapsed: timedelta, rules: Rules) -> float:
 
 
 def _add_engagement(
-    state: LeadState, event: EngagementEvent, points: float, rules: Rules
+    state: LeadState,
+    event: EngagementEvent,
+    points: float,
+    rules: Rules,
+    changes: Sequence[_Change] = (),
 ) -> tuple[Mapping[str, Tally], datetime]:
     as_of = state.engagement_as_of or event.occurred_at
     tallies = dict(state.engagement)
@@ -264,6 +355,10 @@ def _add_engagement(
             tallies = {k: Tally(t.points * factor, t.events) for k, t in tallies.items()}
         as_of = event.occurred_at
         added = points
+    elif changes:
+        # A late event that took (part of) the daily cap from later events of its day.
+        half_life = None if rules.decay is None else rules.decay.half_life
+        added = _late_total(points, -elapsed, changes, _utc(as_of) - _EPOCH, half_life)
     else:
         # A late event counts as it would have decayed by now (order does not matter).
         added = points * _decay_factor(-elapsed, rules)
@@ -283,8 +378,8 @@ def apply(
     """
     if event.event_id in state.seen_event_ids:
         return state, []
-    points, daily = _capped_points(state, event, rules)
-    engagement, as_of = _add_engagement(state, event, points, rules)
+    points, daily, shares, changes = _capped_points(state, event, rules)
+    engagement, as_of = _add_engagement(state, event, points, rules, changes)
     rule = rules.points_for(event.type)
     touch = None
     touches = state.touches
@@ -305,6 +400,7 @@ def apply(
         engagement=engagement,
         engagement_as_of=as_of,
         daily_points=daily,
+        cap_shares=shares,
         seen_event_ids=state.seen_event_ids | {event.event_id},
         events_counted=state.events_counted + 1,
         last_event_at=last,
@@ -425,6 +521,7 @@ class _Fold:
         "_base",
         "_blocked",
         "_can_qualify",
+        "_changes",
         "_contributed",
         "_counted_before",
         "_daily",
@@ -448,6 +545,7 @@ class _Fold:
         "_rules",
         "_scoring",
         "_seen",
+        "_shares",
         "_stage",
         "_touch_limit",
         "_touches",
@@ -493,6 +591,8 @@ class _Fold:
         self._fit: float | None = None  # None: work it out when needed
         self._blocked = False  # the fit is known to be below min_fit
         self._daily: dict[str, float] | None = None  # copied on the first capped event
+        self._shares: dict[str, tuple[CapShare, ...]] = {}  # copied with _daily
+        self._changes: list[_Change] | None = None  # set by a late event that took cap shares
         self._oldest_day = 0  # no bucket in _daily is older
         self._recent = deque(state.recent_events, self._rules.history_limit)
         self._contributed = False
@@ -518,7 +618,7 @@ class _Fold:
             points = 0.0
         else:
             cap = rule.cap_per_day
-            points = rule.points if cap is None else self._capped(event_type, since.days, rule, cap)
+            points = rule.points if cap is None else self._capped(event_type, since, rule, cap)
             if rule.points > 0:
                 touch = self._touch(event)
         # `_add_engagement`: the clock moves forward only, and what was there decays to it.
@@ -531,7 +631,7 @@ class _Fold:
             self._as_of, self._as_of_since = at, since
             added = points
         else:
-            added = self._late(points, as_of - since)
+            added = self._late(points, as_of, since)
         if rule is not None:
             self._tally(event_type, added)
         if self._last_since is None or since > self._last_since:
@@ -572,30 +672,53 @@ class _Fold:
         self._start(state)
         return handoffs[0] if handoffs else None
 
-    def _capped(self, event_type: str, day: int, rule: EngagementRule, cap: float) -> float:
+    def _capped(self, event_type: str, since: timedelta, rule: EngagementRule, cap: float) -> float:
         # `_capped_points`, with each bucket's day parsed once rather than on every event.
+        day = since.days
         newest = day if self._as_of_since is None else max(day, self._as_of_since.days)
         if day < newest - CAP_MEMORY_DAYS:
             return min(rule.points, cap)
         daily = self._daily
+        shares = self._shares
         if daily is None:
             daily = self._daily = dict(self._base.daily_points)
+            shares = self._shares = dict(self._base.cap_shares)
             self._oldest_day = min(map(_bucket_day, daily), default=day)
         bucket = _bucket(event_type, day)
-        used = daily.get(bucket, 0.0)
-        allowed = max(0.0, min(rule.points, cap - used))
         cutoff = newest - CAP_MEMORY_DAYS
         if self._oldest_day < cutoff:
             for old in [b for b in daily if _bucket_day(b) < cutoff]:
                 del daily[old]
+            for old in [b for b in shares if _bucket_day(b) < cutoff]:
+                del shares[old]
             self._oldest_day = min(map(_bucket_day, daily), default=day)
-        daily[bucket] = used + allowed
+        known = shares.get(bucket)
+        if known and since < known[-1][0]:
+            allowed, daily[bucket], shares[bucket], self._changes = _share_again(
+                known, since, rule.points, cap
+            )
+        else:
+            used = daily.get(bucket, 0.0)
+            allowed = max(0.0, min(rule.points, cap - used))
+            # `_share_after`, inline (the usual case: an event in time order)
+            if known is not None:
+                if allowed != 0:
+                    shares[bucket] = (*known, (since, allowed, 1.0))
+            elif bucket not in daily:
+                shares[bucket] = () if allowed == 0 else ((since, allowed, 1.0),)
+            daily[bucket] = used + allowed
         if day < self._oldest_day:
             self._oldest_day = day
         return allowed
 
-    def _late(self, points: float, elapsed: timedelta) -> float:
+    def _late(self, points: float, as_of: timedelta, since: timedelta) -> float:
         # `_decay_factor` for a late event: its points as they would have decayed by now.
+        changes = self._changes
+        if changes is not None:
+            # `_add_engagement` for a late event that took cap shares from later ones.
+            self._changes = None
+            return _late_total(points, as_of - since, changes, as_of, self._half_life)
+        elapsed = as_of - since
         if self._half_life is None or elapsed <= _NO_TIME:
             return points
         return points * math.pow(0.5, elapsed / self._half_life)
@@ -682,6 +805,7 @@ class _Fold:
             engagement=self._tallies(),
             engagement_as_of=self._as_of,
             daily_points=base.daily_points if self._daily is None else self._daily,
+            cap_shares=base.cap_shares if self._daily is None else self._shares,
             seen_event_ids=seen,
             events_counted=base.events_counted + len(self._new_ids),
             handoff_id=base.handoff_id if handoff is None else handoff.handoff_id,

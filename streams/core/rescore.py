@@ -16,7 +16,7 @@ from schemas.handoff import MqlHandoff
 from streams.core.attribution import Touch
 from streams.core.lead import LeadState, apply_all
 from streams.core.rules import Rules
-from streams.core.sales import recycled_engagement, sales_marks
+from streams.core.sales import recycled_cap_shares, recycled_engagement, sales_marks
 
 # Kept from the live state; everything else is rebuilt from the log.
 SALES_SIDE = (
@@ -93,6 +93,7 @@ def _rebuild(
         **kept,
         engagement=recycled_engagement(state.engagement, rules),
         touches=_since(state, live.qualified_at),
+        cap_shares=recycled_cap_shares(state.cap_shares, rules),
     )
     return apply_all(state, after, rules)
 

@@ -21,7 +21,7 @@ from streams.core.attribution import Deal
 from streams.core.calendar import add_time
 from streams.core.clocks import Clock, ClockKind, Severity
 from streams.core.history import JourneyStep, remember
-from streams.core.lead import LeadState, Tally
+from streams.core.lead import CapShare, LeadState, Tally
 from streams.core.routing import next_available
 from streams.core.rules import RoutingQueue, Rules
 
@@ -407,6 +407,16 @@ def recycled_engagement(engagement: Mapping[str, Tally], rules: Rules) -> dict[s
     return {k: Tally(t.points * factor, t.events) for k, t in engagement.items()}
 
 
+def recycled_cap_shares(
+    shares: Mapping[str, tuple[CapShare, ...]], rules: Rules
+) -> dict[str, tuple[CapShare, ...]]:
+    """The cap shares of a lead sent back to nurture: the points each share still counts for
+    are its own points times the same factor (a later-arriving earlier event that takes a share
+    takes it at that weight)."""
+    factor = rules.recycle.engagement_factor
+    return {b: tuple((t, p, w * factor) for t, p, w in s) for b, s in shares.items()}
+
+
 def _recycle(
     state: LeadState,
     activity: SalesActivity,
@@ -422,6 +432,7 @@ def _recycle(
         state,
         stage="nurture",
         engagement=recycled_engagement(state.engagement, rules),
+        cap_shares=recycled_cap_shares(state.cap_shares, rules),
         missing_bant=missing,
         clocks=_close_open(state.clocks, activity.occurred_at),
     )

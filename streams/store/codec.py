@@ -22,7 +22,7 @@ import orjson
 from streams.core.attribution import Deal, Touch
 from streams.core.clocks import Clock
 from streams.core.history import Contribution, JourneyStep
-from streams.core.lead import Attribute, LeadState, Tally
+from streams.core.lead import Attribute, CapShare, LeadState, Tally
 
 FORMAT = 2
 TZ_CODES = 2048  # offsets from -1024 to +1023 minutes
@@ -31,6 +31,7 @@ SEEN_ENTRY = 8  # bytes: 6 of hash, 2 of day
 _ZONES: dict[int, timezone] = {}
 _OFFSETS: dict[Any, int] = {}
 EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def encode_lead(state: LeadState, seen: bytes = b"") -> bytes:
@@ -43,6 +44,7 @@ def encode_lead(state: LeadState, seen: bytes = b"") -> bytes:
     # First, so that their strings are in the table written below.
     touches = [[_pack_time(x.at), t(x.source), t(x.campaign)] for x in state.touches]
     attribution = [[_pack_time(x.at), t(x.source), t(x.campaign)] for x in state.attribution]
+    shares = [_pack_shares(b, s, t) for b, s in state.cap_shares.items()]
     packed = [
         FORMAT,
         state.lead_id,
@@ -77,6 +79,7 @@ def encode_lead(state: LeadState, seen: bytes = b"") -> bytes:
         attribution,
         _pack_deal(state.opportunity),
         _pack_deal(state.won_deal),
+        shares,  # appended later: states written before have 28 fields (no times known)
     ]
     return bytes(msgpack.packb(packed, use_bin_type=True))
 
@@ -129,6 +132,7 @@ def decode_stored(raw: bytes | str, seen_event_ids: Iterable[str] = ()) -> tuple
         else (),
         opportunity=_deal(f[26]) if attributed else None,
         won_deal=_deal(f[27]) if attributed else None,
+        cap_shares={_bucket(types, i, d): _shares(s) for i, d, s in f[28]} if len(f) > 28 else {},
     )
     return state, bytes(f[22])
 
@@ -216,6 +220,20 @@ def _pack_bucket(bucket: str, points: float, t: Any) -> list[Any]:
     return [t(kind), date.fromisoformat(day).toordinal(), points]
 
 
+def _pack_shares(bucket: str, shares: tuple[CapShare, ...], t: Any) -> list[Any]:
+    # Times as whole microseconds since the epoch (UTC), exact.
+    kind, day = bucket.rsplit("|", 1)
+    return [
+        t(kind),
+        date.fromisoformat(day).toordinal(),
+        [[at // _MICROSECOND, points, weight] for at, points, weight in shares],
+    ]
+
+
+def _shares(packed: list[Any]) -> tuple[CapShare, ...]:
+    return tuple((timedelta(microseconds=at), float(p), float(w)) for at, p, w in packed)
+
+
 def _bucket(types: list[str], i: int, day: int) -> str:
     return f"{types[i]}|{date.fromordinal(day).isoformat()}"
 
@@ -263,6 +281,10 @@ def lead_to_json(state: LeadState) -> dict[str, Any]:
         "engagement": {k: [t.points, t.events] for k, t in state.engagement.items()},
         "engagement_as_of": _iso(state.engagement_as_of),
         "daily_points": dict(state.daily_points),
+        "cap_shares": {
+            b: [[at // _MICROSECOND, points, weight] for at, points, weight in s]
+            for b, s in state.cap_shares.items()
+        },
         "events_counted": state.events_counted,
         "handoff_id": state.handoff_id,
         "qualified_at": _iso(state.qualified_at),
@@ -308,6 +330,8 @@ def lead_from_json(data: Mapping[str, Any], seen_event_ids: Iterable[str] = ()) 
         engagement={k: Tally(p, n) for k, (p, n) in data["engagement"].items()},
         engagement_as_of=_dt(data["engagement_as_of"]),
         daily_points=data["daily_points"],
+        # Microseconds since the epoch; a state written before has no times known.
+        cap_shares={b: _shares(s) for b, s in data.get("cap_shares", {}).items()},
         seen_event_ids=frozenset(seen_event_ids),
         events_counted=data["events_counted"],
         handoff_id=data["handoff_id"],

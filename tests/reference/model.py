@@ -19,7 +19,11 @@ Readings taken where the docs are silent (also listed in docs/reliability.md):
 - Daily caps: the cap memory reaches back 35 UTC days from the UTC day of the newest
   occurred_at seen (of any type, this event included): days on or after newest - 35 are
   remembered. An event of an older day is not reduced by other events of its day; it still
-  cannot add more than `cap_per_day` (it counts like the first event of its day).
+  cannot add more than `cap_per_day` (it counts like the first event of its day), and it takes
+  nothing from the others.
+- Within a remembered day, the cap goes to the day's events of that type in event time
+  (earliest first, each up to its points), whatever order they arrived in; events at the same
+  instant in arrival order (their decay is the same, so the score does not depend on it).
 - The engagement clock is the newest occurred_at of any accepted event (profile updates too).
 - Recycling (nurture) multiplies the engagement of the events accepted so far by
   `recycle.engagement_factor`; events accepted later count in full (decayed to the clock).
@@ -323,8 +327,11 @@ class RefClock:
 @dataclass
 class _Accepted:
     event: RefEvent
-    raw_points: float  # after the daily cap, before decay
+    raw_points: float  # the rule's points, before the daily cap and decay
     weight: float = 1.0  # recycling factors applied since it was accepted
+    capped: bool = False  # its type has a cap_per_day
+    # Accepted when its day was beyond the cap memory: counts min(points, cap), shares nothing.
+    forgotten_day: bool = False
 
 
 @dataclass
@@ -358,13 +365,30 @@ class RefLead:
                 total += rule.points
         return round(total, DIGITS)
 
+    def capped_points(self, rules: RefRules) -> list[float]:
+        """Each accepted event's points after its type's daily cap, recomputed from scratch: per
+        type and UTC day, the cap is handed out in event time (ties: arrival order)."""
+        out = [a.raw_points for a in self.accepted]
+        days: dict[tuple[str, date], list[int]] = {}
+        for i, a in enumerate(self.accepted):
+            if a.capped and a.forgotten_day:
+                out[i] = min(a.raw_points, _cap(rules, a))
+            elif a.capped:
+                days.setdefault((a.event.type, _utc(a).date()), []).append(i)
+        for members in days.values():
+            left = _cap(rules, self.accepted[members[0]])
+            for i in sorted(members, key=lambda i: (_utc(self.accepted[i]), i)):
+                out[i] = max(0.0, min(self.accepted[i].raw_points, left))
+                left -= out[i]
+        return out
+
     def engagement(self, rules: RefRules) -> float:
         if not self.accepted:
             return 0.0
         clock = max(_utc(a) for a in self.accepted)
         total = 0.0
-        for a in self.accepted:
-            value = a.raw_points * a.weight
+        for a, points in zip(self.accepted, self.capped_points(rules), strict=True):
+            value = points * a.weight
             if rules.half_life is not None:
                 value *= math.pow(0.5, (clock - _utc(a)) / rules.half_life)
             total += value
@@ -373,6 +397,12 @@ class RefLead:
     def score(self, rules: RefRules) -> tuple[float, float, float]:
         fit, engagement = self.fit(rules), self.engagement(rules)
         return fit, engagement, round(fit + engagement, DIGITS)
+
+
+def _cap(rules: RefRules, accepted: _Accepted) -> float:
+    cap = rules.points[accepted.event.type][1]
+    assert cap is not None
+    return cap
 
 
 def _utc(item: _Accepted | datetime) -> datetime:
@@ -406,7 +436,7 @@ class Reference:
         if event.event_id in lead.event_ids:
             return None  # a duplicate changes nothing
         lead.event_ids.add(event.event_id)
-        lead.accepted.append(_Accepted(event, self._capped_points(lead, event)))
+        lead.accepted.append(self._accept(lead, event))
         if not self._may_qualify(lead.stage):
             return None
         fit, engagement, total = lead.score(self.rules)
@@ -438,22 +468,17 @@ class Reference:
             return self.rules.disqualified_requalify
         return stage in ("lead", "nurture")
 
-    def _capped_points(self, lead: RefLead, event: RefEvent) -> float:
+    def _accept(self, lead: RefLead, event: RefEvent) -> _Accepted:
         spec = self.rules.points.get(event.type)
         if spec is None:
-            return 0.0
+            return _Accepted(event, 0.0)
         points, cap = spec
         if cap is None:
-            return points
+            return _Accepted(event, points)
         day = _utc(event.occurred_at).date()
         newest = max([_utc(a) for a in lead.accepted] + [_utc(event.occurred_at)]).date()
-        if day < newest - timedelta(days=CAP_MEMORY_DAYS):
-            return min(points, cap)  # beyond the cap memory: like the first of its day
-        used = 0.0
-        for a in lead.accepted:
-            if a.event.type == event.type and _utc(a).date() == day:
-                used += a.raw_points
-        return max(0.0, min(points, cap - used))
+        forgotten = day < newest - timedelta(days=CAP_MEMORY_DAYS)
+        return _Accepted(event, points, capped=True, forgotten_day=forgotten)
 
     # --- sales ---------------------------------------------------------------------------------
 

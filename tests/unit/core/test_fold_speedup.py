@@ -30,7 +30,7 @@ from streams.core.clocks import Clock
 from streams.core.history import Contribution, JourneyStep
 from streams.core.lead import LeadState, Replay, apply, apply_all, fold_batch, replay
 from streams.core.rules import Rules
-from streams.core.sales import recycled_engagement
+from streams.core.sales import recycled_cap_shares, recycled_engagement
 from streams.store.codec import lead_from_json, lead_to_json
 from tests.unit.core.test_properties import DECAYING, FULL, PLAIN, T0, TYPES, attributes, rules_from
 
@@ -140,6 +140,7 @@ def assert_same(got: LeadState, want: LeadState) -> None:
     assert list(got.engagement) == list(want.engagement)
     assert list(got.attributes) == list(want.attributes)
     assert list(got.daily_points) == list(want.daily_points)
+    assert list(got.cap_shares) == list(want.cap_shares)
     # The fit cache is not compared by ==, but it decides the fit the next event starts from.
     if want.fit_cache is None:
         assert got.fit_cache is None
@@ -174,6 +175,9 @@ def starting_states(draw: st.DrawFn, rules: Rules) -> LeadState:
             engagement=recycled_engagement(state.engagement, rules)
             if stage == "nurture"
             else state.engagement,
+            cap_shares=recycled_cap_shares(state.cap_shares, rules)
+            if stage == "nurture"
+            else state.cap_shares,
             missing_bant=("budget", "need"),
             owner="rep-7",
             last_contact_at=at,
@@ -353,7 +357,7 @@ def test_a_fold_sets_or_carries_every_lead_state_field() -> None:
     given a place there. Carried fields hold sentinels here, so one left out shows up."""
     folded = {
         "attributes", "fit_cache", "engagement", "engagement_as_of", "daily_points",
-        "seen_event_ids", "events_counted", "last_event_at", "recent_events", "stage",
+        "cap_shares", "seen_event_ids", "events_counted", "last_event_at", "recent_events", "stage",
         "handoff_id", "qualified_at", "qualifications", "missing_bant", "journey",
         "touches", "attribution", "opportunity",
     }  # fmt: skip

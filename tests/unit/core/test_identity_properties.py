@@ -63,7 +63,19 @@ CAPPED = parse_rules(
         },
     }
 )
-RULES = [PLAIN, DECAYING, CAPPED]
+CAPPED_DECAYING = parse_rules(
+    {
+        **BASE,
+        "engagement": {
+            **BASE["engagement"],
+            "pricing_page_view": {"points": 25, "cap_per_day": 40},
+            "page_view": {"points": 1, "cap_per_day": 2},
+            "download": {"points": 15, "cap_per_day": 15},
+        },
+        "decay": {"half_life": "2d"},
+    }
+)
+RULES = [PLAIN, DECAYING, CAPPED, CAPPED_DECAYING]
 
 
 @dataclass(frozen=True)
@@ -257,7 +269,7 @@ def _identify(
     )
 
 
-@pytest.mark.parametrize("rules", RULES, ids=["plain", "decaying", "capped"])
+@pytest.mark.parametrize("rules", RULES, ids=["plain", "decaying", "capped", "capped-decaying"])
 def test_identify_before_between_or_after_the_visits_gives_one_score(rules: Rules) -> None:
     visits: list[AnonymousEvent | IdentifyEvent] = [
         _visit(1, 1),

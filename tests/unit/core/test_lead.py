@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -15,6 +16,7 @@ from schemas.engagement import AttributeValue, EngagementEvent
 from schemas.handoff import MqlHandoff
 from streams.core.lead import LeadState, apply, apply_all, handoff_id_for, replay, score
 from streams.core.rules import Rules, parse_rules
+from streams.core.sales import recycled_cap_shares, recycled_engagement
 from streams.store.codec import lead_from_json, lead_to_json
 
 pytestmark = pytest.mark.unit
@@ -217,6 +219,85 @@ def test_cap_does_not_depend_on_arrival_order_without_decay() -> None:
     expected = min(3 * rule.points, rule.cap_per_day) + min(2 * rule.points, rule.cap_per_day)
     assert score(in_order, RULES).engagement == expected
     assert score(shuffled, RULES).engagement == expected
+
+
+# Caps with decay: the cap goes to the day's earliest events (event time), whatever the order.
+CAP_ONE = make_rules(
+    engagement={**BASE["engagement"], "pricing_page_view": {"points": 25, "cap_per_day": 25}},
+    decay={"half_life": "4h"},
+)
+
+
+def test_cap_with_decay_goes_to_the_earliest_event_of_the_day_in_any_order() -> None:
+    # Cap: one view a day. Views at 09:00 and 10:00, a download at 13:00 moves the clock on.
+    # Only the 09:00 view counts: 25 x 0.5^((13:00 - 09:00) / 4h) = 12.5, plus the download.
+    views = [event("pricing_page_view", T0), event("pricing_page_view", T0 + HOUR)]
+    download = event("download", T0 + 4 * HOUR)
+    for order in itertools.permutations([*views, download]):
+        for state in (fold(order, CAP_ONE)[0], one_by_one(order, CAP_ONE)):
+            tally = state.engagement["pricing_page_view"]
+            assert abs(tally.points - 12.5) < 1e-9, order
+            assert tally.events == 2
+            assert score(state, CAP_ONE).engagement == 27.5
+            assert state.daily_points == {"pricing_page_view|2026-03-02": 25}
+            (share,) = state.cap_shares["pricing_page_view|2026-03-02"]
+            assert share[1:] == (25, 1.0)
+
+
+def test_cap_with_decay_a_late_event_takes_part_of_the_cap_from_later_ones() -> None:
+    # Cap 40 with 25 points: in event time 09:00 gets 25, 10:00 the 15 left, 11:00 nothing.
+    # At the clock (11:00): 25 x 0.5^(2h/4h) + 15 x 0.5^(1h/4h).
+    rules = make_rules(
+        engagement={"pricing_page_view": {"points": 25, "cap_per_day": 40}},
+        decay={"half_life": "4h"},
+    )
+    expected = 25 * 0.5 ** (2 / 4) + 15 * 0.5 ** (1 / 4)
+    views = [event("pricing_page_view", T0 + i * HOUR) for i in range(3)]
+    for order in itertools.permutations(views):
+        for state in (fold(order, rules)[0], one_by_one(order, rules)):
+            assert abs(engagement_points(state) - expected) < 1e-9, order
+            assert state.daily_points == {"pricing_page_view|2026-03-02": 40}
+
+
+def test_cap_taken_back_from_a_recycled_event_counts_at_its_weight() -> None:
+    # No decay; recycling keeps half. The 10:00 view counted 25, halved to 12.5 by recycling;
+    # a late 09:00 view then takes the day's cap: 25 for it, nothing left for 10:00.
+    rules = make_rules(
+        engagement={"pricing_page_view": {"points": 25, "cap_per_day": 25}},
+        recycle={"engagement_factor": 0.5},
+    )
+    state = one_by_one([event("pricing_page_view", T0 + HOUR)], rules)
+    state = replace(
+        state,
+        stage="nurture",
+        engagement=recycled_engagement(state.engagement, rules),
+        cap_shares=recycled_cap_shares(state.cap_shares, rules),
+    )
+    assert engagement_points(state) == 12.5
+    late = event("pricing_page_view", T0)
+    for after in (apply(state, late, rules)[0], apply_all(state, [late], rules)[0]):
+        assert engagement_points(after) == 25
+
+
+def test_a_state_stored_without_cap_times_keeps_the_arrival_order_rule() -> None:
+    # States written before the cap shares were kept know the points used per day, not when:
+    # a late event of such a day takes what is left of the cap (nothing here), as it used to.
+    state = one_by_one([event("pricing_page_view", T0 + HOUR)], CAP_ONE)
+    data = lead_to_json(state)
+    del data["cap_shares"]
+    old = lead_from_json(orjson.loads(orjson.dumps(data)), sorted(state.seen_event_ids))
+    assert old.cap_shares == {} and old.daily_points == state.daily_points
+    late = event("pricing_page_view", T0)
+    for after in (apply(old, late, CAP_ONE)[0], apply_all(old, [late], CAP_ONE)[0]):
+        assert engagement_points(after) == 25  # the 10:00 view keeps the cap
+        assert after.cap_shares == {}
+    # A day first seen after the upgrade is shared out in event time.
+    next_day = [event("pricing_page_view", T0 + DAY + HOUR), event("pricing_page_view", T0 + DAY)]
+    after, _ = apply_all(old, next_day, CAP_ONE)
+    assert "pricing_page_view|2026-03-02" not in after.cap_shares
+    assert [s[0] for s in after.cap_shares["pricing_page_view|2026-03-03"]] == [
+        T0 + DAY - datetime(1970, 1, 1, tzinfo=UTC)
+    ]
 
 
 def one_by_one(events: Iterable[EngagementEvent], rules: Rules = RULES) -> LeadState:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import statistics
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
 
+import msgpack
 import orjson
 import pytest
 
@@ -39,6 +41,21 @@ def test_every_field_survives_the_round_trip() -> None:
         restored = decode_lead(encode_lead(state), state.seen_event_ids)
         assert restored == state
         assert lead_to_json(restored) == lead_to_json(state)  # offsets kept, not just instants
+
+
+def test_cap_shares_survive_the_round_trip_and_older_states_have_none() -> None:
+    leads = [s for s in history().values() if any(s.cap_shares.values())]
+    assert leads  # the example rules cap page views and e-mail opens
+    for state in leads:
+        restored = decode_lead(encode_lead(state), state.seen_event_ids)
+        assert restored.cap_shares == state.cap_shares
+        assert list(restored.cap_shares) == list(state.cap_shares)
+        # Written before the cap shares were kept (28 fields): no times known, the rest intact.
+        fields = msgpack.unpackb(encode_lead(state), raw=False, strict_map_key=False)
+        assert len(fields) == 29
+        older = decode_lead(msgpack.packb(fields[:28], use_bin_type=True), state.seen_event_ids)
+        assert older.cap_shares == {}
+        assert older == replace(state, cap_shares={})
 
 
 def test_times_keep_their_utc_offset_and_microseconds() -> None:
