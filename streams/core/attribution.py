@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 Model = Literal["first_touch", "last_touch", "linear", "position_based"]
 Dimension = Literal["source", "campaign"]
@@ -42,13 +42,31 @@ NONE = "(none)"
 PREFIX = "attr:"
 
 
-@dataclass(frozen=True, slots=True)
-class Touch:
-    """One touch of a lead: when, through which channel, for which campaign."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
-    at: datetime
+
+def micros(at: datetime) -> int:
+    """Microseconds since the Unix epoch (UTC): how a touch keeps its time."""
+    return (at - _EPOCH) // _MICROSECOND
+
+
+class Touch(NamedTuple):
+    """One touch of a lead: when (microseconds since the Unix epoch, UTC), through which
+    channel, for which campaign. An integer time in a named tuple, because a lead carries up
+    to `max_touches` of them through every read and write of its state."""
+
+    us: int
     source: str
     campaign: str
+
+    @classmethod
+    def at_time(cls, at: datetime, source: str, campaign: str) -> Touch:
+        return cls(micros(at), source, campaign)
+
+    @property
+    def at(self) -> datetime:
+        return _EPOCH + timedelta(microseconds=self.us)
 
     def value(self, dimension: Dimension) -> str:
         return self.source if dimension == "source" else self.campaign
@@ -64,8 +82,9 @@ class Deal:
     currency: str | None = None
 
 
-def touch_of(at: datetime, source: str | None, properties: Mapping[str, Any] | None) -> Touch:
-    """The touch of an engagement event (see the module docstring for where values come from)."""
+def touch_of(at: datetime | int, source: str | None, properties: Mapping[str, Any] | None) -> Touch:
+    """The touch of an engagement event at `at` (a datetime, or microseconds since the epoch);
+    see the module docstring for where its values come from."""
     campaign = None
     if properties:
         utm_source = properties.get("utm_source")
@@ -77,7 +96,7 @@ def touch_of(at: datetime, source: str | None, properties: Mapping[str, Any] | N
         if not (isinstance(campaign, str) and campaign.strip()):
             campaign = None
     return Touch(
-        at,
+        at if isinstance(at, int) else micros(at),
         source.strip() if source and source.strip() else NONE,
         campaign.strip() if campaign else NONE,
     )
@@ -94,9 +113,9 @@ def insert_touch(touches: list[Touch], touch: Touch, limit: int) -> None:
     """Put a touch in its place among the open touches, kept in event-time order (a late event
     takes its place by time; equal times keep arrival order). Over `limit`, the oldest touch
     after the first is forgotten: the first touch always stays."""
-    at = touch.at
+    us = touch.us
     i = len(touches)
-    while i > 0 and touches[i - 1].at > at:
+    while i > 0 and touches[i - 1].us > us:
         i -= 1
     touches.insert(i, touch)
     if len(touches) > limit:
@@ -132,28 +151,44 @@ def weights(count: int, model: Model) -> list[Fraction]:
     """
     if count <= 0:
         return []
-    if model == "first_touch":
-        return [Fraction(1)] + [Fraction(0)] * (count - 1)
-    if model == "last_touch":
-        return [Fraction(0)] * (count - 1) + [Fraction(1)]
-    if model == "linear" or count <= 2:
-        return [Fraction(1, count)] * count
-    if model == "position_based":
-        middle = Fraction(1, 5) / (count - 2)
-        return [Fraction(2, 5)] + [middle] * (count - 2) + [Fraction(2, 5)]
-    raise ValueError(f"unknown attribution model {model!r}; use one of {', '.join(MODELS)}")
+    numerators, denominator = _integer_weights(count, model)
+    return [Fraction(n, denominator) for n in numerators]
 
 
 def shares(touches: Sequence[Touch], model: Model, dimension: Dimension) -> dict[str, Fraction]:
     """Each value's exact share of one conversion (values in order of their first touch). A
     conversion without touches (a handoff from elsewhere) goes all to NONE."""
+    numerators, denominator = _integer_shares(touches, model, dimension)
+    return {value: Fraction(n, denominator) for value, n in numerators.items()}
+
+
+def _integer_weights(count: int, model: Model) -> tuple[list[int], int]:
+    """`weights` as integer numerators over one denominator (the worker's hot path: no
+    Fraction arithmetic)."""
+    if model == "first_touch":
+        return [1] + [0] * (count - 1), 1
+    if model == "last_touch":
+        return [0] * (count - 1) + [1], 1
+    if model == "linear" or count <= 2:
+        return [1] * count, count
+    if model == "position_based":
+        # 2/5 = 2(n-2) / 5(n-2) at each end, 1/5(n-2) for each of the n-2 in between
+        ends = 2 * (count - 2)
+        return [ends] + [1] * (count - 2) + [ends], 5 * (count - 2)
+    raise ValueError(f"unknown attribution model {model!r}; use one of {', '.join(MODELS)}")
+
+
+def _integer_shares(
+    touches: Sequence[Touch], model: Model, dimension: Dimension
+) -> tuple[dict[str, int], int]:
     if not touches:
-        return {NONE: Fraction(1)}
-    result: dict[str, Fraction] = {}
-    for touch, weight in zip(touches, weights(len(touches), model), strict=True):
-        value = touch.value(dimension)
-        result[value] = result.get(value, Fraction(0)) + weight
-    return result
+        return {NONE: 1}, 1
+    numerators, denominator = _integer_weights(len(touches), model)
+    result: dict[str, int] = {}
+    for touch, n in zip(touches, numerators, strict=True):
+        value = touch.source if dimension == "source" else touch.campaign
+        result[value] = result.get(value, 0) + n
+    return result, denominator
 
 
 def apportion(total: int, parts: Mapping[str, Fraction]) -> dict[str, int]:
@@ -172,6 +207,21 @@ def apportion(total: int, parts: Mapping[str, Fraction]) -> dict[str, int]:
     return {key: n for key, n in floors.items() if n}
 
 
+def _apportion_int(total: int, numerators: Mapping[str, int], denominator: int) -> dict[str, int]:
+    """`apportion` for shares numerator / denominator, in integers only (the same result)."""
+    floors: dict[str, int] = {}
+    remainders: list[tuple[int, int, str]] = []
+    for position, (key, n) in enumerate(numerators.items()):
+        whole, rest = divmod(total * n, denominator)
+        floors[key] = whole
+        remainders.append((-rest, position, key))
+    left = total - sum(floors.values())
+    if left:
+        for _, _, key in sorted(remainders)[:left]:
+            floors[key] += 1
+    return {key: n for key, n in floors.items() if n}
+
+
 def field_name(model: Model, dimension: Dimension, measure: str, value: str) -> str:
     return f"{PREFIX}{model}:{dimension}:{measure}:{value}"
 
@@ -182,14 +232,16 @@ def credit(
     """The counter increments of one conversion: for every model and dimension, the credit
     units of each value, and (opportunity, won) the amount's minor units of each value."""
     fields: dict[str, int] = {}
+    measure = None
+    if deal is not None and deal.amount and deal.currency and conversion in AMOUNTS:
+        measure, amount = f"{AMOUNTS[conversion]}.{deal.currency}", deal.amount
     for model in MODELS:
         for dimension in DIMENSIONS:
-            parts = shares(touches, model, dimension)
-            for value, units in apportion(CREDIT_UNITS, parts).items():
+            numerators, denominator = _integer_shares(touches, model, dimension)
+            for value, units in _apportion_int(CREDIT_UNITS, numerators, denominator).items():
                 fields[field_name(model, dimension, conversion, value)] = units
-            if deal is not None and deal.amount and deal.currency and conversion in AMOUNTS:
-                measure = f"{AMOUNTS[conversion]}.{deal.currency}"
-                for value, minor in apportion(deal.amount, parts).items():
+            if measure is not None:
+                for value, minor in _apportion_int(amount, numerators, denominator).items():
                     fields[field_name(model, dimension, measure, value)] = minor
     return fields
 

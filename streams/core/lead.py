@@ -484,6 +484,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FIXED_OFFSET = (type(UTC), TzInfo)
 _EPOCH_DAY = _EPOCH.date().toordinal()
 _NO_TIME = timedelta(0)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def _fixed_offset(at: datetime | None) -> bool:
@@ -620,7 +621,7 @@ class _Fold:
             cap = rule.cap_per_day
             points = rule.points if cap is None else self._capped(event_type, since, rule, cap)
             if rule.points > 0:
-                touch = self._touch(event)
+                touch = self._touch(event, since)
         # `_add_engagement`: the clock moves forward only, and what was there decays to it.
         as_of = self._as_of_since
         if as_of is None or since > as_of:
@@ -650,9 +651,9 @@ class _Fold:
         self._points[i] += added
         self._events[i] += 1
 
-    def _touch(self, event: EngagementEvent) -> Touch:
+    def _touch(self, event: EngagementEvent, since: timedelta) -> Touch:
         # `apply`'s touch: an event of a type the rules score with positive points.
-        touch = touch_of(event.occurred_at, event.source, event.properties)
+        touch = touch_of(since // _MICROSECOND, event.source, event.properties)
         if self._touches is None:
             self._touches = list(self._base.touches)
         insert_touch(self._touches, touch, self._touch_limit)

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from schemas.engagement import EngagementEvent
 from schemas.handoff import MqlHandoff
-from streams.core.attribution import Touch
+from streams.core.attribution import Touch, micros
 from streams.core.lead import LeadState, apply_all
 from streams.core.rules import Rules
 from streams.core.sales import recycled_cap_shares, recycled_engagement, sales_marks
@@ -103,4 +103,5 @@ def _since(state: LeadState, qualified_at: datetime | None) -> tuple[Touch, ...]
     could not qualify collected every touch)."""
     if qualified_at is None:
         return state.touches
-    return tuple(t for t in state.touches if t.at > qualified_at)
+    after = micros(qualified_at)
+    return tuple(t for t in state.touches if t.us > after)

@@ -12,8 +12,11 @@ is still read; `lead_to_json` is also the plain view tests compare.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta, timezone
+from functools import lru_cache
+from operator import attrgetter
 from typing import Any
 
 import msgpack
@@ -36,14 +39,13 @@ _MICROSECOND = timedelta(microseconds=1)
 
 def encode_lead(state: LeadState, seen: bytes = b"") -> bytes:
     """The bytes stored for a lead: its state and its dedupe memory (`seen` entries)."""
-    types: dict[str, int] = {}
-
-    def t(name: str) -> int:
-        return types.setdefault(name, len(types))
+    # The string table: a name's index is its position; a lookup of a known name stays in C.
+    types: defaultdict[str, int] = defaultdict(lambda: len(types))
+    t = types.__getitem__
 
     # First, so that their strings are in the table written below.
-    touches = [[_pack_time(x.at), t(x.source), t(x.campaign)] for x in state.touches]
-    attribution = [[_pack_time(x.at), t(x.source), t(x.campaign)] for x in state.attribution]
+    touches = _pack_touches(state.touches, t)
+    attribution = _pack_touches(state.attribution, t)
     shares = [_pack_shares(b, s, t) for b, s in state.cap_shares.items()]
     packed = [
         FORMAT,
@@ -124,17 +126,31 @@ def decode_stored(raw: bytes | str, seen_event_ids: Iterable[str] = ()) -> tuple
         ),
         journey=tuple(JourneyStep(_time(at), a, b, h, r) for at, a, b, h, r in f[20]),
         queue=f[23] if len(f) > 23 else None,
-        touches=tuple(Touch(_time(at), types[s], types[c]) for at, s, c in f[24])
-        if attributed
-        else (),
-        attribution=tuple(Touch(_time(at), types[s], types[c]) for at, s, c in f[25])
-        if attributed
-        else (),
+        touches=_touches(f[24], types) if attributed else (),
+        attribution=_touches(f[25], types) if attributed else (),
         opportunity=_deal(f[26]) if attributed else None,
         won_deal=_deal(f[27]) if attributed else None,
         cap_shares={_bucket(types, i, d): _shares(s) for i, d, s in f[28]} if len(f) > 28 else {},
     )
     return state, bytes(f[22])
+
+
+def _pack_touches(touches: tuple[Touch, ...], t: Callable[[str], int]) -> list[list[int]]:
+    """Touches as three columns (times, source indices, campaign indices), packed in C."""
+    return [
+        list(map(_US, touches)),
+        list(map(t, map(_SOURCE, touches))),
+        list(map(t, map(_CAMPAIGN, touches))),
+    ]
+
+
+def _touches(columns: list[list[int]], types: list[str]) -> tuple[Touch, ...]:
+    times, sources, campaigns = columns
+    name = types.__getitem__
+    return tuple(map(Touch, times, map(name, sources), map(name, campaigns)))
+
+
+_US, _SOURCE, _CAMPAIGN = attrgetter("us"), attrgetter("source"), attrgetter("campaign")
 
 
 def _pack_deal(deal: Deal | None) -> list[Any] | None:
@@ -215,19 +231,23 @@ def _opt(packed: int | None) -> datetime | None:
     return None if packed is None else _time(packed)
 
 
-def _pack_bucket(bucket: str, points: float, t: Any) -> list[Any]:
+@lru_cache(maxsize=8192)
+def _bucket_parts(bucket: str) -> tuple[str, int]:
+    """A daily cap bucket's event type and day (ordinal); the same few buckets recur across
+    every lead written, so each is parsed once."""
     kind, day = bucket.rsplit("|", 1)
-    return [t(kind), date.fromisoformat(day).toordinal(), points]
+    return kind, date.fromisoformat(day).toordinal()
+
+
+def _pack_bucket(bucket: str, points: float, t: Any) -> list[Any]:
+    kind, day = _bucket_parts(bucket)
+    return [t(kind), day, points]
 
 
 def _pack_shares(bucket: str, shares: tuple[CapShare, ...], t: Any) -> list[Any]:
     # Times as whole microseconds since the epoch (UTC), exact.
-    kind, day = bucket.rsplit("|", 1)
-    return [
-        t(kind),
-        date.fromisoformat(day).toordinal(),
-        [[at // _MICROSECOND, points, weight] for at, points, weight in shares],
-    ]
+    kind, day = _bucket_parts(bucket)
+    return [t(kind), day, [[at // _MICROSECOND, points, weight] for at, points, weight in shares]]
 
 
 def _shares(packed: list[Any]) -> tuple[CapShare, ...]:
@@ -355,10 +375,11 @@ def lead_from_json(data: Mapping[str, Any], seen_event_ids: Iterable[str] = ()) 
             for at, f, t, h, r in data.get("journey", ())
         ),
         touches=tuple(
-            Touch(datetime.fromisoformat(at), s, c) for at, s, c in data.get("touches", ())
+            Touch.at_time(datetime.fromisoformat(at), s, c) for at, s, c in data.get("touches", ())
         ),
         attribution=tuple(
-            Touch(datetime.fromisoformat(at), s, c) for at, s, c in data.get("attribution", ())
+            Touch.at_time(datetime.fromisoformat(at), s, c)
+            for at, s, c in data.get("attribution", ())
         ),
         opportunity=_deal_from_json(data.get("opportunity")),
         won_deal=_deal_from_json(data.get("won_deal")),

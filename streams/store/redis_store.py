@@ -277,6 +277,16 @@ def connect(
     )
 
 
+def merge_counts(counts: Iterable[KpiCount]) -> list[KpiCount]:
+    """A batch's KPI increments summed per day and field (many leads of one batch count the
+    same fields: the stage counts, a source's credits), so the write carries each once."""
+    merged: dict[tuple[date, str], int] = {}
+    for c in counts:
+        key = (c.day, c.field)
+        merged[key] = merged.get(key, 0) + c.amount
+    return [KpiCount(day, name, n) for (day, name), n in merged.items() if n]
+
+
 class LeadStore:
     def __init__(
         self,
@@ -561,7 +571,7 @@ class LeadStore:
         once. Every key is in `partition`'s hash slot (its leads' too, when the records were
         keyed by lead id with Kafka's default partitioner: on Redis Cluster they must be)."""
         entries, adds, removes = list(outbox), list(schedule), list(unschedule)
-        kpis, measured = list(counts), list(samples)
+        kpis, measured = merge_counts(counts), list(samples)
         keys = [self.keys.lead(new.lead_id) for _, new in changes]
         keys += [self.keys.outbox(self.source_topic, e.partition) for e in entries]
         keys += [self.keys.reminders(self.source_topic, w.partition) for w in adds]

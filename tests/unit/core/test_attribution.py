@@ -30,9 +30,11 @@ from streams.cli.render_explain import attribution_line
 from streams.core.attribution import (
     CREDIT_UNITS,
     MODELS,
+    Deal,
     Touch,
     add_touch,
     apportion,
+    credit,
     figures,
     qualification_touches,
     shares,
@@ -240,11 +242,11 @@ def test_apportion_gives_the_leftover_units_to_the_largest_remainders() -> None:
 def test_touches_stay_bounded_and_keep_the_first_and_the_trigger() -> None:
     touches: tuple[Touch, ...] = ()
     for i in range(10):
-        touches = add_touch(touches, Touch(T0 + i * HOUR, f"s{i}", "c"), limit=4)
+        touches = add_touch(touches, Touch.at_time(T0 + i * HOUR, f"s{i}", "c"), limit=4)
     assert [t.source for t in touches] == ["s0", "s7", "s8", "s9"]
-    late = Touch(T0 + 8 * HOUR + HOUR / 2, "late", "c")  # in between, by event time
+    late = Touch.at_time(T0 + 8 * HOUR + HOUR / 2, "late", "c")  # in between, by event time
     assert [t.source for t in add_touch(touches, late, 5)] == ["s0", "s7", "s8", "late", "s9"]
-    trigger = Touch(T0, "trigger", "c")
+    trigger = Touch.at_time(T0, "trigger", "c")
     frozen = qualification_touches(touches, trigger, limit=4)
     assert [t.source for t in frozen] == ["s0", "s8", "s9", "trigger"]
 
@@ -261,13 +263,37 @@ def test_a_bad_amount_is_refused_naming_the_field() -> None:
 
 TOUCHES = st.lists(
     st.builds(
-        Touch,
+        Touch.at_time,
         st.just(T0),
         st.sampled_from(["google", "newsletter", "linkedin", "(none)", "a:b"]),
         st.sampled_from(["brand", "spring", "(none)"]),
     ),
     max_size=60,
 )
+
+
+@given(TOUCHES, st.sampled_from(MODELS), st.integers(0, 10**12))
+def test_the_counters_written_are_the_exact_shares_split_by_largest_remainder(
+    touches: list[Touch], model: Any, amount: int
+) -> None:
+    """What the worker writes (credit, integers only) is what the exact Fractions give."""
+    deal = Deal(T0, amount, "JPY")
+    fields = credit(touches, "won", deal)
+    for dimension in ("source", "campaign"):
+        parts = shares(touches, model, dimension)
+        head = f"attr:{model}:{dimension}:"
+        written = {
+            k.removeprefix(head + "won:"): n
+            for k, n in fields.items()
+            if k.startswith(head + "won:")
+        }
+        assert written == apportion(CREDIT_UNITS, parts)
+        money = {
+            k.removeprefix(head + "revenue.JPY:"): n
+            for k, n in fields.items()
+            if k.startswith(head + "revenue.JPY:")
+        }
+        assert money == apportion(amount, parts)
 
 
 @given(TOUCHES, st.sampled_from(MODELS), st.integers(0, 10**15))
