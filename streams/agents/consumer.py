@@ -212,3 +212,20 @@ async def keep_stepping(
         else:
             delay = LOOP_RETRY_MIN_SECONDS
             ticks.succeeded()
+
+
+async def rewind(consumer: AIOKafkaConsumer, done: Mapping[TopicPartition, int]) -> None:
+    """After a failed step, fetch again from what this worker applied last (`done`), else the
+    group's last commit, else the beginning: a batch that failed half-way is read again, never
+    skipped (applying a record twice changes nothing: its id is remembered)."""
+    for tp in consumer.assignment():
+        applied = done.get(tp)
+        with contextlib.suppress(Exception):
+            if applied is not None:
+                consumer.seek(tp, applied)
+            else:
+                committed = await consumer.committed(tp)
+                if committed is not None:
+                    consumer.seek(tp, committed)
+                else:
+                    await consumer.seek_to_beginning(tp)

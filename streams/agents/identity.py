@@ -10,7 +10,6 @@ counts once per lead, so nothing is counted twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable
 from functools import partial
 from typing import Any
@@ -24,6 +23,7 @@ from streams.agents.consumer import (
     join_group,
     keep_stepping,
     partitions_of,
+    rewind,
     wind_down,
 )
 from streams.agents.scoring import finish_even_if_cancelled
@@ -105,17 +105,7 @@ class IdentityConsumer(Service):
         self.commits.maybe()
 
     async def _rewind(self, consumer: AIOKafkaConsumer) -> None:
-        for tp in consumer.assignment():
-            done = self.done.get(tp)
-            with contextlib.suppress(Exception):
-                if done is not None:
-                    consumer.seek(tp, done)
-                else:
-                    committed = await consumer.committed(tp)
-                    if committed is not None:
-                        consumer.seek(tp, committed)
-                    else:
-                        await consumer.seek_to_beginning(tp)
+        await rewind(consumer, self.done)
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         await self.commits.now()

@@ -13,7 +13,6 @@ changes nothing and sends nothing twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 from collections.abc import Iterable
 from functools import partial
@@ -29,6 +28,7 @@ from streams.agents.consumer import (
     join_group,
     keep_stepping,
     partitions_of,
+    rewind,
     wind_down,
 )
 from streams.agents.scoring import finish_even_if_cancelled
@@ -178,19 +178,7 @@ class SalesConsumer(Service):
                 self._catch_up_to.pop(tp, None)
 
     async def _rewind(self, consumer: AIOKafkaConsumer) -> None:
-        """After a failed step, fetch again from what this worker applied last (or the group's
-        last commit): a batch that failed half-way is read again, never skipped."""
-        for tp in consumer.assignment():
-            done = self.done.get(tp)
-            with contextlib.suppress(Exception):
-                if done is not None:
-                    consumer.seek(tp, done)
-                else:
-                    committed = await consumer.committed(tp)
-                    if committed is not None:
-                        consumer.seek(tp, committed)
-                    else:
-                        await consumer.seek_to_beginning(tp)
+        await rewind(consumer, self.done)
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         # The next owner starts from here: tell Kafka what is applied before letting go.
