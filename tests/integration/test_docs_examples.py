@@ -63,6 +63,10 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "leadflow backtest --events /tmp/bt/events.ndjson --outcomes /tmp/bt/outcomes.csv \\",
     ): "needs the history of the example before it (/tmp/bt)",
     ("docs/benchmarks.md", "ops/bench scale"): "benchmarks: minutes, several workers",
+    (
+        "docs/benchmarks.md",
+        'PYTHONPATH=<checkout> .venv/bin/python -c "import gc,sys; gc.freeze(); \\',
+    ): "a benchmark of two checkouts (placeholders), about a minute each",
     ("docs/collector.md", "export LEADFLOW_COLLECTOR_TOKENS"): "starts `leadflow collector`, a "
     "server that runs until stopped (tests/integration/collector/ runs it)",
     ("docs/collector.md", "TOKEN=..."): "needs a running collector and its token",
