@@ -22,6 +22,7 @@ from aiokafka.errors import (
     RebalanceInProgressError,
     UnknownMemberIdError,
 )
+from mode import Service
 
 from streams.kafka import client_options
 from streams.observability import Metrics, log
@@ -229,3 +230,53 @@ async def rewind(consumer: AIOKafkaConsumer, done: Mapping[TopicPartition, int])
                     consumer.seek(tp, committed)
                 else:
                     await consumer.seek_to_beginning(tp)
+
+
+class CommittedConsumer(Service):
+    """What the batch consumers whose offsets live in Kafka (sales, identity) share: the
+    consumer once joined, `done` (per partition, the next offset whose records are applied:
+    all Kafka may be told), background commits, the loop's failure ticks, rewinding after a
+    failed step, and committing before letting revoked partitions go."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, name: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.metrics = metrics
+        self.consumer: AIOKafkaConsumer | None = None
+        self.done: dict[TopicPartition, int] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._loop_ticks = Ticks(f"{name}_loop", metrics)
+        self.commits = OffsetCommits(
+            f"{name}_offset_commit",
+            lambda: self.consumer,
+            lambda: self.done,
+            settings.offsets_commit_interval,
+            metrics,
+        )
+
+    def _hold(self, consumer: AIOKafkaConsumer | None) -> None:
+        self.consumer = consumer
+
+    def _applied(
+        self, consumer: AIOKafkaConsumer, fetched: Mapping[TopicPartition, list[Any]]
+    ) -> None:
+        """A fetched batch is applied: what Kafka may be told, for the partitions still this
+        worker's (a rebalance during the batch that gave a partition back keeps it; one that
+        moved it away leaves it to the next owner, who reads it again). Never backwards."""
+        mine = consumer.assignment()
+        for tp, batch in fetched.items():
+            if tp in mine:
+                self.done[tp] = max(self.done.get(tp, 0), batch[-1].offset + 1)
+
+    async def _rewind(self, consumer: AIOKafkaConsumer) -> None:
+        await rewind(consumer, self.done)
+
+    async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        # The next owner starts from here: tell Kafka what is applied before letting go.
+        await self.commits.now()
+        for tp in partitions:
+            self.done.pop(tp, None)
+            self._forget(tp)
+
+    def _forget(self, tp: TopicPartition) -> None:
+        """What else a subclass keeps per partition, dropped when the partition is revoked."""

@@ -15,22 +15,19 @@ from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from mode import Service
 
 from streams.agents.consumer import (
-    OffsetCommits,
+    CommittedConsumer,
     Rebalances,
     join_group,
     keep_stepping,
     partitions_of,
-    rewind,
     wind_down,
 )
 from streams.agents.scoring import finish_even_if_cancelled
 from streams.observability import Metrics
 from streams.pipeline.batch import InRecord
 from streams.pipeline.identity import IdentityService
-from streams.pipeline.retry import Ticks
 from streams.settings import Settings
 
 
@@ -41,27 +38,14 @@ class _NoDeliveries:
         return None
 
 
-class IdentityConsumer(Service):
+class IdentityConsumer(CommittedConsumer):
     """Reads leads.anonymous in batches and hands each to the identity service."""
 
     def __init__(
         self, settings: Settings, identity: IdentityService, metrics: Metrics, **kwargs: Any
     ) -> None:
-        super().__init__(**kwargs)
-        self.settings = settings
+        super().__init__(settings, metrics, "identity", **kwargs)
         self.identity = identity
-        self.metrics = metrics
-        self.consumer: AIOKafkaConsumer | None = None
-        self.done: dict[TopicPartition, int] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._loop_ticks = Ticks("identity_loop", metrics)
-        self.commits = OffsetCommits(
-            "identity_offset_commit",
-            lambda: self.consumer,
-            lambda: self.done,
-            settings.offsets_commit_interval,
-            metrics,
-        )
 
     async def on_start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="identity")
@@ -71,9 +55,6 @@ class IdentityConsumer(Service):
 
     def assigned(self) -> list[int]:
         return partitions_of(self.consumer, self.settings.anonymous)
-
-    def _hold(self, consumer: AIOKafkaConsumer | None) -> None:
-        self.consumer = consumer
 
     async def _run(self) -> None:
         s = self.settings
@@ -98,19 +79,8 @@ class IdentityConsumer(Service):
                 for r in batch
             ]
             await finish_even_if_cancelled(self.identity.process(records))
-            mine = consumer.assignment()
-            for tp, batch in fetched.items():
-                if tp in mine:
-                    self.done[tp] = max(self.done.get(tp, 0), batch[-1].offset + 1)
+            self._applied(consumer, fetched)
         self.commits.maybe()
-
-    async def _rewind(self, consumer: AIOKafkaConsumer) -> None:
-        await rewind(consumer, self.done)
-
-    async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
-        await self.commits.now()
-        for tp in partitions:
-            self.done.pop(tp, None)
 
     async def assigned_anew(self, partitions: Iterable[TopicPartition]) -> None:
         return None

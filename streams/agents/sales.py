@@ -20,21 +20,18 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from mode import Service
 
 from streams.agents.consumer import (
-    OffsetCommits,
+    CommittedConsumer,
     Rebalances,
     join_group,
     keep_stepping,
     partitions_of,
-    rewind,
     wind_down,
 )
 from streams.agents.scoring import finish_even_if_cancelled
 from streams.observability import Metrics
 from streams.pipeline.batch import InRecord
-from streams.pipeline.retry import Ticks
 from streams.pipeline.sales import SalesService
 from streams.settings import Settings
 
@@ -54,22 +51,16 @@ def known_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None
     return int(state.position) if state is not None and state.has_valid_position else None
 
 
-class SalesConsumer(Service):
+class SalesConsumer(CommittedConsumer):
     """Reads the handoff and sales-activity topics in batches and hands each to the sales
     service; the consumer group is the app id's (`<namespace>.leadflow-scoring`)."""
 
     def __init__(
         self, settings: Settings, sales: SalesService, metrics: Metrics, **kwargs: Any
     ) -> None:
-        super().__init__(**kwargs)
-        self.settings = settings
+        super().__init__(settings, metrics, "sales", **kwargs)
         self.sales = sales
-        self.metrics = metrics
         self.topics = (settings.handoff, settings.activity)
-        self.consumer: AIOKafkaConsumer | None = None
-        # Next offset per partition whose records are in Redis: what Kafka may be told.
-        self.done: dict[TopicPartition, int] = {}
-        self._task: asyncio.Task[None] | None = None
         self._flush: set[int] = set()
         # Partitions read up to the end they had when this worker got them: only these are
         # swept (an in-time contact still in the backlog must not lose to the sweeper).
@@ -77,14 +68,6 @@ class SalesConsumer(Service):
         # Per partition not caught up yet: its end when this worker first learnt it (a moving
         # end under steady traffic would never be reached).
         self._catch_up_to: dict[TopicPartition, int] = {}
-        self._loop_ticks = Ticks("sales_loop", metrics)
-        self.commits = OffsetCommits(
-            "sales_offset_commit",
-            lambda: self.consumer,
-            lambda: self.done,
-            settings.offsets_commit_interval,
-            metrics,
-        )
 
     async def on_start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="track-sales")
@@ -108,9 +91,6 @@ class SalesConsumer(Service):
             for p in self.assigned()
             if {TopicPartition(s.handoff, p), TopicPartition(s.activity, p)} <= self.caught_up
         ]
-
-    def _hold(self, consumer: AIOKafkaConsumer | None) -> None:
-        self.consumer = consumer
 
     async def _run(self) -> None:
         s = self.settings
@@ -150,13 +130,7 @@ class SalesConsumer(Service):
                 for r in batch
             ]
             await finish_even_if_cancelled(self.sales.process(records))
-            # Applied: what Kafka may be told, for the partitions still this worker's (a
-            # rebalance during the batch that gave a partition back to this worker keeps it;
-            # one that moved it away leaves it to the next owner, who reads it again).
-            mine = consumer.assignment()
-            for tp, batch in fetched.items():
-                if tp in mine:
-                    self.done[tp] = max(self.done.get(tp, 0), batch[-1].offset + 1)
+            self._applied(consumer, fetched)
         await self._note_caught_up(consumer)
         self.commits.maybe()
 
@@ -177,16 +151,9 @@ class SalesConsumer(Service):
                 self.caught_up.add(tp)
                 self._catch_up_to.pop(tp, None)
 
-    async def _rewind(self, consumer: AIOKafkaConsumer) -> None:
-        await rewind(consumer, self.done)
-
-    async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
-        # The next owner starts from here: tell Kafka what is applied before letting go.
-        await self.commits.now()
-        for tp in partitions:
-            self.done.pop(tp, None)
-            self.caught_up.discard(tp)
-            self._catch_up_to.pop(tp, None)
+    def _forget(self, tp: TopicPartition) -> None:
+        self.caught_up.discard(tp)
+        self._catch_up_to.pop(tp, None)
 
     async def assigned_anew(self, partitions: Iterable[TopicPartition]) -> None:
         self._flush |= {tp.partition for tp in partitions if tp.topic == self.settings.handoff}
